@@ -1,0 +1,249 @@
+"""Blob stores: the bytes of each instance under an opaque key.
+
+Keys are never built from UIDs or names. A write goes to a temporary place first and becomes
+visible under its key only on :meth:`BlobWriter.commit` (after fsync, by atomic rename), so a
+crash never leaves a half-written blob under a key.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+
+class BlobWriter(Protocol):
+    """An in-progress write. Use as a context manager: leaving without commit discards it."""
+
+    size: int
+
+    def write(self, data: bytes) -> None:
+        """Append bytes."""
+
+    def readable_path(self) -> Path | None:
+        """A path where the written bytes can be read before commit, if the store has one."""
+
+    def getvalue(self) -> bytes | None:
+        """The written bytes, for stores that hold them in memory."""
+
+    def commit(self) -> str:
+        """Make the blob durable and visible; returns its key."""
+
+    def abort(self) -> None:
+        """Discard what was written."""
+
+    def __enter__(self) -> BlobWriter: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Where instance bytes live."""
+
+    def writer(self) -> BlobWriter:
+        """Start a new blob."""
+
+    def open(self, key: str) -> BinaryIO:
+        """Open a blob for reading; raises ``FileNotFoundError`` if it is not there."""
+
+    def path(self, key: str) -> Path | None:
+        """A filesystem path for the blob, if the store has one (for zero-copy responses)."""
+
+    def delete(self, key: str) -> None:
+        """Remove a blob (no error if absent)."""
+
+    def exists(self, key: str) -> bool:
+        """True if the key has a committed blob."""
+
+    def keys(self) -> Iterator[str]:
+        """Every committed key."""
+
+
+def new_key() -> str:
+    """A fresh opaque key: 128 random bits as hex, sharded by its first four digits."""
+    token = secrets.token_hex(16)
+    return f"{token[:2]}/{token[2:4]}/{token}"
+
+
+def _check_key(key: str) -> None:
+    parts = key.split("/")
+    if len(parts) != 3 or not all(p and all(c in "0123456789abcdef" for c in p) for p in parts):
+        raise ValueError(f"not a blob key: {key!r}")
+
+
+class _FileWriter:
+    def __init__(self, store: FileBlobStore) -> None:
+        self._store = store
+        self._key = new_key()
+        self._tmp = store.tmp_dir / (self._key.rsplit("/", 1)[1] + ".part")
+        self._fh: BinaryIO | None = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        self.size = 0
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        assert self._fh is not None
+        self._fh.write(data)
+        self.size += len(data)
+
+    def readable_path(self) -> Path | None:
+        if self._fh is not None:
+            self._fh.flush()
+        return self._tmp
+
+    def getvalue(self) -> bytes | None:
+        return None
+
+    def commit(self) -> str:
+        assert self._fh is not None and not self._done
+        self._fh.flush()
+        if self._store.fsync:
+            os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+        final = self._store.root / self._key
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._tmp, final)
+        if self._store.fsync:
+            _fsync_dir(final.parent)
+        self._done = True
+        return self._key
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        try:
+            self._tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> _FileWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileBlobStore:
+    """Blobs as files under ``root/blobs/aa/bb/<key>``; in-progress writes under ``root/tmp``."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = Path(root) / "blobs"
+        self.tmp_dir = Path(root) / "tmp"
+        self.fsync = fsync
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def clean_tmp(self) -> int:
+        """Remove leftovers of writes interrupted by a crash; returns how many were removed.
+
+        Only safe when no writer of this store is running (at start-up).
+        """
+        n = 0
+        for p in self.tmp_dir.glob("*.part"):
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    def writer(self) -> _FileWriter:
+        return _FileWriter(self)
+
+    def open(self, key: str) -> BinaryIO:
+        _check_key(key)
+        return open(self.root / key, "rb")
+
+    def path(self, key: str) -> Path | None:
+        _check_key(key)
+        return self.root / key
+
+    def delete(self, key: str) -> None:
+        _check_key(key)
+        (self.root / key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        _check_key(key)
+        return (self.root / key).is_file()
+
+    def keys(self) -> Iterator[str]:
+        for p in sorted(self.root.glob("??/??/*")):
+            if p.is_file():
+                yield p.relative_to(self.root).as_posix()
+
+
+class _MemoryWriter:
+    def __init__(self, store: MemoryBlobStore) -> None:
+        self._store = store
+        self._buf = io.BytesIO()
+        self.size = 0
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        self._buf.write(data)
+        self.size += len(data)
+
+    def readable_path(self) -> Path | None:
+        return None
+
+    def getvalue(self) -> bytes | None:
+        return self._buf.getvalue()
+
+    def commit(self) -> str:
+        key = new_key()
+        with self._store._lock:
+            self._store._blobs[key] = self._buf.getvalue()
+        self._done = True
+        return key
+
+    def abort(self) -> None:
+        self._done = True
+
+    def __enter__(self) -> _MemoryWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+class MemoryBlobStore:
+    """Blobs in a dict: for tests."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def writer(self) -> _MemoryWriter:
+        return _MemoryWriter(self)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return io.BytesIO(self._blobs[key])
+        except KeyError:
+            raise FileNotFoundError(key) from None
+
+    def path(self, key: str) -> Path | None:
+        return None
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._blobs.pop(key, None)
+
+    def exists(self, key: str) -> bool:
+        return key in self._blobs
+
+    def keys(self) -> Iterator[str]:
+        yield from sorted(self._blobs)

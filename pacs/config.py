@@ -1,0 +1,243 @@
+"""Typed, frozen settings, loaded once.
+
+Precedence (lowest to highest): built-in defaults, the TOML file (``--config PATH``, default
+``config.toml`` in the working directory when present), environment variables
+``PACS_<SECTION>_<KEY>`` (for example ``PACS_DICOM_PORT=11113``), explicit overrides from the CLI.
+This is the only module that reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+DuplicatePolicy = Literal["reject", "replace"]
+
+
+@dataclass(frozen=True)
+class AllowedAE:
+    """A calling AE title allowed to associate, optionally pinned to a peer host address."""
+
+    ae_title: str
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A C-MOVE destination: where to open a Storage association for an AE title."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class DicomSettings:
+    """The DIMSE listener."""
+
+    ae_title: str = "PACS"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allowed_aes: tuple[AllowedAE, ...] = ()
+    destinations: tuple[Destination, ...] = ()
+    max_associations: int = 32
+    max_pdu: int = 262144
+    network_timeout: float = 60.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    workers: int = 0  # listener processes sharing the port (SO_REUSEPORT); 0 = one per CPU core
+    tcp_nodelay: bool = True
+    max_find_results: int = 10000
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The web application (DICOMweb, viewer, APIs)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8042
+    cors_origins: tuple[str, ...] = ()
+    max_upload_mb: int = 2048
+    max_query_limit: int = 1000
+    default_query_limit: int = 1000
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where the Part-10 files live."""
+
+    path: Path = Path("storage")
+    duplicate_policy: DuplicatePolicy = "reject"
+    fsync: bool = True
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """The SQL index. An empty URL means a SQLite file under the storage root."""
+
+    url: str = ""
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    """Matching behaviour shared by C-FIND and QIDO-RS."""
+
+    names_accent_insensitive: bool = True
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Logging."""
+
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings. Build with :func:`load`."""
+
+    dicom: DicomSettings = field(default_factory=DicomSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    query: QuerySettings = field(default_factory=QuerySettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    @property
+    def database_url(self) -> str:
+        """The effective SQLAlchemy URL (SQLite under the storage root by default)."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.storage.path / 'index.sqlite').resolve()}"
+
+
+class ConfigError(ValueError):
+    """A configuration file or variable that cannot be used."""
+
+
+_SECTIONS: dict[str, type] = {
+    "dicom": DicomSettings,
+    "http": HttpSettings,
+    "storage": StorageSettings,
+    "database": DatabaseSettings,
+    "query": QuerySettings,
+    "log": LogSettings,
+}
+
+
+def load(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Load settings from defaults, a TOML file, the environment and explicit overrides.
+
+    A relative ``storage.path`` is resolved against the directory of the config file.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    base_dir = Path.cwd()
+    if path is None and (Path.cwd() / "config.toml").is_file():
+        path = Path.cwd() / "config.toml"
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        base_dir = path.resolve().parent
+        for section, values in data.items():
+            if section not in _SECTIONS or not isinstance(values, dict):
+                raise ConfigError(f"{path}: unknown section [{section}]")
+            raw[section].update(values)
+    for section, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            name = f"PACS_{section.upper()}_{f.name.upper()}"
+            if name in env:
+                raw[section][f.name] = _from_env(name, env[name], getattr(cls(), f.name))
+    for section, values in (overrides or {}).items():
+        raw[section].update(values)
+    built = {section: _build(cls, raw[section], section) for section, cls in _SECTIONS.items()}
+    storage: StorageSettings = built["storage"]
+    if not storage.path.is_absolute():
+        built["storage"] = dataclasses.replace(storage, path=(base_dir / storage.path).resolve())
+    settings = Settings(**built)
+    _validate(settings)
+    return settings
+
+
+def _from_env(name: str, text: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        if text.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if text.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{name}: expected a boolean, got {text!r}")
+    if isinstance(default, tuple):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{name}: expected a JSON list, got {text!r}") from exc
+    return text
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    defaults = cls()
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"[{section}] unknown key {key!r}")
+        default = getattr(defaults, key)
+        try:
+            kwargs[key] = _coerce(key, value, default)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"[{section}] {key}: {exc}") from exc
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if key == "allowed_aes":
+        return tuple(AllowedAE(**_ae_entry(v)) for v in value)
+    if key == "destinations":
+        return tuple(Destination(ae_title=v["ae_title"], host=v["host"], port=int(v["port"])) for v in value)
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"expected true or false, got {value!r}")
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, Path):
+        return Path(value)
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            raise TypeError("expected a list")
+        return tuple(value)
+    return str(value)
+
+
+def _ae_entry(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"ae_title": value}
+    if isinstance(value, dict) and "ae_title" in value:
+        return {"ae_title": str(value["ae_title"]), "host": value.get("host")}
+    raise TypeError(f"allowed AE entry must be a title or {{ae_title, host}}, got {value!r}")
+
+
+def _validate(settings: Settings) -> None:
+    for title in [settings.dicom.ae_title, *(a.ae_title for a in settings.dicom.allowed_aes)]:
+        if not title.strip() or len(title) > 16 or "\\" in title:
+            raise ConfigError(f"invalid AE title {title!r} (1-16 characters, no backslash)")
+    if settings.storage.duplicate_policy not in ("reject", "replace"):
+        raise ConfigError("[storage] duplicate_policy must be 'reject' or 'replace'")
+    if not 0 < settings.http.default_query_limit <= settings.http.max_query_limit:
+        raise ConfigError("[http] default_query_limit must be between 1 and max_query_limit")

@@ -1,0 +1,150 @@
+"""Header -> :class:`~pacs.model.InstanceRecord`, driven by the attribute catalogue."""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+
+from pacs.dicom.attributes import ATTRIBUTES, Match
+from pacs.dicom.text import is_valid_uid, name_key, normalise_date, normalise_time
+from pacs.errors import InvalidInstance
+from pacs.model import InstanceRecord
+
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def read_header(fp: BinaryIO | str) -> Dataset:
+    """Parse a Part-10 stream up to (not including) the pixel data.
+
+    Raises :class:`InvalidInstance` for anything pydicom cannot parse.
+    """
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=4096, force=False)
+        # Touch every element now so that a truncated or malformed body fails here, not later.
+        for _elem in ds.iterall():
+            pass
+    except InvalidDicomError as exc:
+        raise InvalidInstance(f"not a DICOM Part-10 stream: {exc}") from exc
+    except (EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError) as exc:
+        raise InvalidInstance(f"unparsable DICOM header: {exc}") from exc
+    except Exception as exc:  # pydicom raises a wide variety on hostile input
+        raise InvalidInstance(f"unparsable DICOM header: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(fp, str):
+        _check_trailing_element(fp, ds)
+    return ds
+
+
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT", b"SV", b"UV"}
+
+
+def _check_trailing_element(fp: BinaryIO, ds: Dataset) -> None:
+    """Refuse a stream whose pixel data (where reading stopped) is longer than what is left.
+
+    ``stop_before_pixels`` leaves the stream at the element that stopped the read; a defined
+    length that runs past the end of the stream means the object was truncated.
+    """
+    if ds.original_encoding == (None, None) or getattr(ds.file_meta, "TransferSyntaxUID", None) == (
+        "1.2.840.10008.1.2.1.99"
+    ):
+        return  # deflated: the header was read through a decompressor, offsets do not apply
+    implicit, little = ds.original_encoding
+    start = fp.tell()
+    end = fp.seek(0, 2)
+    fp.seek(start)
+    head = fp.read(8)
+    if len(head) < 8:
+        if head.strip(b"\x00"):
+            raise InvalidInstance("truncated DICOM stream: incomplete element header at the end")
+        return
+    order = "little" if little else "big"
+    if implicit or not (head[4:6].isalpha() and head[4:6].isupper()):
+        length = int.from_bytes(head[4:8], order)
+        value_at = start + 8
+    elif head[4:6] in _LONG_VRS:
+        extra = fp.read(4)
+        if len(extra) < 4:
+            raise InvalidInstance("truncated DICOM stream: incomplete element header at the end")
+        length = int.from_bytes(extra, order)
+        value_at = start + 12
+    else:
+        length = int.from_bytes(head[6:8], order)
+        value_at = start + 8
+    fp.seek(start)
+    if length != 0xFFFFFFFF and value_at + length > end:
+        raise InvalidInstance(
+            f"truncated DICOM stream: element needs {length} bytes, only {end - value_at} are left"
+        )
+
+
+def extract(ds: Dataset, transfer_syntax_uid: str | None = None) -> InstanceRecord:
+    """Build the index record of one instance from its header.
+
+    Validates the four identifying UIDs (present, digits and dots, at most 64 characters) and
+    raises :class:`InvalidInstance` with a reason otherwise.
+    """
+    record = InstanceRecord()
+    try:
+        for uid_kw in REQUIRED_UIDS:
+            value = str(ds.get(uid_kw, "") or "").strip()
+            if not value:
+                raise InvalidInstance(f"missing {uid_kw}")
+            if not is_valid_uid(value):
+                raise InvalidInstance(
+                    f"invalid {uid_kw} {value[:80]!r}: a UID is digits and dots, at most 64"
+                )
+        values: dict[str, Any] = {}
+        for attr in ATTRIBUTES:
+            if attr.computed:
+                continue
+            values[attr.column] = _value(ds, attr.keyword, attr.match, attr.vr, attr.length)
+            if attr.match is Match.PN:
+                values[attr.column + "_key"] = name_key(values[attr.column] or "") or None
+        other_ids = _other_patient_ids(ds)
+        values["other_patient_ids"] = "\\".join(other_ids)[:512] or None
+    except InvalidInstance:
+        raise
+    except Exception as exc:  # bad values in a header we parsed lazily
+        raise InvalidInstance(f"cannot read header values: {type(exc).__name__}: {exc}") from exc
+    record.values = values
+    record.sop_class_uid = values["sop_class_uid"]
+    record.sop_instance_uid = values["sop_instance_uid"]
+    record.study_instance_uid = values["study_instance_uid"]
+    record.series_instance_uid = values["series_instance_uid"]
+    meta = getattr(ds, "file_meta", None)
+    record.transfer_syntax_uid = transfer_syntax_uid or str(getattr(meta, "TransferSyntaxUID", "") or "")
+    return record
+
+
+def _value(ds: Dataset, keyword: str, match: Match, vr: str, length: int) -> str | int | None:
+    elem = ds.get(keyword)
+    if elem is None or elem == "" or (isinstance(elem, MultiValue | list) and len(elem) == 0):
+        return None
+    if vr in {"US", "UL", "SS", "SL", "IS"}:
+        first = elem[0] if isinstance(elem, MultiValue | list) else elem
+        try:
+            return int(first)
+        except (TypeError, ValueError):
+            return None
+    text = "\\".join(str(v) for v in elem) if isinstance(elem, MultiValue | list) else str(elem)
+    if match is Match.DA:
+        text = normalise_date(text)
+    elif match is Match.TM:
+        text = normalise_time(text)
+    text = text.strip()
+    return text[:length] or None
+
+
+def _other_patient_ids(ds: Dataset) -> list[str]:
+    ids: list[str] = []
+    raw = ds.get("OtherPatientIDs")
+    if raw:
+        ids.extend(str(v) for v in (raw if isinstance(raw, MultiValue | list) else [raw]))
+    for item in ds.get("OtherPatientIDsSequence", []) or []:
+        pid = str(item.get("PatientID", "") or "").strip()
+        if pid and pid not in ids:
+            ids.append(pid)
+    return [i.strip() for i in ids if i and i.strip()]

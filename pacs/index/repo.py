@@ -1,0 +1,304 @@
+"""Repository functions over the index: the store transaction, look-ups, maintenance.
+
+Every function takes an open :class:`~sqlalchemy.Connection`; the caller owns the transaction.
+Upserts use ``INSERT ... ON CONFLICT DO NOTHING`` so that concurrent associations storing into
+the same new study or series are safe on PostgreSQL as well as SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from pacs.dicom.attributes import at_level
+from pacs.errors import DuplicateInstance, InvalidInstance
+from pacs.index.schema import events, instances, patients, series, studies
+from pacs.model import InstanceRecord, Level, Origin, StoredInstance, StoreOutcome
+
+
+@dataclass(frozen=True)
+class BlobFacts:
+    """What the archive knows about the bytes of an instance it is indexing."""
+
+    blob_key: str
+    size: int
+    sha256: str
+    dataset_sha256: str
+    received_at: datetime
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _level_values(record: InstanceRecord, level: Level) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr in at_level(level, stored_only=True):
+        out[attr.column] = record.values.get(attr.column)
+        if attr.vr == "PN":
+            out[attr.column + "_key"] = record.values.get(attr.column + "_key")
+    return out
+
+
+def patient_identity(values: dict[str, Any]) -> str:
+    """One row per PatientID + issuer; patients without an ID are kept apart by name."""
+    pid = values.get("patient_id") or ""
+    issuer = values.get("issuer_of_patient_id") or ""
+    if pid:
+        return f"{pid}\\{issuer}"
+    return f"\\{issuer}\\{values.get('patient_name') or ''}"
+
+
+def existing_instance(conn: Connection, sop_instance_uid: str) -> dict[str, Any] | None:
+    """The index row facts of an instance (id, blob key, hashes, parent UIDs), or None."""
+    stmt = (
+        select(
+            instances.c.id,
+            instances.c.blob_key,
+            instances.c.dataset_sha256,
+            instances.c.series_fk,
+            series.c.series_instance_uid,
+            studies.c.study_instance_uid,
+        )
+        .join(series, instances.c.series_fk == series.c.id)
+        .join(studies, series.c.study_fk == studies.c.id)
+        .where(instances.c.sop_instance_uid == sop_instance_uid)
+    )
+    row = conn.execute(stmt).mappings().first()
+    return dict(row) if row else None
+
+
+def store_instance(
+    conn: Connection,
+    record: InstanceRecord,
+    blob: BlobFacts,
+    origin: Origin,
+    *,
+    policy: str,
+    event: bool = True,
+) -> tuple[StoreOutcome, str | None]:
+    """Index one instance whose blob is already committed; returns the outcome and a blob key
+    that the caller must delete after the transaction commits (the new one for a duplicate, the
+    old one for a replacement), or None.
+    """
+    existing = existing_instance(conn, record.sop_instance_uid)
+    if existing is not None:
+        if existing["dataset_sha256"] == blob.dataset_sha256:
+            _event(conn, "instance.duplicate", record, origin, blob.received_at, {})
+            return StoreOutcome.DUPLICATE, blob.blob_key
+        if policy != "replace":
+            raise DuplicateInstance(
+                f"SOP Instance UID {record.sop_instance_uid} is already stored with different content"
+            )
+        if (
+            existing["series_instance_uid"] != record.series_instance_uid
+            or existing["study_instance_uid"] != record.study_instance_uid
+        ):
+            raise InvalidInstance("a replacement must keep the study and series of the stored instance")
+        conn.execute(
+            update(instances)
+            .where(instances.c.id == existing["id"])
+            .values(**_instance_values(record, blob, origin))
+        )
+        _event(
+            conn, "instance.replaced", record, origin, blob.received_at, {"old_blob": existing["blob_key"]}
+        )
+        return StoreOutcome.REPLACED, existing["blob_key"]
+
+    now = blob.received_at
+    pvals = _level_values(record, Level.PATIENT)
+    identity = patient_identity(pvals)
+    pid = conn.execute(
+        _insert(conn, patients)
+        .values(identity=identity, **pvals)
+        .on_conflict_do_nothing(index_elements=["identity"])
+        .returning(patients.c.id)
+    ).scalar()
+    if pid is None:
+        pid = conn.execute(select(patients.c.id).where(patients.c.identity == identity)).scalar_one()
+
+    svals = _level_values(record, Level.STUDY)
+    study_id = conn.execute(
+        _insert(conn, studies)
+        .values(patient_fk=pid, created_at=now, updated_at=now, **svals)
+        .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+        .returning(studies.c.id)
+    ).scalar()
+    new_study = study_id is not None
+    if study_id is None:
+        study_id, pid = conn.execute(
+            select(studies.c.id, studies.c.patient_fk).where(
+                studies.c.study_instance_uid == record.study_instance_uid
+            )
+        ).one()
+
+    sevals = _level_values(record, Level.SERIES)
+    series_id = conn.execute(
+        _insert(conn, series)
+        .values(study_fk=study_id, **sevals)
+        .on_conflict_do_nothing(index_elements=["series_instance_uid"])
+        .returning(series.c.id)
+    ).scalar()
+    new_series = series_id is not None
+    if series_id is None:
+        series_id, owner = conn.execute(
+            select(series.c.id, series.c.study_fk).where(
+                series.c.series_instance_uid == record.series_instance_uid
+            )
+        ).one()
+        if owner != study_id:
+            raise InvalidInstance(
+                f"Series Instance UID {record.series_instance_uid} already belongs to another study"
+            )
+
+    conn.execute(
+        _insert(conn, instances).values(series_fk=series_id, **_instance_values(record, blob, origin))
+    )
+    conn.execute(
+        update(series)
+        .where(series.c.id == series_id)
+        .values(number_of_series_related_instances=series.c.number_of_series_related_instances + 1)
+    )
+    conn.execute(
+        update(studies)
+        .where(studies.c.id == study_id)
+        .values(
+            number_of_study_related_instances=studies.c.number_of_study_related_instances + 1,
+            number_of_study_related_series=studies.c.number_of_study_related_series + int(new_series),
+            updated_at=now,
+        )
+    )
+    conn.execute(
+        update(patients)
+        .where(patients.c.id == pid)
+        .values(
+            number_of_patient_related_instances=patients.c.number_of_patient_related_instances + 1,
+            number_of_patient_related_series=patients.c.number_of_patient_related_series + int(new_series),
+            number_of_patient_related_studies=patients.c.number_of_patient_related_studies + int(new_study),
+        )
+    )
+    if event:
+        _event(conn, "instance.stored", record, origin, now, {"size": blob.size, "new_study": new_study})
+    return StoreOutcome.STORED, None
+
+
+def _instance_values(record: InstanceRecord, blob: BlobFacts, origin: Origin) -> dict[str, Any]:
+    return {
+        **_level_values(record, Level.IMAGE),
+        "transfer_syntax_uid": record.transfer_syntax_uid,
+        "blob_key": blob.blob_key,
+        "size": blob.size,
+        "sha256": blob.sha256,
+        "dataset_sha256": blob.dataset_sha256,
+        "received_at": blob.received_at,
+        "calling_ae": origin.calling_ae[:16] or None,
+        "called_ae": origin.called_ae[:16] or None,
+        "peer_address": origin.address[:64] or None,
+        "origin_protocol": origin.protocol[:16],
+    }
+
+
+def _event(
+    conn: Connection,
+    kind: str,
+    record: InstanceRecord,
+    origin: Origin,
+    at: datetime,
+    details: dict[str, Any],
+) -> None:
+    conn.execute(
+        events.insert().values(
+            at=at,
+            kind=kind,
+            study_instance_uid=record.study_instance_uid,
+            series_instance_uid=record.series_instance_uid,
+            sop_instance_uid=record.sop_instance_uid,
+            calling_ae=origin.calling_ae[:16] or None,
+            peer_address=origin.address[:64] or None,
+            user_name=origin.user[:64] or None,
+            details=json.dumps(details, default=str) if details else None,
+        )
+    )
+
+
+def add_event(conn: Connection, kind: str, at: datetime, origin: Origin, **fields: Any) -> None:
+    """Append a free-standing event (an association, a query, a retrieve)."""
+    details = fields.pop("details", None)
+    conn.execute(
+        events.insert().values(
+            at=at,
+            kind=kind,
+            calling_ae=origin.calling_ae[:16] or None,
+            peer_address=origin.address[:64] or None,
+            user_name=origin.user[:64] or None,
+            details=json.dumps(details, default=str) if details else None,
+            **fields,
+        )
+    )
+
+
+_STORED_COLS = (
+    instances.c.sop_instance_uid,
+    instances.c.sop_class_uid,
+    studies.c.study_instance_uid,
+    series.c.series_instance_uid,
+    instances.c.transfer_syntax_uid,
+    instances.c.blob_key,
+    instances.c.size,
+    instances.c.sha256,
+    instances.c.received_at,
+    instances.c.number_of_frames,
+    instances.c.instance_number,
+)
+
+
+def stored_instances(
+    conn: Connection,
+    study_instance_uid: str | None = None,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> list[StoredInstance]:
+    """Instances under a study / series / single UID, in series and instance order."""
+    stmt = (
+        select(*_STORED_COLS)
+        .select_from(instances)
+        .join(series, instances.c.series_fk == series.c.id)
+        .join(studies, series.c.study_fk == studies.c.id)
+    )
+    if study_instance_uid:
+        stmt = stmt.where(studies.c.study_instance_uid == study_instance_uid)
+    if series_instance_uid:
+        stmt = stmt.where(series.c.series_instance_uid == series_instance_uid)
+    if sop_instance_uid:
+        stmt = stmt.where(instances.c.sop_instance_uid == sop_instance_uid)
+    stmt = stmt.order_by(series.c.series_number, series.c.id, instances.c.instance_number, instances.c.id)
+    return [StoredInstance(**dict(r)) for r in conn.execute(stmt).mappings()]
+
+
+def iter_blob_facts(conn: Connection) -> Iterator[tuple[str, str, str]]:
+    """``(sop_instance_uid, blob_key, sha256)`` of every indexed instance."""
+    stmt = select(instances.c.sop_instance_uid, instances.c.blob_key, instances.c.sha256)
+    for row in conn.execute(stmt):
+        yield row[0], row[1], row[2]
+
+
+def count(conn: Connection, level: Level) -> int:
+    """How many rows a level has."""
+    table = {Level.PATIENT: patients, Level.STUDY: studies, Level.SERIES: series, Level.IMAGE: instances}[
+        level
+    ]
+    return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def clear(conn: Connection) -> None:
+    """Delete every indexed row (events are kept): the first step of a full reindex."""
+    for table in (instances, series, studies, patients):
+        conn.execute(delete(table))

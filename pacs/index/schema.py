@@ -1,0 +1,149 @@
+"""SQL schema, derived from the attribute catalogue.
+
+Four tables (patients, studies, series, instances) carry one column per catalogue attribute of
+their level (``<column>_key`` beside each person name holds its accent- and case-folded search
+key), the computed counts as counters maintained by the store transaction, and archive facts.
+``events`` is the append-only log of acquisition and archive facts (stores, associations, MPPS)
+written in the same transaction as the index change it describes.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from pacs.dicom.attributes import Attribute, Match, at_level
+from pacs.model import Level
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: Attributes indexed with a B-tree (beyond unique keys and foreign keys).
+_INDEXED = {
+    "patient_id",
+    "patient_name_key",
+    "patient_birth_date",
+    "study_date",
+    "accession_number",
+    "modality",
+    "series_number",
+    "instance_number",
+    "device_serial_number",
+    "station_name",
+    "referring_physician_name_key",
+    "study_id",
+}
+
+
+def _columns(level: Level) -> list[Column]:  # type: ignore[type-arg]
+    cols: list[Column] = []  # type: ignore[type-arg]
+    for attr in at_level(level):
+        if attr.keyword == "ModalitiesInStudy":
+            continue  # computed per query from the series table
+        cols.append(_column(attr))
+        if attr.match is Match.PN:
+            cols.append(
+                Column(attr.column + "_key", String(attr.length), index=attr.column + "_key" in _INDEXED)
+            )
+    return cols
+
+
+def _column(attr: Attribute) -> Column:  # type: ignore[type-arg]
+    unique = attr.keyword in {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"}
+    if attr.computed:
+        return Column(attr.column, Integer, nullable=False, server_default="0")
+    if attr.is_integer:
+        return Column(attr.column, BigInteger, index=attr.column in _INDEXED)
+    return Column(
+        attr.column,
+        String(attr.length),
+        nullable=not unique,
+        unique=unique or None,
+        index=(attr.column in _INDEXED) or None,
+    )
+
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # PatientID + issuer (or the name, when the ID is empty): one row per real-world patient identity.
+    Column("identity", String(512), nullable=False, unique=True),
+    *_columns(Level.PATIENT),
+)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("patient_fk", Integer, ForeignKey("patients.id"), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    *_columns(Level.STUDY),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_fk", Integer, ForeignKey("studies.id"), nullable=False, index=True),
+    *_columns(Level.SERIES),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("series_fk", Integer, ForeignKey("series.id"), nullable=False, index=True),
+    *_columns(Level.IMAGE),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("blob_key", String(128), nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("dataset_sha256", String(64), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("calling_ae", String(16)),
+    Column("called_ae", String(16)),
+    Column("peer_address", String(64)),
+    Column("origin_protocol", String(16)),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("kind", String(32), nullable=False, index=True),
+    Column("study_instance_uid", String(64), index=True),
+    Column("series_instance_uid", String(64)),
+    Column("sop_instance_uid", String(64)),
+    Column("calling_ae", String(16)),
+    Column("peer_address", String(64)),
+    Column("user_name", String(64)),
+    Column("details", Text),
+)
+
+Index("ix_studies_study_date_time", studies.c.study_date, studies.c.study_time)
+
+TABLES: dict[Level, Table] = {
+    Level.PATIENT: patients,
+    Level.STUDY: studies,
+    Level.SERIES: series,
+    Level.IMAGE: instances,
+}

@@ -1,0 +1,90 @@
+"""Plain domain types shared by the layers."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class Level(enum.StrEnum):
+    """Information model levels (PS3.4 C.3), with the QIDO resource names as aliases."""
+
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+    @property
+    def depth(self) -> int:
+        """0 for PATIENT down to 3 for IMAGE."""
+        return _DEPTH[self]
+
+
+_DEPTH = {Level.PATIENT: 0, Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 3}
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who asked: the peer of an association or an HTTP request."""
+
+    address: str = ""
+    calling_ae: str = ""
+    called_ae: str = ""
+    user: str = ""
+    protocol: str = "internal"  # "dimse", "http", "cli", "internal"
+
+
+class StoreOutcome(enum.StrEnum):
+    """What the archive did with an offered instance."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # identical bytes already stored: nothing written
+    REPLACED = "replaced"  # a different object under the same SOP Instance UID replaced the old one
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """The result of storing one instance."""
+
+    outcome: StoreOutcome
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class InstanceRecord:
+    """Everything the index keeps about one instance, extracted from its header plus archive facts.
+
+    ``values`` maps column names of the attribute catalogue (``pacs.dicom.attributes``) to Python
+    values (str, int or None); the level of each is in the catalogue.
+    """
+
+    values: dict[str, Any] = field(default_factory=dict)
+    transfer_syntax_uid: str = ""
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """Where a stored instance lives and what it is, as the index says."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    sha256: str
+    received_at: datetime | None = None
+    number_of_frames: int | None = None
+    instance_number: int | None = None

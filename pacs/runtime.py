@@ -1,0 +1,48 @@
+"""Composition root: the only place that wires concrete classes together."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from pacs.blobstore import FileBlobStore
+from pacs.config import Settings
+from pacs.index.engine import make_engine, migrate
+from pacs.services.archive import Archive
+
+log = logging.getLogger("pacs")
+
+
+@dataclass
+class Runtime:
+    """Everything a running archive needs, built from settings."""
+
+    settings: Settings
+    engine: Engine
+    blobs: FileBlobStore
+    archive: Archive
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.engine.dispose()
+
+
+def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = False) -> Runtime:
+    """Create the engine (migrating the schema), blob store and services for ``settings``.
+
+    ``clean_tmp`` removes leftovers of writes interrupted by a crash; only the process that owns
+    the storage at start-up (``pacs serve``) may do that.
+    """
+    settings.storage.path.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url, echo=settings.database.echo)
+    if run_migrations:
+        migrate(engine)
+    blobs = FileBlobStore(settings.storage.path, fsync=settings.storage.fsync)
+    if clean_tmp:
+        removed = blobs.clean_tmp()
+        if removed:
+            log.warning("removed %d unfinished write(s) left by an interrupted run", removed)
+    archive = Archive(engine, blobs, duplicate_policy=settings.storage.duplicate_policy)
+    return Runtime(settings=settings, engine=engine, blobs=blobs, archive=archive)

@@ -1,0 +1,384 @@
+"""The archive service: store, search, open, reindex and verify.
+
+Every edge (C-STORE, STOW-RS, ``pacs import``) stores through :meth:`Archive.store`, so the same
+validation, durability and duplicate policy apply everywhere. A store is: parse and validate the
+header -> write the Part-10 file (our file meta, the dataset bytes exactly as received) to a
+temporary blob -> fsync + atomic rename -> index rows and an event in one transaction. Success is
+returned only after all of that; any failure removes what was written.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from io import BytesIO
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from pacs.blobstore import BlobStore
+from pacs.dicom.extract import extract, read_header
+from pacs.errors import InvalidInstance, NotFound, StorageUnavailable
+from pacs.index import repo
+from pacs.index.sql import run_query
+from pacs.model import InstanceRecord, Level, Origin, StoredInstance, StoreOutcome, StoreResult
+from pacs.query import Query
+
+log = logging.getLogger("pacs.archive")
+
+IMPLEMENTATION_CLASS_UID = UID(
+    "2.25.121038856505597671843989960980704295441"
+)  # a UUID-derived UID (PS3.5 B.2) naming this software
+IMPLEMENTATION_VERSION_NAME = "PACS_010"
+_COPY_CHUNK = 1 << 20
+
+
+@dataclass
+class ReindexReport:
+    """What ``reindex`` did."""
+
+    indexed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify`` found; ``ok`` when nothing is missing, corrupt or unindexed."""
+
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    unindexed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the index and the blobs agree."""
+        return not (self.missing or self.corrupt or self.unindexed)
+
+
+class Archive:
+    """Use cases over the index (SQL) and the blob store."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        blobs: BlobStore,
+        *,
+        duplicate_policy: str = "reject",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.engine = engine
+        self.blobs = blobs
+        self.duplicate_policy = duplicate_policy
+        self.clock = clock
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(pacs_write=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only connection (a consistent snapshot for the duration of the block)."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    # ------------------------------------------------------------------ store
+
+    def store(
+        self,
+        stream: BinaryIO,
+        origin: Origin,
+        *,
+        expected_sop_instance_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+    ) -> StoreResult:
+        """Store one Part-10 stream (preamble, file meta, dataset) durably and index it.
+
+        ``stream`` must be seekable. For C-STORE, ``expected_*`` are the Affected SOP UIDs of
+        the request; a dataset that disagrees is refused.
+        Raises :class:`InvalidInstance`, :class:`~pacs.errors.DuplicateInstance` or
+        :class:`StorageUnavailable`; nothing is left behind when it does.
+        """
+        meta, offset = _split_part10(stream)
+        ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
+        if not ts:
+            raise InvalidInstance("file meta has no Transfer Syntax UID")
+        stream.seek(0)
+        header = read_header(stream)
+        record = extract(header, ts)
+        if expected_sop_instance_uid and record.sop_instance_uid != expected_sop_instance_uid.strip():
+            raise InvalidInstance(
+                f"dataset SOP Instance UID {record.sop_instance_uid} differs from the request's "
+                f"{expected_sop_instance_uid}"
+            )
+        if expected_sop_class_uid and record.sop_class_uid != expected_sop_class_uid.strip():
+            raise InvalidInstance(
+                f"dataset SOP Class UID {record.sop_class_uid} differs from the request's "
+                f"{expected_sop_class_uid}"
+            )
+        source_ae = origin.calling_ae or str(getattr(meta, "SourceApplicationEntityTitle", "") or "")
+        new_meta = build_file_meta(record, ts, source_ae)
+        received_at = self.clock()
+        try:
+            with self.blobs.writer() as writer:
+                whole = hashlib.sha256()
+                dataset_hash = hashlib.sha256()
+                head = _encode_meta(new_meta)
+                writer.write(head)
+                whole.update(head)
+                stream.seek(offset)
+                while chunk := stream.read(_COPY_CHUNK):
+                    writer.write(chunk)
+                    whole.update(chunk)
+                    dataset_hash.update(chunk)
+                facts = dict(
+                    size=writer.size, sha256=whole.hexdigest(), dataset_sha256=dataset_hash.hexdigest()
+                )
+                with self.read() as conn:
+                    existing = repo.existing_instance(conn, record.sop_instance_uid)
+                if existing is not None and existing["dataset_sha256"] == facts["dataset_sha256"]:
+                    log.info(
+                        "duplicate instance sop=%s study=%s from=%s: already stored, nothing written",
+                        record.sop_instance_uid,
+                        record.study_instance_uid,
+                        origin.calling_ae or origin.address,
+                    )
+                    return self._result(StoreOutcome.DUPLICATE, record, facts)
+                key = writer.commit()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise StorageUnavailable(f"cannot write to the archive: {exc.strerror}") from exc
+            raise
+        blob = repo.BlobFacts(blob_key=key, received_at=received_at, **facts)  # type: ignore[arg-type]
+        outcome, to_delete = self._index(record, blob, origin)
+        if to_delete:
+            self.blobs.delete(to_delete)
+        log.info(
+            "%s instance sop=%s series=%s study=%s ts=%s bytes=%d from=%s@%s",
+            outcome.value,
+            record.sop_instance_uid,
+            record.series_instance_uid,
+            record.study_instance_uid,
+            ts,
+            blob.size,
+            origin.calling_ae,
+            origin.address,
+        )
+        return self._result(outcome, record, facts)
+
+    def _index(
+        self, record: InstanceRecord, blob: repo.BlobFacts, origin: Origin
+    ) -> tuple[StoreOutcome, str | None]:
+        for attempt in (1, 2):
+            try:
+                with self._write() as conn:
+                    return repo.store_instance(conn, record, blob, origin, policy=self.duplicate_policy)
+            except IntegrityError:
+                # A concurrent association indexed the same instance first: look again.
+                if attempt == 2:
+                    self.blobs.delete(blob.blob_key)
+                    raise
+            except (OperationalError, DBAPIError) as exc:
+                self.blobs.delete(blob.blob_key)
+                raise StorageUnavailable(f"the index is not available: {exc.orig or exc}") from exc
+            except BaseException:
+                self.blobs.delete(blob.blob_key)
+                raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _result(outcome: StoreOutcome, record: InstanceRecord, facts: dict[str, Any]) -> StoreResult:
+        return StoreResult(
+            outcome=outcome,
+            sop_class_uid=record.sop_class_uid,
+            sop_instance_uid=record.sop_instance_uid,
+            study_instance_uid=record.study_instance_uid,
+            series_instance_uid=record.series_instance_uid,
+            size=facts["size"],
+            sha256=facts["sha256"],
+        )
+
+    def store_bytes(self, data: bytes, origin: Origin) -> StoreResult:
+        """Store a Part-10 file held in memory (STOW-RS parts)."""
+        return self.store(BytesIO(data), origin)
+
+    def store_file(self, path: Path, origin: Origin) -> StoreResult:
+        """Store a Part-10 file from disk (``pacs import``)."""
+        with open(path, "rb") as fh:
+            return self.store(fh, origin)
+
+    # ------------------------------------------------------------------ read side
+
+    def search(self, query: Query) -> list[dict[str, Any]]:
+        """Run a C-FIND / QIDO-RS query: ``{keyword: value}`` per match."""
+        with self.read() as conn:
+            return run_query(conn, query)
+
+    def instances(
+        self,
+        study_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[StoredInstance]:
+        """Stored instances under a study, series or single instance; raises NotFound if none."""
+        with self.read() as conn:
+            found = repo.stored_instances(conn, study_instance_uid, series_instance_uid, sop_instance_uid)
+        if not found:
+            what = sop_instance_uid or series_instance_uid or study_instance_uid or "anything"
+            raise NotFound(f"no stored instances for {what}")
+        return found
+
+    def open(self, instance: StoredInstance) -> BinaryIO:
+        """Open the stored Part-10 bytes of an instance."""
+        try:
+            return self.blobs.open(instance.blob_key)
+        except FileNotFoundError:
+            raise NotFound(
+                f"the file of instance {instance.sop_instance_uid} is missing from storage"
+            ) from None
+
+    def path(self, instance: StoredInstance) -> Path | None:
+        """The file path of an instance, where the blob store has one."""
+        return self.blobs.path(instance.blob_key)
+
+    def count(self, level: Level) -> int:
+        """Number of indexed patients, studies, series or instances."""
+        with self.read() as conn:
+            return repo.count(conn, level)
+
+    def record_event(self, kind: str, origin: Origin, **fields: Any) -> None:
+        """Append an event (association, query, retrieve) to the event log."""
+        with self._write() as conn:
+            repo.add_event(conn, kind, self.clock(), origin, **fields)
+
+    # ------------------------------------------------------------------ maintenance
+
+    def reindex(self, progress: Callable[[int], None] | None = None) -> ReindexReport:
+        """Rebuild the patient/study/series/instance index from the blobs alone."""
+        report = ReindexReport()
+        with self._write() as conn:
+            repo.clear(conn)
+        batch: list[tuple[InstanceRecord, repo.BlobFacts, Origin]] = []
+        for key in self.blobs.keys():
+            try:
+                batch.append(self._facts_from_blob(key))
+            except (InvalidInstance, OSError) as exc:
+                report.failed.append((key, str(exc)))
+                log.warning("reindex: cannot index blob %s: %s", key, exc)
+            if len(batch) >= 200:
+                report.indexed += self._index_batch(batch, report)
+                batch = []
+                if progress:
+                    progress(report.indexed)
+        report.indexed += self._index_batch(batch, report)
+        return report
+
+    def _index_batch(
+        self, batch: list[tuple[InstanceRecord, repo.BlobFacts, Origin]], report: ReindexReport
+    ) -> int:
+        done = 0
+        with self._write() as conn:
+            for record, blob, origin in batch:
+                try:
+                    with conn.begin_nested():
+                        outcome, _ = repo.store_instance(
+                            conn, record, blob, origin, policy="reject", event=False
+                        )
+                    done += outcome is StoreOutcome.STORED
+                except Exception as exc:
+                    report.failed.append((blob.blob_key, str(exc)))
+        return done
+
+    def _facts_from_blob(self, key: str) -> tuple[InstanceRecord, repo.BlobFacts, Origin]:
+        with self.blobs.open(key) as fh:
+            meta, offset = _split_part10(fh)
+            ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
+            fh.seek(0)
+            record = extract(read_header(fh), ts)
+            fh.seek(0)
+            whole, dataset_hash, size = hashlib.sha256(), hashlib.sha256(), 0
+            pos = 0
+            while chunk := fh.read(_COPY_CHUNK):
+                whole.update(chunk)
+                if pos + len(chunk) > offset:
+                    dataset_hash.update(chunk[max(0, offset - pos) :])
+                pos += len(chunk)
+                size += len(chunk)
+        path = self.blobs.path(key)
+        received = datetime.fromtimestamp(path.stat().st_mtime, UTC) if path else self.clock()
+        origin = Origin(
+            calling_ae=str(getattr(meta, "SourceApplicationEntityTitle", "") or ""), protocol="reindex"
+        )
+        blob = repo.BlobFacts(key, size, whole.hexdigest(), dataset_hash.hexdigest(), received)
+        return record, blob, origin
+
+    def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        """Check every indexed file exists with its recorded SHA-256 and every blob is indexed."""
+        report = VerifyReport()
+        indexed: set[str] = set()
+        with self.read() as conn:
+            facts = list(repo.iter_blob_facts(conn))
+        for sop, key, sha in facts:
+            indexed.add(key)
+            report.checked += 1
+            try:
+                with self.blobs.open(key) as fh:
+                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            except FileNotFoundError:
+                report.missing.append(sop)
+                continue
+            if digest != sha:
+                report.corrupt.append(sop)
+            if progress and report.checked % 500 == 0:
+                progress(report.checked)
+        report.unindexed = [k for k in self.blobs.keys() if k not in indexed]
+        return report
+
+
+def build_file_meta(record: InstanceRecord, transfer_syntax: str, source_ae: str) -> FileMetaDataset:
+    """File meta for a stored instance (PS3.10 7.1), naming the sender's AE title."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(record.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(record.sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if source_ae.strip():
+        meta.SourceApplicationEntityTitle = source_ae.strip()[:16]
+    return meta
+
+
+def _encode_meta(meta: FileMetaDataset) -> bytes:
+    buf = DicomBytesIO()
+    buf.is_little_endian = True
+    buf.is_implicit_VR = False
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return buf.getvalue()
+
+
+def _split_part10(stream: BinaryIO) -> tuple[FileMetaDataset, int]:
+    """Read the preamble and file meta; returns the meta and the offset of the dataset."""
+    stream.seek(0)
+    try:
+        read_preamble(stream, force=False)  # type: ignore[arg-type]
+        meta = _read_file_meta_info(stream)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise InvalidInstance(f"not a DICOM Part-10 stream: {exc}") from exc
+    return meta, stream.tell()

@@ -1,0 +1,98 @@
+"""Shared fixtures.
+
+``db_url`` is parametrised over SQLite and PostgreSQL: every test that uses it (directly or
+through ``archive``) runs on both. PostgreSQL comes from ``PACS_TEST_PG_URL`` (default: the
+local server at 127.0.0.1:5432, database ``test``); each test gets its own schema, dropped
+afterwards. Under CI (``CI=true``) a missing peer is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from pacs.blobstore import FileBlobStore
+from pacs.index.engine import make_engine, migrate
+from pacs.services.archive import Archive
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+PG_URL = os.environ.get("PACS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def require_peer(available: bool, why: str) -> None:
+    """Skip (outside CI) or fail (in CI) when a real peer the test needs is missing."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"required peer missing in CI: {why}")
+    pytest.skip(f"peer missing outside CI: {why}")
+
+
+def require_tool(name: str) -> str:
+    """Path of an executable peer (DCMTK, chromium, ...), or skip/fail per :func:`require_peer`."""
+    path = shutil.which(name)
+    require_peer(path is not None, f"{name} is not installed (apt-get install dcmtk / chromium)")
+    assert path is not None
+    return path
+
+
+def _pg_available() -> bool:
+    try:
+        eng = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with eng.connect() as conn:
+            conn.execute(text("select 1"))
+        eng.dispose()
+        return True
+    except Exception:
+        return False
+
+
+_PG_OK: bool | None = None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database URL on each backend."""
+    global _PG_OK
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'index.sqlite'}"
+        return
+    if _PG_OK is None:
+        _PG_OK = _pg_available()
+    require_peer(_PG_OK, f"PostgreSQL not reachable at {PG_URL}")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def storage_dir(tmp_path: Path) -> Path:
+    """An empty archive root."""
+    p = tmp_path / "storage"
+    p.mkdir()
+    return p
+
+
+@pytest.fixture
+def archive(db_url: str, storage_dir: Path) -> Iterator[Archive]:
+    """An :class:`Archive` on a migrated index (SQLite and PostgreSQL) and a file blob store."""
+    engine = make_engine(db_url)
+    migrate(engine)
+    try:
+        yield Archive(engine, FileBlobStore(storage_dir))
+    finally:
+        engine.dispose()

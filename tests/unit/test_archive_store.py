@@ -1,0 +1,123 @@
+"""The archive store path: durability, duplicates, validation (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pydicom
+import pytest
+
+from pacs.errors import DuplicateInstance, InvalidInstance
+from pacs.model import Level, Origin, StoreOutcome
+from pacs.query import from_qido
+from pacs.services.archive import Archive
+from tests.factories import make_dataset, to_bytes
+
+ORIGIN = Origin(calling_ae="MODALITY1", address="127.0.0.1", protocol="dimse")
+
+
+def _blob_count(archive: Archive) -> int:
+    return sum(1 for _ in archive.blobs.keys())
+
+
+def test_store_then_find_and_read_back(archive: Archive) -> None:
+    ds = make_dataset()
+    data = to_bytes(ds)
+    result = archive.store_bytes(data, ORIGIN)
+    assert result.outcome is StoreOutcome.STORED
+    [stored] = archive.instances(sop_instance_uid=ds.SOPInstanceUID)
+    with archive.open(stored) as fh:
+        back = pydicom.dcmread(fh)
+    assert back.file_meta.SourceApplicationEntityTitle == "MODALITY1"
+    assert back.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+    assert str(back.PatientName) == "Nguyễn^Văn An"
+    assert back.PixelData == ds.PixelData
+    # The dataset bytes are kept exactly as received: only the file meta is ours.
+    with archive.open(stored) as fh:
+        stored_bytes = fh.read()
+    assert stored_bytes.endswith(data[len(data) - len(ds.PixelData) - 200 :])
+    assert archive.verify().ok
+
+
+def test_identical_resend_is_a_duplicate_and_writes_nothing(archive: Archive) -> None:
+    data = to_bytes(make_dataset())
+    assert archive.store_bytes(data, ORIGIN).outcome is StoreOutcome.STORED
+    assert archive.store_bytes(data, ORIGIN).outcome is StoreOutcome.DUPLICATE
+    assert _blob_count(archive) == 1
+    assert archive.count(Level.IMAGE) == 1
+
+
+def test_different_object_same_uid_follows_policy(archive: Archive) -> None:
+    ds = make_dataset()
+    archive.store_bytes(to_bytes(ds), ORIGIN)
+    ds.StudyDescription = "changed"
+    with pytest.raises(DuplicateInstance):
+        archive.store_bytes(to_bytes(ds), ORIGIN)
+    assert _blob_count(archive) == 1
+    archive.duplicate_policy = "replace"
+    assert archive.store_bytes(to_bytes(ds), ORIGIN).outcome is StoreOutcome.REPLACED
+    assert _blob_count(archive) == 1
+    assert archive.verify().ok
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda ds: delattr(ds, "StudyInstanceUID"), "missing StudyInstanceUID"),
+        (lambda ds: setattr(ds, "SOPInstanceUID", "../../etc/passwd"), "invalid SOPInstanceUID"),
+        (lambda ds: setattr(ds, "SeriesInstanceUID", "1." + "2" * 70), "invalid SeriesInstanceUID"),
+    ],
+)
+def test_invalid_instances_leave_nothing_behind(archive: Archive, mutate, reason: str) -> None:
+    ds = make_dataset()
+    mutate(ds)
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+    with pytest.raises(InvalidInstance, match=reason):
+        archive.store_bytes(to_bytes(ds), ORIGIN)
+    assert _blob_count(archive) == 0
+    assert archive.count(Level.IMAGE) == 0
+    assert not any(archive.blobs.tmp_dir.iterdir())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("junk", [b"", b"hello", b"\0" * 128 + b"DICM" + b"\x02\x00", b"\0" * 200])
+def test_junk_is_refused(archive: Archive, junk: bytes) -> None:
+    with pytest.raises(InvalidInstance):
+        archive.store(BytesIO(junk), ORIGIN)
+    assert _blob_count(archive) == 0
+
+
+def test_truncated_pixel_data_is_refused(archive: Archive) -> None:
+    data = to_bytes(make_dataset(rows=64, columns=64))
+    with pytest.raises(InvalidInstance, match="truncated"):
+        archive.store_bytes(data[:-100], ORIGIN)
+    assert _blob_count(archive) == 0
+
+
+def test_counters_and_modalities(archive: Archive) -> None:
+    study = pydicom.uid.generate_uid()
+    s1, s2 = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    for i in range(3):
+        archive.store_bytes(to_bytes(make_dataset(study_uid=study, series_uid=s1, instance_number=i)), ORIGIN)
+    archive.store_bytes(to_bytes(make_dataset(study_uid=study, series_uid=s2, modality="SR")), ORIGIN)
+    q = from_qido(Level.STUDY, [("StudyInstanceUID", study)], default_limit=10, max_limit=10)
+    [row] = archive.search(q)
+    assert row["NumberOfStudyRelatedSeries"] == 2
+    assert row["NumberOfStudyRelatedInstances"] == 4
+    assert row["ModalitiesInStudy"] == "CT\\SR"
+
+
+def test_reindex_rebuilds_the_index_from_files(archive: Archive) -> None:
+    for i in range(5):
+        archive.store_bytes(to_bytes(make_dataset(instance_number=i)), ORIGIN)
+    before = archive.search(from_qido(Level.IMAGE, [], default_limit=100, max_limit=100))
+    with archive._write() as conn:
+        from pacs.index import repo
+
+        repo.clear(conn)
+    assert archive.count(Level.IMAGE) == 0
+    assert not archive.verify().ok  # every blob is now unindexed
+    report = archive.reindex()
+    assert report.indexed == 5 and not report.failed
+    after = archive.search(from_qido(Level.IMAGE, [], default_limit=100, max_limit=100))
+    assert sorted(r["SOPInstanceUID"] for r in after) == sorted(r["SOPInstanceUID"] for r in before)
+    assert archive.verify().ok
