@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -46,3 +47,17 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
             log.warning("removed %d unfinished write(s) left by an interrupted run", removed)
     archive = Archive(engine, blobs, duplicate_policy=settings.storage.duplicate_policy)
     return Runtime(settings=settings, engine=engine, blobs=blobs, archive=archive)
+
+
+def dimse_extensions(rt: Runtime) -> list[Any]:
+    """DIMSE services beyond Verification and Storage (Query/Retrieve, MPPS)."""
+    from pacs.scp import qr
+
+    return [qr.extension(rt.archive, rt.settings)]
+
+
+def web_app(rt: Runtime) -> Any:
+    """The starlette application serving DICOMweb, the viewer and the APIs."""
+    from pacs.web.app import create_app
+
+    return create_app(rt)

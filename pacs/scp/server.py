@@ -1,0 +1,254 @@
+"""The DIMSE listener: application entity, presentation contexts, access control, handlers.
+
+Handlers stay thin: they build an :class:`~pacs.model.Origin`, call the archive service and map
+the result to a DIMSE status (``pacs.scp.status``).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from pacs.config import Settings
+from pacs.errors import PacsError
+from pacs.model import Origin
+from pacs.scp import status
+from pacs.services.archive import Archive
+
+log = logging.getLogger("pacs.dimse")
+
+#: Transfer syntaxes accepted for storage: everything modalities send, kept as received.
+STORAGE_TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent)
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.92",  # JPEG 2000 Part 2 lossless
+    "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.100",  # MPEG2 MP@ML
+    "1.2.840.10008.1.2.4.101",  # MPEG2 MP@HL
+    "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264 HP@4.1
+    "1.2.840.10008.1.2.4.103",  # MPEG-4 AVC/H.264 BD
+    "1.2.840.10008.1.2.4.104",  # MPEG-4 AVC/H.264 HP@4.2 2D
+    "1.2.840.10008.1.2.4.105",  # MPEG-4 AVC/H.264 HP@4.2 3D
+    "1.2.840.10008.1.2.4.106",  # MPEG-4 AVC/H.264 Stereo HP@4.2
+    "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main
+    "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10
+]
+
+
+@dataclass(frozen=True)
+class Extension:
+    """A DIMSE service added to the listener by another module (Q/R, MPPS...)."""
+
+    contexts: list[tuple[str, list[str], dict[str, Any]]]  # (abstract syntax, transfer syntaxes, role kwargs)
+    handlers: list[tuple[Any, Callable[..., Any]]]
+
+
+def origin_of(event: evt.Event, user: str = "") -> Origin:
+    """The :class:`Origin` of a DIMSE event (peer address and AE titles)."""
+    assoc = event.assoc
+    return Origin(
+        address=str(assoc.requestor.address),
+        calling_ae=str(assoc.requestor.ae_title).strip(),
+        called_ae=str(assoc.acceptor.ae_title).strip(),
+        user=user,
+        protocol="dimse",
+    )
+
+
+class _Listener(ThreadedAssociationServer):
+    """Adds SO_REUSEPORT (several processes on one port) and TCP_NODELAY on accepted sockets."""
+
+    reuse_port = False
+    nodelay = True
+
+    def server_bind(self) -> None:
+        if self.reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # type: ignore[union-attr]
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        sock, addr = super().get_request()
+        if self.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, addr
+
+
+class DicomServer:
+    """One DIMSE listener bound to the archive. ``start()`` returns once it accepts connections."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        archive: Archive,
+        *,
+        extensions: list[Extension] | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.archive = archive
+        self.extensions = extensions or []
+        self.reuse_port = reuse_port
+        self._server: _Listener | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def build_ae(self) -> AE:
+        """The application entity with every presentation context we accept."""
+        d = self.settings.dicom
+        _config.STORE_RECV_CHUNKED_DATASET = True  # stream each instance to disk, never whole in memory
+        ae = AE(ae_title=d.ae_title)
+        ae.maximum_pdu_size = d.max_pdu
+        ae.maximum_associations = d.max_associations
+        ae.network_timeout = d.network_timeout
+        ae.acse_timeout = d.acse_timeout
+        ae.dimse_timeout = d.dimse_timeout
+        ae.require_called_aet = True
+        ae.require_calling_aet = [a.ae_title for a in d.allowed_aes] or ["\\NOBODY"]
+        ae.add_supported_context(Verification)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
+        for ext in self.extensions:
+            for abstract, syntaxes, roles in ext.contexts:
+                ae.add_supported_context(abstract, syntaxes, **roles)
+        return ae
+
+    def handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
+        """Event handlers bound to the listener."""
+        hs: list[tuple[Any, Callable[..., Any]]] = [
+            (evt.EVT_REQUESTED, self.handle_requested),
+            (evt.EVT_ACCEPTED, self.handle_accepted),
+            (evt.EVT_RELEASED, self.handle_closed),
+            (evt.EVT_ABORTED, self.handle_closed),
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_C_STORE, self.handle_store),
+        ]
+        for ext in self.extensions:
+            hs.extend(ext.handlers)
+        return hs
+
+    def start(self) -> tuple[str, int]:
+        """Bind and serve in a background thread; returns the bound (host, port)."""
+        d = self.settings.dicom
+        incoming = self.settings.storage.path / "tmp" / "incoming"
+        incoming.mkdir(parents=True, exist_ok=True)
+        tempfile.tempdir = str(incoming)  # pynetdicom's chunked receive writes here
+        ae = self.build_ae()
+        _Listener.reuse_port = self.reuse_port
+        _Listener.nodelay = d.tcp_nodelay
+        server = ae.make_server((d.host, d.port), evt_handlers=self.handlers(), server_class=_Listener)
+        self._server = server  # type: ignore[assignment]
+        self._thread = threading.Thread(target=server.serve_forever, name="dimse-listener", daemon=True)
+        self._thread.start()
+        host, port = server.server_address[:2]
+        log.info("DICOM listener %s on %s:%d", d.ae_title, host, port)
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        """Stop accepting and close the listener."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    # ------------------------------------------------------------------ association control
+
+    def handle_requested(self, event: evt.Event) -> None:
+        """Access control at A-ASSOCIATE-RQ (PS3.8 9.3.4): called AE ours, calling AE (and host) allowed.
+
+        pynetdicom's own checks (``require_called_aet``, ``require_calling_aet``) send the
+        A-ASSOCIATE-RJ; here we log the reason, and make a calling AE that is allowed only from
+        another host fail that same check.
+        """
+        d = self.settings.dicom
+        rq = event.assoc.requestor.primitive
+        calling = str(rq.calling_ae_title).strip()
+        called = str(rq.called_ae_title).strip()
+        address = str(event.assoc.requestor.address)
+        if called != d.ae_title:
+            log.warning(
+                "association rejected (called AE not recognised): %r is not %r, from %s@%s",
+                called,
+                d.ae_title,
+                calling,
+                address,
+            )
+            return
+        allowed = [a for a in d.allowed_aes if a.ae_title == calling]
+        if not allowed:
+            log.warning("association rejected (calling AE not recognised): %r from %s", calling, address)
+        elif not any(a.host in (None, "", address) for a in allowed):
+            log.warning("association rejected (calling AE %r not allowed from %s)", calling, address)
+            rq.calling_ae_title = "\\REJECTED-HOST"  # fails require_calling_aet -> A-ASSOCIATE-RJ
+
+    def handle_accepted(self, event: evt.Event) -> None:
+        """Log and record the association."""
+        o = origin_of(event)
+        log.info("association accepted from %s@%s", o.calling_ae, o.address)
+
+    def handle_closed(self, event: evt.Event) -> None:
+        """Log the end of an association."""
+        o = origin_of(event)
+        log.info(
+            "association %s from %s@%s",
+            "released" if event.event is evt.EVT_RELEASED else "aborted",
+            o.calling_ae,
+            o.address,
+        )
+
+    # ------------------------------------------------------------------ services
+
+    def handle_echo(self, event: evt.Event) -> int:
+        """C-ECHO: the link works."""
+        return 0x0000
+
+    def handle_store(self, event: evt.Event) -> Dataset | int:
+        """C-STORE: store the received file through the archive, success only once durable and indexed."""
+        req = event.request
+        origin = origin_of(event)
+        try:
+            with open(Path(event.dataset_path), "rb") as fh:
+                result = self.archive.store(
+                    fh,
+                    origin,
+                    expected_sop_instance_uid=str(req.AffectedSOPInstanceUID or ""),
+                    expected_sop_class_uid=str(req.AffectedSOPClassUID or ""),
+                )
+        except PacsError as exc:
+            code = status.for_store_error(exc)
+            log.warning(
+                "C-STORE refused sop=%s from %s@%s: 0x%04X %s",
+                req.AffectedSOPInstanceUID,
+                origin.calling_ae,
+                origin.address,
+                code,
+                exc,
+            )
+            return status.dataset(code, str(exc))
+        return status.dataset(status.for_store_outcome(result.outcome))

@@ -1,0 +1,65 @@
+"""Domain results and errors -> DIMSE status codes (PS3.4 Annex B, C; PS3.7 Annex C)."""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+
+from pacs.errors import (
+    DuplicateInstance,
+    InvalidInstance,
+    InvalidQuery,
+    NotFound,
+    PacsError,
+    StorageUnavailable,
+)
+from pacs.model import StoreOutcome
+
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+OUT_OF_RESOURCES_STORE = 0xA700  # C-STORE Refused: Out of Resources
+DATASET_DOES_NOT_MATCH = 0xA900  # C-STORE Error: Data Set does not match SOP Class
+CANNOT_UNDERSTAND = 0xC000  # C-STORE Error: Cannot understand
+DUPLICATE_SOP_INSTANCE = 0x0111  # Duplicate SOP Instance (PS3.7 C.5.13)
+FIND_OUT_OF_RESOURCES = 0xA700
+IDENTIFIER_DOES_NOT_MATCH = 0xA900  # C-FIND/MOVE/GET: Identifier does not match SOP Class
+UNABLE_TO_PROCESS = 0xC000  # C-FIND: Unable to process
+MOVE_DESTINATION_UNKNOWN = 0xA801
+SUB_OPERATIONS_WARNING = 0xB000  # sub-operations complete, one or more failures
+MOVE_OUT_OF_RESOURCES_SUBOPS = 0xA702
+
+
+def for_store_outcome(outcome: StoreOutcome) -> int:
+    """Success for stored, duplicate (already safe) and replaced instances."""
+    return SUCCESS
+
+
+def for_store_error(exc: PacsError) -> int:
+    """The C-STORE failure status of a domain error."""
+    if isinstance(exc, StorageUnavailable):
+        return OUT_OF_RESOURCES_STORE
+    if isinstance(exc, DuplicateInstance):
+        return DUPLICATE_SOP_INSTANCE
+    if isinstance(exc, InvalidInstance):
+        return CANNOT_UNDERSTAND
+    return CANNOT_UNDERSTAND
+
+
+def for_query_error(exc: PacsError) -> int:
+    """The C-FIND / C-MOVE / C-GET failure status of a domain error."""
+    if isinstance(exc, InvalidQuery):
+        return IDENTIFIER_DOES_NOT_MATCH
+    if isinstance(exc, StorageUnavailable):
+        return FIND_OUT_OF_RESOURCES
+    if isinstance(exc, NotFound):
+        return UNABLE_TO_PROCESS
+    return UNABLE_TO_PROCESS
+
+
+def dataset(code: int, comment: str = "") -> Dataset:
+    """A status dataset with an Error Comment (truncated to the 64 characters LO allows)."""
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment.replace("\\", "/")[:64]
+    return ds
