@@ -1,0 +1,34 @@
+"""C-ECHO and association access control against a running archive, with DCMTK's echoscu."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.conftest import require_tool
+from tests.serve import serve
+
+
+def _echo(port: int, calling: str, called: str = "PACS") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [require_tool("echoscu"), "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_echo_and_access_control(tmp_path: Path) -> None:
+    require_tool("echoscu")
+    with serve(tmp_path, f"sqlite:///{tmp_path / 'i.sqlite'}") as srv:
+        assert _echo(srv.dicom_port, "ECHOSCU").returncode == 0
+        bad_calling = _echo(srv.dicom_port, "INTRUDER")
+        assert bad_calling.returncode != 0
+        assert "Calling AE Title Not Recognized" in bad_calling.stdout + bad_calling.stderr
+        bad_called = _echo(srv.dicom_port, "ECHOSCU", called="NOTUS")
+        assert "Called AE Title Not Recognized" in bad_called.stdout + bad_called.stderr
+        # The server keeps serving after rejections, and says why it rejected.
+        assert _echo(srv.dicom_port, "ECHOSCU").returncode == 0
+        log = srv.log()
+        assert "calling AE not recognised" in log and "'INTRUDER'" in log
+        assert "called AE not recognised" in log

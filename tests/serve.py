@@ -1,0 +1,129 @@
+"""Start a real ``pacs serve`` process for protocol tests (port 0, polled until READY)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ALLOWED = ["STORESCU", "FINDSCU", "MOVESCU", "GETSCU", "ECHOSCU", "PYNETDICOM", "TESTSCU"]
+
+
+@dataclass
+class Served:
+    """A running archive: ports, paths and the process."""
+
+    dicom_port: int
+    http_port: int
+    storage: Path
+    database_url: str
+    process: subprocess.Popen[str]
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        """The HTTP root."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def log(self) -> str:
+        """Everything the server logged so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def write_config(path: Path, storage: Path, database_url: str, extra: str = "") -> Path:
+    """A config file for tests: every test AE allowed from loopback."""
+    aes = ", ".join(f'{{ ae_title = "{a}" }}' for a in ALLOWED)
+    path.write_text(
+        f"""
+[dicom]
+ae_title = "PACS"
+host = "127.0.0.1"
+port = 0
+allowed_aes = [{aes}]
+workers = 1
+[http]
+host = "127.0.0.1"
+port = 0
+[storage]
+path = "{storage}"
+[database]
+url = "{database_url}"
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@contextmanager
+def serve(
+    tmp: Path,
+    database_url: str,
+    *,
+    extra_config: str = "",
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    storage: Path | None = None,
+) -> Iterator[Served]:
+    """Run ``pacs serve`` until the block ends; yields once it prints READY."""
+    storage = storage or tmp / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    cfg = write_config(tmp / "config.toml", storage, database_url, extra_config)
+    log_path = tmp / f"serve-{time.monotonic_ns()}.log"
+    log_fh = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pacs.cli", "serve", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=log_fh,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        ready = _wait_ready(proc, timeout, log_path)
+        yield Served(
+            dicom_port=ready["dicom"],
+            http_port=ready["http"],
+            storage=storage,
+            database_url=database_url,
+            process=proc,
+            log_path=log_path,
+        )
+    finally:
+        stop(proc)
+        log_fh.close()
+
+
+def _wait_ready(proc: subprocess.Popen[str], timeout: float, log_path: Path) -> dict[str, Any]:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise RuntimeError(f"pacs serve exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+            continue
+        if line.startswith("READY "):
+            fields = dict(part.split("=", 1) for part in line.split()[1:])
+            return {
+                "dicom": int(fields["dicom"].rsplit(":", 1)[1]),
+                "http": int(fields["http"].rsplit(":", 1)[1]),
+            }
+    raise RuntimeError(f"pacs serve not ready after {timeout}s:\n{log_path.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
+    """Stop the server (SIGTERM, then SIGKILL after 10 s)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
