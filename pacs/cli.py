@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import multiprocessing
 import os
@@ -133,7 +134,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     files = list(_walk(args.paths))
     counts: Counter[str] = Counter()
     rejected: list[tuple[Path, str]] = []
-    origin = Origin(user=os.environ.get("USER", ""), protocol="cli")
+    origin = Origin(user=getpass.getuser(), protocol="cli")
     lock = threading.Lock()
     tty = sys.stderr.isatty()
     for i, path in enumerate(files, 1):
