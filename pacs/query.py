@@ -281,12 +281,16 @@ def from_identifier(
         if attr is None:
             unsupported.append(tag)
             continue
+        try:
+            text = _raw_text(elem.value)
+        except (ValueError, TypeError, OverflowError) as exc:  # e.g. IS "two" decoded lazily by pydicom
+            raise InvalidQuery(f"{attr.keyword}: unreadable value ({exc})") from None
         if _effective_level(attr, patient_root).depth > level.depth:
-            if _raw_text(elem.value):
+            if text:
                 raise InvalidQuery(f"{attr.keyword} is below the {level.value} query level")
             continue
         returns.append(attr)
-        matcher = parse_value(attr, _raw_text(elem.value), fold_names=fold_names)
+        matcher = parse_value(attr, text, fold_names=fold_names)
         if matcher is not None:
             conditions.append(Condition(attr, matcher))
     if level is not Level.PATIENT or patient_root:

@@ -1,12 +1,484 @@
-"""Query/Retrieve SCP (C-FIND, C-MOVE, C-GET). Placeholder: being written."""
+"""Query/Retrieve SCP: C-FIND, C-MOVE and C-GET (PS3.4 Annex C) over the one query engine.
+
+Patient Root and Study Root information models, levels PATIENT, STUDY, SERIES and IMAGE.
+Identifiers parse into :class:`pacs.query.Query` (``from_identifier``) and run through
+``Archive.search``, exactly as QIDO-RS does; matching rules live there, not here.
+
+Status choices (codes in ``pacs.scp.status``):
+
+- Malformed identifier (bad level, key below the level, invalid range, date or UID):
+  ``0xA900`` Identifier does not match SOP Class, with an Error Comment; an identifier that
+  cannot be decoded at all: ``0xC000`` Unable to process. The association stays up.
+- Pending responses are ``0xFF01`` when the request asked for keys we do not index (they come
+  back empty, PS3.4 C.4.1.1.4), ``0xFF00`` otherwise.
+- More matches than ``[dicom] max_find_results``: the first ``max_find_results`` matches are
+  sent as pending responses, then the final status is ``0xA700`` (Out of resources) with the
+  Error Comment ``more than N matches; refine the query``. C-FIND defines no warning status, and
+  a silent Success would let a workstation believe the list is complete.
+- C-CANCEL: checked before every pending response and every sub-operation; ``0xFE00``.
+- C-MOVE to an AE title not in ``[dicom] destinations``: ``0xA801``.
+
+Retrieve sends each instance as stored when the peer accepted its transfer syntax; otherwise
+it converts what pydicom can (explicit <-> implicit VR, decompression of encapsulated pixel
+data), else the sub-operation counts as failed and its UID goes into the Failed SOP Instance
+UID List. Files are read one at a time while sending, never a whole study in memory.
+"""
 
 from __future__ import annotations
 
-from pacs.config import Settings
-from pacs.scp.server import Extension
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from pynetdicom import build_context, evt
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from pacs.config import Destination, Settings
+from pacs.dicom.attributes import BY_KEYWORD, BY_TAG, Attribute
+from pacs.errors import InvalidQuery, NotFound, PacsError
+from pacs.model import Level, Origin, StoredInstance
+from pacs.query import AnyOf, Condition, Equal, Query, from_identifier
+from pacs.scp import status
+from pacs.scp.server import STORAGE_TRANSFER_SYNTAXES, Extension, origin_of
 from pacs.services.archive import Archive
+
+log = logging.getLogger("pacs.dimse.qr")
+
+_PATIENT_ROOT = {
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+}
+_QR_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]  # identifiers: explicit / implicit VR LE
+_TAG_LEVEL = 0x00080052
+_TAG_CHARSET = 0x00080005
+_TAG_RETRIEVE_AE = 0x00080054
+_TAG_AVAILABILITY = 0x00080056
+#: A transfer syntax no peer can have accepted: marks a sub-operation that must fail.
+_NO_SYNTAX = UID("2.25.0")
+_MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1-255)
+
+Status = int | Dataset
+Response = tuple[Status, Dataset | None]
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def response_identifier(request: Dataset, row: dict[str, Any], level: Level, ae_title: str) -> Dataset:
+    """The C-FIND response identifier of one match (PS3.4 C.4.1.1.3.2).
+
+    Exactly the keys of the request come back, in UTF-8, plus Specific Character Set,
+    Query/Retrieve Level and Retrieve AE Title; requested keys we do not index come back empty; keys below the level are
+    left out.
+    """
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.QueryRetrieveLevel = level.value
+    ds.RetrieveAETitle = ae_title
+    for elem in request:
+        tag = int(elem.tag)
+        if elem.tag.group in (0x0000, 0x0002) or elem.tag.is_private or tag in (_TAG_CHARSET, _TAG_LEVEL):
+            continue
+        if tag == _TAG_RETRIEVE_AE:
+            continue
+        if tag == _TAG_AVAILABILITY:
+            ds.InstanceAvailability = "ONLINE"
+            continue
+        vr = _vr_of(elem.tag, str(elem.VR))
+        attr = BY_TAG.get(tag)
+        if attr is not None and attr.keyword in row:
+            ds.add_new(elem.tag, vr, _to_dicom(attr, row[attr.keyword]))
+        elif attr is not None and attr.level.depth > level.depth:
+            continue
+        else:
+            ds.add_new(elem.tag, vr, [] if vr == "SQ" else None)
+    return ds
+
+
+def _vr_of(tag: Any, request_vr: str) -> str:
+    try:
+        vr = str(dictionary_VR(tag))
+    except KeyError:
+        vr = request_vr
+    return vr.split(" or ")[0] if " or " in vr else vr
+
+
+def _to_dicom(attr: Attribute, value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and "\\" in value:
+        return value.split("\\")
+    if attr.is_integer and not isinstance(value, int):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+    return value
+
+
+def _unique_values(query: Query, keyword: str) -> list[str]:
+    """The values a retrieve identifier gives for one unique key (single value or UID list)."""
+    for cond in query.conditions:
+        if cond.attribute.keyword != keyword:
+            continue
+        m = cond.matcher
+        if isinstance(m, Equal):
+            return [str(m.value)]
+        if isinstance(m, AnyOf):
+            return [str(v) for v in m.values]
+        raise InvalidQuery(f"{keyword} must be a single value or a list of UIDs in a retrieve")
+    return []
+
+
+def retrieve_set(archive: Archive, identifier: Dataset, *, patient_root: bool) -> list[StoredInstance]:
+    """The stored instances a C-MOVE / C-GET identifier names (PS3.4 C.4.2.2.1, C.4.3.2.1).
+
+    The unique key of the retrieve level must be present with a value (a list of UIDs below
+    the PATIENT level); unique keys above the level narrow the set.
+    """
+    query = from_identifier(identifier, patient_root=patient_root)
+    level = query.level
+    studies = _unique_values(query, "StudyInstanceUID")
+    series = _unique_values(query, "SeriesInstanceUID")
+    sops = _unique_values(query, "SOPInstanceUID")
+    found: dict[str, StoredInstance] = {}
+
+    def add(**uids: str | None) -> None:
+        try:
+            for inst in archive.instances(**uids):
+                found.setdefault(inst.sop_instance_uid, inst)
+        except NotFound:
+            pass
+
+    if level is Level.PATIENT:
+        pids = [c.matcher for c in query.conditions if c.attribute.keyword == "PatientID"]
+        if not pids or not isinstance(pids[0], Equal):
+            raise InvalidQuery("a PATIENT level retrieve needs a single PatientID")
+        study_query = Query(
+            level=Level.STUDY,
+            conditions=(Condition(BY_KEYWORD["PatientID"], pids[0]),),
+            return_keys=(BY_KEYWORD["StudyInstanceUID"],),
+            patient_root=True,
+        )
+        for row in archive.search(study_query):
+            add(study_instance_uid=row["StudyInstanceUID"])
+    elif level is Level.STUDY:
+        if not studies:
+            raise InvalidQuery("a STUDY level retrieve needs StudyInstanceUID")
+        for uid in studies:
+            add(study_instance_uid=uid)
+    elif level is Level.SERIES:
+        if not series:
+            raise InvalidQuery("a SERIES level retrieve needs SeriesInstanceUID")
+        for uid in series:
+            add(study_instance_uid=studies[0] if len(studies) == 1 else None, series_instance_uid=uid)
+    else:
+        if not sops:
+            raise InvalidQuery("an IMAGE level retrieve needs SOPInstanceUID")
+        for uid in sops:
+            add(
+                study_instance_uid=studies[0] if len(studies) == 1 else None,
+                series_instance_uid=series[0] if len(series) == 1 else None,
+                sop_instance_uid=uid,
+            )
+    return list(found.values())
+
+
+def storage_contexts(instances: Sequence[StoredInstance]) -> list[PresentationContext]:
+    """Contexts to propose to a C-MOVE destination: per SOP class, the stored transfer syntaxes
+    (each on its own context, so that a peer can accept them individually) and uncompressed.
+    """
+    contexts: list[PresentationContext] = []
+    seen: set[tuple[str, str]] = set()
+    for inst in instances:
+        ts = UID(inst.transfer_syntax_uid)
+        wanted = [ts] if ts.is_compressed else []
+        wanted.append(ExplicitVRLittleEndian if ts.is_little_endian or ts.is_compressed else ts)
+        for syntax in wanted:
+            key = (inst.sop_class_uid, str(syntax))
+            if key in seen:
+                continue
+            seen.add(key)
+            if syntax.is_compressed:
+                contexts.append(build_context(inst.sop_class_uid, [syntax]))
+            else:
+                contexts.append(
+                    build_context(inst.sop_class_uid, [ExplicitVRLittleEndian, "1.2.840.10008.1.2"])
+                )
+            if len(contexts) >= _MAX_CONTEXTS:
+                return contexts
+    return contexts
+
+
+def dataset_to_send(
+    archive: Archive, inst: StoredInstance, accepted: Sequence[PresentationContext]
+) -> Dataset:
+    """Read one stored instance for a C-STORE sub-operation in a syntax the peer accepted.
+
+    Sends as stored when accepted; explicit/implicit VR little endian convert freely (pynetdicom
+    re-encodes); encapsulated pixel data is decompressed with pydicom's decoders when the peer
+    took only uncompressed syntaxes. When nothing works, returns a header-only dataset in the
+    stored syntax: pynetdicom then finds no context, counts the sub-operation as failed and
+    lists its SOP Instance UID.
+    """
+    stored = UID(inst.transfer_syntax_uid)
+    offered = [UID(cx.transfer_syntax[0]) for cx in accepted if cx.abstract_syntax == inst.sop_class_uid]
+    if not offered:
+        return _unsendable(inst, "the peer accepted no context for its SOP class")
+    try:
+        with archive.open(inst) as fh:
+            ds = dcmread(fh)
+    except (NotFound, OSError) as exc:
+        return _unsendable(inst, str(exc))
+    if stored in offered:
+        return ds
+    uncompressed = [t for t in offered if not t.is_compressed and t.is_little_endian]
+    if not stored.is_compressed and stored.is_little_endian and uncompressed:
+        return ds  # pynetdicom converts between explicit and implicit VR little endian
+    if stored.is_compressed and uncompressed and "PixelData" in ds:
+        try:
+            ds.decompress(generate_instance_uid=False)
+        except Exception as exc:  # no decoder plugin, corrupt stream: a failed sub-operation
+            return _unsendable(inst, f"cannot decompress {stored.name}: {type(exc).__name__}: {exc}")
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        return ds
+    return _unsendable(inst, f"no accepted transfer syntax can carry {stored.name}")
+
+
+def _unsendable(inst: StoredInstance, why: str) -> Dataset:
+    log.warning("retrieve: cannot send sop=%s: %s", inst.sop_instance_uid, why)
+    ds = Dataset()
+    ds.SOPClassUID = inst.sop_class_uid
+    ds.SOPInstanceUID = inst.sop_instance_uid
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = _NO_SYNTAX
+    return ds
+
+
+# ---------------------------------------------------------------- the service
+
+
+class QueryRetrieveSCP:
+    """C-FIND / C-MOVE / C-GET handlers bound to an archive."""
+
+    def __init__(self, archive: Archive, settings: Settings) -> None:
+        self.archive = archive
+        self.settings = settings
+        self.ae_title = settings.dicom.ae_title
+        self.max_results = max(1, settings.dicom.max_find_results)
+        self.fold_names = settings.query.names_accent_insensitive
+
+    # ------------------------------------------------------------------ C-FIND
+
+    def handle_find(self, event: evt.Event) -> Iterator[Response]:
+        """C-FIND (PS3.4 C.4.1): one pending response per match, then the final status."""
+        origin = origin_of(event)
+        started = time.monotonic()
+        patient_root = str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT
+        try:
+            identifier = event.identifier
+            query = from_identifier(
+                identifier,
+                patient_root=patient_root,
+                max_results=self.max_results + 1,
+                fold_names=self.fold_names,
+            )
+            rows = self.archive.search(query)
+        except Exception as exc:
+            yield self._refused("C-FIND", exc, origin), None
+            return
+        pending = status.PENDING_WARNING if query.unsupported_return_keys else status.PENDING
+        sent = 0
+        for row in rows[: self.max_results]:
+            if event.is_cancelled:
+                log.info(
+                    "C-FIND cancelled by %s@%s after %d matches", origin.calling_ae, origin.address, sent
+                )
+                yield status.CANCEL, None
+                return
+            yield pending, response_identifier(identifier, row, query.level, self.ae_title)
+            sent += 1
+        capped = len(rows) > self.max_results
+        log.info(
+            "C-FIND %s level=%s matches=%d%s in %.1f ms from %s@%s",
+            "patient-root" if patient_root else "study-root",
+            query.level.value,
+            sent,
+            " (capped)" if capped else "",
+            (time.monotonic() - started) * 1000,
+            origin.calling_ae,
+            origin.address,
+        )
+        self._record("query.find", origin, level=query.level.value, matches=sent, capped=capped)
+        if capped:
+            yield (
+                status.dataset(
+                    status.FIND_TOO_MANY_MATCHES, f"more than {self.max_results} matches; refine the query"
+                ),
+                None,
+            )
+
+    # ------------------------------------------------------------------ C-MOVE
+
+    def handle_move(self, event: evt.Event) -> Iterator[Any]:
+        """C-MOVE (PS3.4 C.4.2): open a storage association to the named destination and send."""
+        origin = origin_of(event)
+        dest_title = str(event.move_destination or "").strip()
+        dest = self._destination(dest_title)
+        if dest is None:
+            log.warning(
+                "C-MOVE refused: unknown destination %r requested by %s@%s",
+                dest_title,
+                origin.calling_ae,
+                origin.address,
+            )
+            yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
+            return
+        try:
+            instances = self._retrieve_set(event)
+        except Exception as exc:
+            # pynetdicom only sends a final status after the destination and a sub-operation
+            # count, and it associates with the destination in between.
+            yield dest.host, dest.port, {"contexts": [build_context(Verification)]}
+            yield 1
+            yield self._refused("C-MOVE", exc, origin), None
+            return
+        store_assoc: dict[str, Any] = {}
+
+        def _accepted(ev: evt.Event) -> None:
+            store_assoc["assoc"] = ev.assoc
+
+        contexts = storage_contexts(instances)
+        yield dest.host, dest.port, {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _accepted)]}
+        yield len(instances)
+        log.info(
+            "C-MOVE %d instance(s) to %s (%s:%d) for %s@%s",
+            len(instances),
+            dest.ae_title,
+            dest.host,
+            dest.port,
+            origin.calling_ae,
+            origin.address,
+        )
+        self._record("retrieve.move", origin, destination=dest.ae_title, instances=len(instances))
+        assoc = store_assoc.get("assoc")
+        accepted = list(assoc.accepted_contexts) if assoc is not None else []
+        yield from self._send(event, instances, accepted, "C-MOVE", origin)
+
+    # ------------------------------------------------------------------ C-GET
+
+    def handle_get(self, event: evt.Event) -> Iterator[Any]:
+        """C-GET (PS3.4 C.4.3): send on the requesting association, which took the SCP role."""
+        origin = origin_of(event)
+        try:
+            instances = self._retrieve_set(event)
+        except Exception as exc:
+            yield 1  # pynetdicom sends a final status only after a non-zero sub-operation count
+            yield self._refused("C-GET", exc, origin), None
+            return
+        yield len(instances)
+        log.info("C-GET %d instance(s) for %s@%s", len(instances), origin.calling_ae, origin.address)
+        self._record("retrieve.get", origin, instances=len(instances))
+        accepted = [cx for cx in event.assoc.accepted_contexts if cx.as_scu]
+        yield from self._send(event, instances, accepted, "C-GET", origin)
+
+    # ------------------------------------------------------------------ shared
+
+    def _send(
+        self,
+        event: evt.Event,
+        instances: Sequence[StoredInstance],
+        accepted: Sequence[PresentationContext],
+        what: str,
+        origin: Origin,
+    ) -> Iterator[Response]:
+        for i, inst in enumerate(instances):
+            if event.is_cancelled:
+                log.info(
+                    "%s cancelled by %s@%s after %d of %d",
+                    what,
+                    origin.calling_ae,
+                    origin.address,
+                    i,
+                    len(instances),
+                )
+                yield status.CANCEL, None
+                return
+            yield status.PENDING, dataset_to_send(self.archive, inst, accepted)
+
+    def _retrieve_set(self, event: evt.Event) -> list[StoredInstance]:
+        patient_root = str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT
+        return retrieve_set(self.archive, event.identifier, patient_root=patient_root)
+
+    def _destination(self, ae_title: str) -> Destination | None:
+        for d in self.settings.dicom.destinations:
+            if d.ae_title == ae_title:
+                return d
+        return None
+
+    def _refused(self, what: str, exc: Exception, origin: Origin) -> Dataset:
+        if isinstance(exc, PacsError):
+            code, reason = status.for_query_error(exc), str(exc)
+        else:  # an identifier pydicom cannot decode, or values it cannot convert
+            code, reason = (
+                status.UNABLE_TO_PROCESS,
+                f"cannot read the identifier: {type(exc).__name__}: {exc}",
+            )
+        log.warning("%s refused from %s@%s: 0x%04X %s", what, origin.calling_ae, origin.address, code, reason)
+        return status.dataset(code, reason)
+
+    def _record(self, kind: str, origin: Origin, **details: Any) -> None:
+        try:
+            self.archive.record_event(kind, origin, details=details)
+        except Exception as exc:  # an audit row must never fail the query itself
+            log.warning("cannot record %s event: %s", kind, exc)
 
 
 def extension(archive: Archive, settings: Settings) -> Extension:
-    """Presentation contexts and handlers of the Q/R services."""
-    return Extension(contexts=[], handlers=[])
+    """Presentation contexts and handlers of the Q/R services.
+
+    The storage contexts are re-declared with both roles allowed so that a C-GET requester can
+    take the Storage SCP role on its own association (PS3.7 D.3.3.4 role selection).
+    """
+    scp = QueryRetrieveSCP(archive, settings)
+    contexts: list[tuple[str, list[str], dict[str, Any]]] = [
+        (str(uid), list(_QR_SYNTAXES), {})
+        for uid in (
+            PatientRootQueryRetrieveInformationModelFind,
+            PatientRootQueryRetrieveInformationModelMove,
+            PatientRootQueryRetrieveInformationModelGet,
+            StudyRootQueryRetrieveInformationModelFind,
+            StudyRootQueryRetrieveInformationModelMove,
+            StudyRootQueryRetrieveInformationModelGet,
+        )
+    ]
+    for cx in AllStoragePresentationContexts:
+        contexts.append(
+            (str(cx.abstract_syntax), list(STORAGE_TRANSFER_SYNTAXES), {"scu_role": True, "scp_role": True})
+        )
+    return Extension(
+        contexts=contexts,
+        handlers=[
+            (evt.EVT_C_FIND, scp.handle_find),
+            (evt.EVT_C_MOVE, scp.handle_move),
+            (evt.EVT_C_GET, scp.handle_get),
+        ],
+    )
+
+
+__all__ = ["QueryRetrieveSCP", "dataset_to_send", "extension", "response_identifier", "retrieve_set"]

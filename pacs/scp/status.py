@@ -16,6 +16,7 @@ from pacs.model import StoreOutcome
 
 SUCCESS = 0x0000
 PENDING = 0xFF00
+PENDING_WARNING = 0xFF01  # C-FIND pending: one or more optional keys not supported (PS3.4 C.4.1.1.4)
 CANCEL = 0xFE00
 OUT_OF_RESOURCES_STORE = 0xA700  # C-STORE Refused: Out of Resources
 DATASET_DOES_NOT_MATCH = 0xA900  # C-STORE Error: Data Set does not match SOP Class
@@ -27,6 +28,9 @@ UNABLE_TO_PROCESS = 0xC000  # C-FIND: Unable to process
 MOVE_DESTINATION_UNKNOWN = 0xA801
 SUB_OPERATIONS_WARNING = 0xB000  # sub-operations complete, one or more failures
 MOVE_OUT_OF_RESOURCES_SUBOPS = 0xA702
+#: C-FIND final status when more matches exist than ``[dicom] max_find_results``: the pending
+#: responses already sent hold the first matches; the Error Comment says the list was cut.
+FIND_TOO_MANY_MATCHES = FIND_OUT_OF_RESOURCES
 
 
 def for_store_outcome(outcome: StoreOutcome) -> int:
