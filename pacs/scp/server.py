@@ -183,8 +183,8 @@ class DicomServer:
         """Access control at A-ASSOCIATE-RQ (PS3.8 9.3.4): called AE ours, calling AE (and host) allowed.
 
         pynetdicom's own checks (``require_called_aet``, ``require_calling_aet``) send the
-        A-ASSOCIATE-RJ; here we log the reason, and make a calling AE that is allowed only from
-        another host fail that same check.
+        A-ASSOCIATE-RJ; here we log the reason, and reject a calling AE that is allowed only from
+        another host with the same diagnostic (calling AE title not recognised).
         """
         d = self.settings.dicom
         rq = event.assoc.requestor.primitive
@@ -205,7 +205,9 @@ class DicomServer:
             log.warning("association rejected (calling AE not recognised): %r from %s", calling, address)
         elif not any(a.host in (None, "", address) for a in allowed):
             log.warning("association rejected (calling AE %r not allowed from %s)", calling, address)
-            rq.calling_ae_title = "\\REJECTED-HOST"  # fails require_calling_aet -> A-ASSOCIATE-RJ
+            # A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE title not recognised.
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+            event.assoc.kill()
 
     def handle_accepted(self, event: evt.Event) -> None:
         """Log and record the association."""
