@@ -1,19 +1,111 @@
-"""The starlette application. Placeholder: being written."""
+"""The starlette application: ``/dicom-web`` (PS3.18), ``/healthz`` and the viewer at ``/``.
+
+Routes are one explicit list (:func:`routes`); other modules add theirs by extending it. Services
+are built once over the runtime's archive and kept on ``app.state``.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pacs.services.dicomweb import DicomWeb
+from pacs.services.render import Renderer
+from pacs.web import dicomweb
+from pacs.web.errors import EXCEPTION_HANDLERS
+
+log = logging.getLogger("pacs.http")
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+class RequestLog:
+    """One structured log line per request: method, path (with its UIDs), status, time, reason."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+        state = scope.setdefault("state", {})
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            client = scope.get("client") or ("", 0)
+            query = scope.get("query_string", b"").decode("latin-1")
+            reason = state.get("reason") or ""
+            detail = state.get("detail") or ""
+            log.log(
+                logging.WARNING if status >= 500 else logging.INFO,
+                "http %s %s%s status=%d ms=%.1f client=%s%s%s",
+                scope.get("method"),
+                scope.get("path"),
+                f"?{query[:300]}" if query else "",
+                status,
+                (time.perf_counter() - start) * 1000,
+                client[0],
+                f" {detail}" if detail else "",
+                f" reason={reason!r}" if reason else "",
+            )
+
+
+async def health(request: Request) -> JSONResponse:
+    """Liveness probe."""
+    return JSONResponse({"status": "ok"})
+
+
+def routes(rt: Any) -> list[BaseRoute]:
+    """Every route of the application, the static viewer last."""
+    out: list[BaseRoute] = [
+        Route("/healthz", health),
+        Mount("/dicom-web", routes=dicomweb.routes()),
+    ]
+    if STATIC_DIR.is_dir():
+        out.append(Mount("/", app=StaticFiles(directory=STATIC_DIR, html=True), name="viewer"))
+    return out
 
 
 def create_app(rt: Any) -> Starlette:
-    """Build the web application over a runtime."""
-
-    async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
-
-    return Starlette(routes=[Route("/healthz", health)])
+    """Build the web application over a :class:`pacs.runtime.Runtime`."""
+    settings = rt.settings
+    middleware = [Middleware(RequestLog)]
+    if settings.http.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.http.cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["*"],
+                expose_headers=["ETag", "Content-Type", "Content-Length"],
+                max_age=600,
+            )
+        )
+    app = Starlette(routes=routes(rt), middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
+    cache = settings.storage.path / "cache"
+    app.state.settings = settings
+    app.state.archive = rt.archive
+    app.state.dicomweb = DicomWeb(rt.archive, cache)
+    app.state.renderer = Renderer(rt.archive, cache)
+    return app

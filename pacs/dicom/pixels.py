@@ -1,0 +1,341 @@
+"""Pixel data: locate, validate, read raw frames, decode, and render to an 8-bit image.
+
+Rendering follows the grayscale pipeline of PS3.3 C.11 (Modality LUT -> VOI LUT / window ->
+MONOCHROME1 inversion) and the colour paths (RGB, YBR converted by the decoder, palette colour
+C.7.6.3.1.5). Frames are read one at a time: native frames by offset, encapsulated frames through
+the Basic (or Extended) Offset Table or by walking the fragments (PS3.5 A.4), so a single frame
+never needs the whole object in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
+from pydicom.pixels import pixel_array
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.uid import UID
+
+from pacs.errors import InvalidInstance, NoPixelData
+
+#: Largest decoded frame we agree to produce (bytes); bigger ones are refused, not attempted.
+MAX_FRAME_BYTES = 256 * 1024 * 1024
+#: Largest number of frames we accept in one instance.
+MAX_FRAMES = 100_000
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+NATIVE_SYNTAXES = frozenset({EXPLICIT_LE, IMPLICIT_LE, BIG_ENDIAN, DEFLATED})
+
+#: Media types of compressed frames (PS3.18 Table 8.7.3-2 / 8.7.3-5).
+FRAME_MEDIA_TYPES: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.5": "image/x-dicom-rle",
+}
+
+
+@dataclass(frozen=True)
+class PixelInfo:
+    """Where the pixel data of a stored Part-10 file is and what it holds."""
+
+    header: Dataset
+    transfer_syntax_uid: str
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    bits_allocated: int
+    number_of_frames: int
+    value_offset: int  # file offset of the Pixel Data value
+    value_length: int  # 0xFFFFFFFF when encapsulated
+
+    @property
+    def encapsulated(self) -> bool:
+        """True for compressed (encapsulated) pixel data."""
+        return self.transfer_syntax_uid not in NATIVE_SYNTAXES
+
+    @property
+    def frame_bits(self) -> int:
+        """Bits of one native frame."""
+        return self.rows * self.columns * self.samples_per_pixel * self.bits_allocated
+
+    @property
+    def decoded_frame_bytes(self) -> int:
+        """Bytes of one decoded frame (at least one byte per sample)."""
+        return self.rows * self.columns * self.samples_per_pixel * max(1, math.ceil(self.bits_allocated / 8))
+
+
+def locate(fh: BinaryIO) -> PixelInfo:
+    """Parse the header of a Part-10 file and find its Pixel Data, validating the image geometry.
+
+    Raises :class:`NoPixelData` when there is none and :class:`InvalidInstance` when the header
+    and the pixel data disagree or the image is larger than we agree to decode.
+    """
+    fh.seek(0)
+    try:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True, defer_size=1 << 16)
+    except Exception as exc:
+        raise InvalidInstance(f"unparsable DICOM header: {exc}") from exc
+    ts = str(ds.file_meta.get("TransferSyntaxUID", "") or EXPLICIT_LE)
+    if ts == DEFLATED:
+        # Offsets in a deflated stream are meaningless: read it whole (rare; small objects).
+        fh.seek(0)
+        full = pydicom.dcmread(fh)
+        if "PixelData" not in full:
+            raise NoPixelData("the instance has no pixel data")
+        info = _info(full, ts, -1, len(full.PixelData))
+        return info
+    head = fh.read(8)
+    if len(head) < 8:
+        raise NoPixelData("the instance has no pixel data")
+    uid = UID(ts)
+    endian = "<" if uid.is_little_endian else ">"
+    group, element = struct.unpack(f"{endian}HH", head[:4])
+    if (group, element) != (0x7FE0, 0x0010):
+        raise NoPixelData(f"the instance has no pixel data (found ({group:04X},{element:04X}) instead)")
+    if uid.is_implicit_VR:
+        (length,) = struct.unpack(f"{endian}L", head[4:8])
+    else:
+        (length,) = struct.unpack(f"{endian}L", fh.read(4))
+    return _info(ds, ts, fh.tell(), length)
+
+
+def _info(ds: Dataset, ts: str, offset: int, length: int) -> PixelInfo:
+    def num(keyword: str, default: int | None = None) -> int:
+        value = ds.get(keyword, default)
+        if value is None or value == "":
+            if default is None:
+                raise InvalidInstance(f"the image has no {keyword}")
+            return default
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise InvalidInstance(f"{keyword} is not a number: {value!r}") from None
+
+    rows, columns = num("Rows"), num("Columns")
+    spp, bits = num("SamplesPerPixel", 1), num("BitsAllocated")
+    frames = num("NumberOfFrames", 1) or 1
+    if rows <= 0 or columns <= 0:
+        raise InvalidInstance(f"invalid image size {rows}x{columns}")
+    if spp not in (1, 3, 4):
+        raise InvalidInstance(f"unsupported SamplesPerPixel {spp}")
+    if bits not in (1, 8, 16, 32, 64):
+        raise InvalidInstance(f"unsupported BitsAllocated {bits}")
+    if not 0 < frames <= MAX_FRAMES:
+        raise InvalidInstance(f"unsupported NumberOfFrames {frames}")
+    info = PixelInfo(ds, ts, rows, columns, spp, bits, frames, offset, length)
+    if info.decoded_frame_bytes > MAX_FRAME_BYTES:
+        raise InvalidInstance(
+            f"a {rows}x{columns}x{spp} frame of {bits} bits is larger than the "
+            f"{MAX_FRAME_BYTES >> 20} MiB limit"
+        )
+    if not info.encapsulated:
+        needed = math.ceil(info.frame_bits * frames / 8)
+        if length == 0xFFFFFFFF or length < needed:
+            raise InvalidInstance(
+                f"pixel data holds {length} bytes but Rows*Columns*Samples*Bits*Frames needs {needed}"
+            )
+    elif length != 0xFFFFFFFF:
+        raise InvalidInstance("compressed pixel data must be encapsulated (undefined length)")
+    return info
+
+
+def check_frame_numbers(info: PixelInfo, numbers: list[int]) -> None:
+    """Frame numbers are 1-based and at most NumberOfFrames (PS3.18 8.3.3.3)."""
+    for n in numbers:
+        if not 1 <= n <= info.number_of_frames:
+            from pacs.errors import NotFound
+
+            raise NotFound(f"frame {n} does not exist (the instance has {info.number_of_frames})")
+
+
+def raw_frame(fh: BinaryIO, info: PixelInfo, number: int) -> bytes:
+    """The stored bytes of frame ``number`` (1-based): a native frame or one compressed frame."""
+    if info.value_offset < 0:  # deflated: the whole dataset was parsed
+        return _native_from_bytes(info, bytes(info.header.PixelData), number)
+    if not info.encapsulated:
+        bits = info.frame_bits
+        if bits % 8:
+            fh.seek(info.value_offset)
+            return _native_from_bytes(info, fh.read(math.ceil(bits * info.number_of_frames / 8)), number)
+        size = bits // 8
+        fh.seek(info.value_offset + (number - 1) * size)
+        data = fh.read(size)
+        if len(data) != size:
+            raise InvalidInstance(f"frame {number} is truncated")
+        if info.transfer_syntax_uid == BIG_ENDIAN and info.bits_allocated > 8:
+            dtype = np.dtype(f">u{info.bits_allocated // 8}")
+            data = np.frombuffer(data, dtype).astype(dtype.newbyteorder("<")).tobytes()
+        return data
+    fh.seek(info.value_offset)
+    extended = None
+    if "ExtendedOffsetTable" in info.header and "ExtendedOffsetTableLengths" in info.header:
+        extended = (info.header.ExtendedOffsetTable, info.header.ExtendedOffsetTableLengths)
+    try:
+        return get_frame(fh, number - 1, number_of_frames=info.number_of_frames, extended_offsets=extended)
+    except (ValueError, IndexError, struct.error) as exc:
+        raise InvalidInstance(f"cannot read frame {number} of the encapsulated pixel data: {exc}") from exc
+
+
+def _native_from_bytes(info: PixelInfo, data: bytes, number: int) -> bytes:
+    if info.bits_allocated == 1:
+        bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+        per = info.rows * info.columns * info.samples_per_pixel
+        frame = bits[(number - 1) * per : number * per]
+        return np.packbits(frame, bitorder="little").tobytes()
+    size = info.frame_bits // 8
+    return data[(number - 1) * size : number * size]
+
+
+def decode_frame(fh: BinaryIO, info: PixelInfo, number: int) -> np.ndarray:
+    """Decode frame ``number`` (1-based) to an array (colour as RGB, YBR converted by the decoder)."""
+    try:
+        if info.value_offset < 0:
+            arr = info.header.pixel_array
+            return arr[number - 1] if info.number_of_frames > 1 else arr
+        fh.seek(0)
+        return pixel_array(fh, index=number - 1)
+    except NotImplementedError as exc:
+        raise InvalidInstance(f"no decoder available for transfer syntax {info.transfer_syntax_uid}") from exc
+    except (ValueError, RuntimeError, struct.error, EOFError, OSError) as exc:
+        raise InvalidInstance(f"cannot decode frame {number}: {exc}") from exc
+
+
+def native_frame_bytes(arr: np.ndarray) -> bytes:
+    """A decoded frame as Explicit VR Little Endian pixel bytes (colour by pixel, PS3.5 8.2)."""
+    return np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False)).tobytes()
+
+
+# ---------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class Window:
+    """A VOI window (PS3.3 C.11.2.1.2); ``function`` is LINEAR, LINEAR_EXACT or SIGMOID."""
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+
+
+def _first(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, list | tuple) or (hasattr(value, "__getitem__") and not isinstance(value, str)):
+        try:
+            value = value[0]
+        except (IndexError, TypeError):
+            return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def header_window(ds: Dataset) -> Window | None:
+    """The first window of the header (C.11.2), or ``None``."""
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if center is None or width is None or width <= 0:
+        return None
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    return Window(center, width, function if function in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else "LINEAR")
+
+
+def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
+    """Window ``values`` to 0..255 floats per PS3.3 C.11.2.1.2.1 / C.11.2.1.3."""
+    x = values.astype(np.float64, copy=False)
+    c, w = window.center, window.width
+    if window.function == "SIGMOID":
+        return 255.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+    if window.function == "LINEAR_EXACT":
+        return np.clip(((x - c) / w + 0.5) * 255.0, 0.0, 255.0)
+    if w < 1:
+        w = 1.0
+    if w == 1:
+        return np.where(x <= c - 0.5, 0.0, 255.0)
+    return np.clip(((x - (c - 0.5)) / (w - 1) + 0.5) * 255.0, 0.0, 255.0)
+
+
+def to_display(ds: Dataset, arr: np.ndarray, window: Window | None = None) -> np.ndarray:
+    """One decoded frame -> uint8 (H, W) grayscale or (H, W, 3) RGB ready to encode."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper()
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, ds)
+        return _to_uint8_colour(rgb, 16 if rgb.dtype.itemsize > 1 else 8)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        bits = int(ds.get("BitsStored", 8) or 8)
+        return _to_uint8_colour(arr[..., :3], bits)
+    if window is not None:
+        values = apply_modality_lut(arr, ds)
+        out = apply_window(values, window)
+    else:
+        values = apply_modality_lut(arr, ds)
+        hw = header_window(ds)
+        if hw is not None:
+            out = apply_window(values, hw)
+        elif "VOILUTSequence" in ds:
+            lut_out = apply_voi_lut(values, ds).astype(np.float64)
+            descriptor = ds.VOILUTSequence[0].get("LUTDescriptor", [0, 0, 16])
+            top = float(2 ** int(descriptor[2]) - 1) or 1.0
+            out = np.clip(lut_out / top * 255.0, 0.0, 255.0)
+        else:
+            lo, hi = float(np.min(values)), float(np.max(values))
+            out = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros(values.shape)
+    if photometric == "MONOCHROME1":
+        out = 255.0 - out
+    return np.rint(out).astype(np.uint8)
+
+
+def _to_uint8_colour(arr: np.ndarray, bits: int) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if bits > 8:
+        return (arr.astype(np.uint32) >> (bits - 8)).clip(0, 255).astype(np.uint8)
+    return arr.clip(0, 255).astype(np.uint8)
+
+
+def encode_image(
+    pixels: np.ndarray,
+    media_type: str = "image/jpeg",
+    *,
+    quality: int = 90,
+    viewport: tuple[int, int] | None = None,
+) -> bytes:
+    """Encode a display-ready frame as JPEG or PNG, scaled to fit ``viewport`` (width, height)."""
+    from PIL import Image
+
+    img = Image.fromarray(pixels)
+    if viewport is not None:
+        vw, vh = viewport
+        scale = min(vw / img.width, vh / img.height)
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        if size != img.size:
+            img = img.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    if media_type == "image/png":
+        img.save(buf, format="PNG", compress_level=3)
+    elif media_type == "image/gif":
+        img.save(buf, format="GIF")
+    else:
+        img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()

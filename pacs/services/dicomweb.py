@@ -1,0 +1,276 @@
+"""DICOMweb use cases over the archive: search, retrieve (instances, metadata, frames, bulk data), store.
+
+Method names follow the DICOMweb transactions (PS3.18 10.4 Retrieve, 10.5 Store, 10.6 Search).
+Nothing here knows HTTP: the web edge negotiates media types and maps errors to statuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from pacs.dicom import pixels
+from pacs.dicom.json import dataset_to_json, search_result_json, tag_hex
+from pacs.errors import (
+    DuplicateInstance,
+    InvalidInstance,
+    NotAcceptable,
+    NotFound,
+    PacsError,
+    StorageUnavailable,
+)
+from pacs.model import Origin, StoredInstance, StoreResult
+from pacs.query import Query
+from pacs.services.archive import Archive
+
+log = logging.getLogger("pacs.dicomweb")
+
+ANY = "*"
+_CHUNK = 256 * 1024
+#: Binary values up to this many bytes are sent inline in metadata (PS3.18 F.2.7).
+INLINE_BINARY_LIMIT = 1024
+_BASE = "\x00BASE\x00"  # stands for the instance URL in cached metadata
+_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+
+
+@dataclass(frozen=True)
+class Frames:
+    """Frames of one instance in one transfer syntax."""
+
+    transfer_syntax_uid: str
+    frames: list[bytes]
+
+
+@dataclass(frozen=True)
+class StowOutcome:
+    """What happened to one part of a STOW-RS request: ``result`` or ``error``."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    result: StoreResult | None = None
+    error: PacsError | None = None
+    mismatch: bool = False  # the instance belongs to another study than the request path
+
+
+class DicomWeb:
+    """Search, retrieve and store through the :class:`Archive`."""
+
+    def __init__(self, archive: Archive, cache_dir: Path) -> None:
+        self.archive = archive
+        self.cache_dir = cache_dir / "metadata"
+
+    # ------------------------------------------------------------------ search (10.6)
+
+    def search(
+        self, query: Query, retrieve_url: Callable[[dict[str, Any]], str | None]
+    ) -> list[dict[str, Any]]:
+        """Run a QIDO-RS query; results as DICOM JSON with RetrieveURL (0008,1190) where given."""
+        rows = self.archive.search(query)
+        out = []
+        for row in rows:
+            url = retrieve_url(row)
+            extra = {"00081190": {"vr": "UR", "Value": [url]}} if url else None
+            out.append(search_result_json(row, query.return_keys, extra))
+        return out
+
+    # ------------------------------------------------------------------ retrieve (10.4)
+
+    def instances(
+        self, study: str, series: str | None = None, sop: str | None = None
+    ) -> list[StoredInstance]:
+        """The stored instances addressed by a resource path; raises :class:`NotFound`."""
+        return self.archive.instances(study, series, sop)
+
+    def check_acceptable(self, instances: list[StoredInstance], syntaxes: Collection[str]) -> None:
+        """Raise :class:`NotAcceptable` unless every instance can be sent in one of ``syntaxes``."""
+        if ANY in syntaxes:
+            return
+        for inst in instances:
+            if inst.transfer_syntax_uid in syntaxes:
+                continue
+            if pixels.EXPLICIT_LE in syntaxes and inst.transfer_syntax_uid != pixels.BIG_ENDIAN:
+                continue
+            raise NotAcceptable(
+                f"instance {inst.sop_instance_uid} is stored as {inst.transfer_syntax_uid} and cannot be "
+                f"sent as {', '.join(sorted(syntaxes))}"
+            )
+
+    def retrieve_instance_bytes(self, inst: StoredInstance, syntaxes: Collection[str]) -> Iterator[bytes]:
+        """The Part-10 bytes of one instance: streamed as stored, or transcoded to Explicit VR LE."""
+        if ANY in syntaxes or inst.transfer_syntax_uid in syntaxes:
+            with self.archive.open(inst) as fh:
+                while chunk := fh.read(_CHUNK):
+                    yield chunk
+            return
+        yield self._transcode(inst)
+
+    def _transcode(self, inst: StoredInstance) -> bytes:
+        with self.archive.open(inst) as fh:
+            ds = pydicom.dcmread(fh)
+        try:
+            if ds.file_meta.TransferSyntaxUID.is_compressed:
+                ds.decompress()
+            else:
+                ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
+        except Exception as exc:
+            raise NotAcceptable(
+                f"instance {inst.sop_instance_uid} cannot be transcoded "
+                f"from {inst.transfer_syntax_uid}: {exc}"
+            ) from exc
+        return buf.getvalue()
+
+    def retrieve_metadata(
+        self, instances: list[StoredInstance], base_url: Callable[[StoredInstance], str]
+    ) -> str:
+        """The metadata of instances as a DICOM JSON array (text), BulkDataURIs under ``base_url``.
+
+        Each instance's JSON is cached on disk by the SHA-256 of its stored bytes (content
+        addressed, so never stale), which makes repeated series metadata requests cheap.
+        """
+        parts = []
+        for inst in instances:
+            text = self._metadata_text(inst)
+            parts.append(text.replace(_BASE, base_url(inst)))
+        return "[" + ",".join(parts) + "]"
+
+    def _metadata_text(self, inst: StoredInstance) -> str:
+        path = self.cache_dir / inst.sha256[:2] / f"{inst.sha256}.json"
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            pass
+        with self.archive.open(inst) as fh:
+            ds, has_pixels = _header(fh)
+        obj = dataset_to_json(ds, bulk_uri=lambda p: f"{_BASE}/bulkdata/{p}", threshold=INLINE_BINARY_LIMIT)
+        if has_pixels:
+            obj["7FE00010"] = {
+                "vr": "OB" if ds.file_meta.TransferSyntaxUID.is_compressed else "OW",
+                "BulkDataURI": f"{_BASE}/bulkdata/7FE00010",
+            }
+        obj["00083002"] = {"vr": "UI", "Value": [inst.transfer_syntax_uid]}  # AvailableTransferSyntaxUID
+        text = json.dumps(dict(sorted(obj.items())), ensure_ascii=False, separators=(",", ":"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot cache metadata of %s: %s", inst.sop_instance_uid, exc)
+        return text
+
+    def retrieve_frames(self, inst: StoredInstance, numbers: list[int], syntaxes: Collection[str]) -> Frames:
+        """Frames (1-based numbers) as stored (``*`` or the stored syntax accepted) or decoded native."""
+        with self.archive.open(inst) as fh:
+            info = pixels.locate(fh)
+            pixels.check_frame_numbers(info, numbers)
+            stored = info.transfer_syntax_uid
+            if not info.encapsulated and (
+                ANY in syntaxes or pixels.EXPLICIT_LE in syntaxes or stored in syntaxes
+            ):
+                return Frames(pixels.EXPLICIT_LE, [pixels.raw_frame(fh, info, n) for n in numbers])
+            if info.encapsulated and (ANY in syntaxes or stored in syntaxes):
+                return Frames(stored, [pixels.raw_frame(fh, info, n) for n in numbers])
+            if pixels.EXPLICIT_LE in syntaxes:
+                decoded = [pixels.native_frame_bytes(pixels.decode_frame(fh, info, n)) for n in numbers]
+                return Frames(pixels.EXPLICIT_LE, decoded)
+        raise NotAcceptable(
+            f"frames of {inst.sop_instance_uid} are stored as {stored} and cannot be sent as "
+            f"{', '.join(sorted(syntaxes))}"
+        )
+
+    def retrieve_bulkdata(self, inst: StoredInstance, tag_path: list[str]) -> bytes:
+        """The value of one binary element addressed by a tag path (``TAG[/ITEM/TAG...]``)."""
+        with self.archive.open(inst) as fh:
+            ds, _ = _header(fh)
+        node: Any = ds
+        try:
+            for i, part in enumerate(tag_path):
+                if i % 2 == 0:
+                    node = node[int(part, 16)]
+                    if i < len(tag_path) - 1:
+                        node = node.value
+                else:
+                    node = node[int(part)]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise NotFound(f"no bulk data at {'/'.join(tag_path)}") from None
+        value = getattr(node, "value", None)
+        if not isinstance(value, bytes | bytearray):
+            raise NotFound(f"{'/'.join(tag_path)} is not a binary value")
+        return bytes(value)
+
+    # ------------------------------------------------------------------ store (10.5)
+
+    def store_instances(
+        self, parts: Iterator[BinaryIO], study: str | None, origin: Origin
+    ) -> list[StowOutcome]:
+        """Store each Part-10 part through the archive (the C-STORE path); one outcome per part."""
+        outcomes: list[StowOutcome] = []
+        for part in parts:
+            outcomes.append(self._store_one(part, study, origin))
+        return outcomes
+
+    def _store_one(self, part: BinaryIO, study: str | None, origin: Origin) -> StowOutcome:
+        sop_class = sop_instance = ""
+        try:
+            part.seek(0)
+            head = pydicom.dcmread(
+                part,
+                stop_before_pixels=True,
+                specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
+            )
+            sop_class = str(head.get("SOPClassUID", "") or "")
+            sop_instance = str(head.get("SOPInstanceUID", "") or "")
+            if study and str(head.get("StudyInstanceUID", "") or "") != study:
+                return StowOutcome(
+                    sop_class,
+                    sop_instance,
+                    error=InvalidInstance(f"the instance belongs to study {head.get('StudyInstanceUID')}"),
+                    mismatch=True,
+                )
+        except Exception as exc:
+            return StowOutcome(
+                sop_class, sop_instance, error=InvalidInstance(f"not a DICOM Part-10 object: {exc}")
+            )
+        try:
+            part.seek(0)
+            return StowOutcome(sop_class, sop_instance, result=self.archive.store(part, origin))
+        except (InvalidInstance, DuplicateInstance, StorageUnavailable) as exc:
+            return StowOutcome(sop_class, sop_instance, error=exc)
+
+
+def _header(fh: BinaryIO) -> tuple[Dataset, bool]:
+    """The dataset up to the pixel data, and whether pixel data follows."""
+    fh.seek(0)
+    try:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True)
+    except Exception as exc:
+        raise InvalidInstance(f"unparsable stored instance: {exc}") from exc
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    head = fh.read(4)
+    has_pixels = False
+    if len(head) == 4:
+        little = ts is None or pydicom.uid.UID(ts).is_little_endian
+        group = int.from_bytes(head[:2], "little" if little else "big")
+        element = int.from_bytes(head[2:4], "little" if little else "big")
+        has_pixels = (group, element) in _PIXEL_TAGS
+    return ds, has_pixels
+
+
+def instance_key(inst: StoredInstance, *parts: object) -> str:
+    """A content-addressed cache key for a derived representation of an instance."""
+    return hashlib.sha256("|".join([inst.sha256, *map(str, parts)]).encode()).hexdigest()
+
+
+__all__ = ["ANY", "DicomWeb", "Frames", "StowOutcome", "instance_key", "tag_hex"]
