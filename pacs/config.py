@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -99,6 +100,48 @@ class LogSettings:
     level: str = "INFO"
 
 
+#: Default label of every appraisal record that carries a device time (appraisal domain notes).
+LABEL_VI = (
+    "Các mốc thời gian trong bản ghi này lấy từ thiết bị chụp, hệ thống PACS và tệp DICOM, chỉ phản "
+    "ánh thời gian vận hành máy (thu nhận hình ảnh) — chỉ là một phần của quy trình kỹ thuật, vốn còn "
+    "gồm tiếp đón người bệnh, xác nhận thông tin, khai thác tiền sử, hướng dẫn tư thế, giải thích, "
+    "đọc và đánh giá kết quả, tư vấn và trả kết quả. Theo Bộ Y tế, thời gian trong hướng dẫn quy "
+    "trình kỹ thuật (Quyết định 2775/QĐ-BYT, 2776/QĐ-BYT) chỉ mang tính tham chiếu, không phải căn cứ "
+    "giám định hay từ chối thanh toán chi phí khám bệnh, chữa bệnh BHYT."
+)
+LABEL_EN = (
+    "Times in this record come from the imaging device, the PACS and DICOM files. They reflect only "
+    "machine operating (image acquisition) time, which is only one part of the technical procedure; "
+    "the procedure also includes patient reception, information checks, history taking, positioning "
+    "guidance, explanation, reading and evaluating images, consultation and returning results. "
+    "According to the Ministry of Health, the times in the technical procedure guidelines (Decisions "
+    "2775/QĐ-BYT and 2776/QĐ-BYT) are reference averages, not grounds for appraisal or for refusing "
+    "health-insurance payment."
+)
+
+
+@dataclass(frozen=True)
+class AppraisalSettings:
+    """Acquisition logs for health-insurance appraisal: facility, registers, label, clock checks.
+
+    Register paths are CSV files the administrator edits (see ``registers/``); a relative path is
+    resolved against the directory of the config file; an empty path means "no register".
+    """
+
+    facility_code: str = ""  # MA_CSKCB, 5 characters; empty = unknown (MA_MAY 4750 form left empty)
+    device_register: Path = Path()
+    service_register: Path = Path()
+    staff_register: Path = Path()
+    reference_time_register: Path = Path()
+    label_code: str = "PACS_TG_THIET_BI_v1"
+    label_vi: str = LABEL_VI
+    label_en: str = LABEL_EN
+    device_utc_offset: str = "+0700"  # assumed for device times without TimezoneOffsetFromUTC
+    clock_tolerance_seconds: int = 300  # |observed offset| above this is reported as a fact
+    max_limit: int = 1000
+    default_limit: int = 100
+
+
 @dataclass(frozen=True)
 class Settings:
     """All settings. Build with :func:`load`."""
@@ -109,6 +152,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     query: QuerySettings = field(default_factory=QuerySettings)
     log: LogSettings = field(default_factory=LogSettings)
+    appraisal: AppraisalSettings = field(default_factory=AppraisalSettings)
 
     @property
     def database_url(self) -> str:
@@ -129,6 +173,7 @@ _SECTIONS: dict[str, type] = {
     "database": DatabaseSettings,
     "query": QuerySettings,
     "log": LogSettings,
+    "appraisal": AppraisalSettings,
 }
 
 
@@ -168,9 +213,20 @@ def load(
     storage: StorageSettings = built["storage"]
     if not storage.path.is_absolute():
         built["storage"] = dataclasses.replace(storage, path=(base_dir / storage.path).resolve())
+    built["appraisal"] = _resolve_registers(built["appraisal"], base_dir)
     settings = Settings(**built)
     _validate(settings)
     return settings
+
+
+def _resolve_registers(appraisal: AppraisalSettings, base_dir: Path) -> AppraisalSettings:
+    """Register paths relative to the config file; an empty path stays empty (no register)."""
+    changes: dict[str, Path] = {}
+    for f in dataclasses.fields(appraisal):
+        value = getattr(appraisal, f.name)
+        if isinstance(value, Path) and str(value) not in ("", ".") and not value.is_absolute():
+            changes[f.name] = (base_dir / value).resolve()
+    return dataclasses.replace(appraisal, **changes) if changes else appraisal
 
 
 def _from_env(name: str, text: str, default: Any) -> Any:
@@ -241,3 +297,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[storage] duplicate_policy must be 'reject' or 'replace'")
     if not 0 < settings.http.default_query_limit <= settings.http.max_query_limit:
         raise ConfigError("[http] default_query_limit must be between 1 and max_query_limit")
+    a = settings.appraisal
+    if a.facility_code and len(a.facility_code) != 5:
+        raise ConfigError("[appraisal] facility_code (MA_CSKCB) must be 5 characters")
+    if not 0 < a.default_limit <= a.max_limit:
+        raise ConfigError("[appraisal] default_limit must be between 1 and max_limit")
+    if not re.fullmatch(r"[+-](0\d|1[0-4])[0-5]\d", a.device_utc_offset):
+        raise ConfigError("[appraisal] device_utc_offset must look like +0700")

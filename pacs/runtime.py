@@ -24,6 +24,7 @@ class Runtime:
     engine: Engine
     blobs: FileBlobStore
     archive: Archive
+    appraisal: Any = None  # pacs.services.appraisal.Appraisal, built by build()
 
     def close(self) -> None:
         """Release database connections."""
@@ -46,14 +47,36 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
         if removed:
             log.warning("removed %d unfinished write(s) left by an interrupted run", removed)
     archive = Archive(engine, blobs, duplicate_policy=settings.storage.duplicate_policy)
-    return Runtime(settings=settings, engine=engine, blobs=blobs, archive=archive)
+    rt = Runtime(settings=settings, engine=engine, blobs=blobs, archive=archive)
+    rt.appraisal = _appraisal(settings, engine)
+    return rt
+
+
+def _appraisal(settings: Settings, engine: Engine) -> Any:
+    """The appraisal service with its registers (a bad register file fails start-up, with the line)."""
+    from pacs.appraisal_registers import RegisterError, load_registers
+    from pacs.config import ConfigError
+    from pacs.services.appraisal import Appraisal
+
+    a = settings.appraisal
+    try:
+        registers = load_registers(
+            a.facility_code,
+            a.device_register,
+            a.service_register,
+            a.staff_register,
+            a.reference_time_register,
+        )
+    except RegisterError as exc:
+        raise ConfigError(str(exc)) from exc
+    return Appraisal(engine, a, registers)
 
 
 def dimse_extensions(rt: Runtime) -> list[Any]:
     """DIMSE services beyond Verification and Storage (Query/Retrieve, MPPS)."""
-    from pacs.scp import qr
+    from pacs.scp import mpps, qr
 
-    return [qr.extension(rt.archive, rt.settings)]
+    return [qr.extension(rt.archive, rt.settings), mpps.extension(rt.appraisal)]
 
 
 def web_app(rt: Runtime) -> Any:

@@ -139,6 +139,38 @@ events = Table(
     Column("details", Text),
 )
 
+#: Modality Performed Procedure Steps (PS3.4 Annex F), one row per MPPS SOP Instance. Times are
+#: the device's local DICOM date/time strings as sent; ``attributes`` is a JSON subset (performed
+#: series, scheduled step attributes, people), never pixel data.
+mpps = Table(
+    "mpps",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sop_instance_uid", String(64), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("start_date", String(8)),
+    Column("start_time", String(16)),
+    Column("end_date", String(8)),
+    Column("end_time", String(16)),
+    Column("performed_procedure_step_id", String(64)),
+    Column("performed_station_ae_title", String(16)),
+    Column("performed_station_name", String(64)),
+    Column("modality", String(16)),
+    Column("study_instance_uid", String(64), index=True),
+    Column("accession_number", String(64), index=True),
+    Column("requested_procedure_id", String(64)),
+    Column("scheduled_procedure_step_id", String(64)),
+    Column("procedure_code", String(64)),
+    Column("procedure_code_meaning", String(256)),
+    Column("description", String(256)),
+    Column("patient_id", String(64)),
+    Column("attributes", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("calling_ae", String(16)),
+    Column("peer_address", String(64)),
+)
+
 Index("ix_studies_study_date_time", studies.c.study_date, studies.c.study_time)
 
 TABLES: dict[Level, Table] = {

@@ -1,0 +1,245 @@
+"""Registers the administrator keeps for appraisal exports: devices, services, staff, reference times.
+
+Each register is a UTF-8 CSV file (a header row, then one entry per row; ``#`` lines are comments)
+named in ``[appraisal]`` of ``config.toml``; ``registers/`` holds commented examples. Nothing is
+ever guessed: a device, service or person missing from its register gets an empty code and a note
+saying so. Codes follow the claim data standard (Decision 130/QĐ-BYT as amended by 4750/QĐ-BYT and
+3176/QĐ-BYT); every format here is data, not code, because it changes every year or two.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Machine groups of ``MA_MAY`` (X-ray, CT, MRI, ultrasound, DSA, endoscopy, nuclear medicine, PET, ECG).
+MACHINE_GROUPS = frozenset(
+    {"XQ", "CL", "MRI", "SA", "DSA", "NS", "SP", "XH", "PET", "ĐT", "DT", "MMO", "KHAC"}
+)
+#: Funding source of a machine: 1 state budget, 2 sponsorship / socialised, 3 other.
+FUNDING_SOURCES = frozenset({"1", "2", "3"})
+SERVICE_CODE = re.compile(r"^\d{2}\.\d{4}\.\d{4}$")
+
+
+class RegisterError(ValueError):
+    """A register file that cannot be used (with the file and line)."""
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive key of a name or description (``Nguyễn^Văn`` -> ``nguyen van``)."""
+    text = text.replace("^", " ").replace("Đ", "D").replace("đ", "d")
+    text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+    return " ".join(text.lower().split())
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    """One imaging device of the facility."""
+
+    machine_group: str
+    funding_source: str
+    serial_number: str = ""
+    station_name: str = ""
+    asset_code: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class MachineCode:
+    """``MA_MAY`` in both formats, or empty with the reason."""
+
+    current: str  # Decision 3176/QĐ-BYT: XX.n.Z
+    previous: str  # Decision 4750/QĐ-BYT: XX.n.YYYYY.Z
+    registered: bool
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """A ministry service code for a procedure code or a study description."""
+
+    service_code: str
+    service_name: str
+
+
+@dataclass(frozen=True)
+class ReferenceTime:
+    """A published reference time (e.g. Decisions 2775/2776/QĐ-BYT): informative only."""
+
+    service_code: str
+    reference_minutes: float
+    source: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Registers:
+    """All registers, loaded once at start-up."""
+
+    facility_code: str = ""
+    devices_by_serial: dict[str, DeviceEntry] = field(default_factory=dict)
+    devices_by_station: dict[str, DeviceEntry] = field(default_factory=dict)
+    services_by_code: dict[str, ServiceEntry] = field(default_factory=dict)
+    services_by_description: dict[str, ServiceEntry] = field(default_factory=dict)
+    service_rows: list[tuple[str, str, str]] = field(default_factory=list)  # (match_kind, match, code)
+    staff: dict[str, str] = field(default_factory=dict)
+    reference_times: dict[str, list[ReferenceTime]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ look-ups
+
+    def device(self, serial_number: str | None, station_name: str | None) -> DeviceEntry | None:
+        """The register entry of a device, by serial number first, then station name."""
+        if serial_number and serial_number.strip().upper() in self.devices_by_serial:
+            return self.devices_by_serial[serial_number.strip().upper()]
+        if station_name and station_name.strip().upper() in self.devices_by_station:
+            return self.devices_by_station[station_name.strip().upper()]
+        return None
+
+    def machine_code(self, serial_number: str | None, station_name: str | None) -> MachineCode:
+        """``MA_MAY`` of a device: group + funding from the register, never guessed."""
+        entry = self.device(serial_number, station_name)
+        if entry is None:
+            return MachineCode(
+                "",
+                "",
+                False,
+                (
+                    f"device serial={serial_number or '-'} station={station_name or '-'} is not in the "
+                    "device register: MA_MAY left empty",
+                ),
+            )
+        z = entry.asset_code or (serial_number or "").strip() or entry.serial_number
+        if not z:
+            return MachineCode(
+                "", "", True, ("device has no serial number or asset code: MA_MAY left empty",)
+            )
+        current = f"{entry.machine_group}.{entry.funding_source}.{z}"
+        if not self.facility_code:
+            return MachineCode(
+                current, "", True, ("facility code (MA_CSKCB) not configured: 4750 form left empty",)
+            )
+        return MachineCode(
+            current, f"{entry.machine_group}.{entry.funding_source}.{self.facility_code}.{z}", True
+        )
+
+    def service(self, procedure_code: str | None, description: str | None) -> ServiceEntry | None:
+        """The ministry service of a procedure code, else of a study description."""
+        if procedure_code and procedure_code.strip() in self.services_by_code:
+            return self.services_by_code[procedure_code.strip()]
+        if description and fold(description) in self.services_by_description:
+            return self.services_by_description[fold(description)]
+        return None
+
+    def descriptions_for(self, service_code: str) -> list[str]:
+        """Study descriptions mapped to a service code, as written in the register."""
+        return [
+            m for kind, m, code in self.service_rows if kind == "study_description" and code == service_code
+        ]
+
+    def procedure_codes_for(self, service_code: str) -> list[str]:
+        """Procedure codes mapped to a service code."""
+        return [m for kind, m, code in self.service_rows if kind == "procedure_code" and code == service_code]
+
+    def licence(self, dicom_name: str | None) -> str | None:
+        """The practising-licence code (or citizen ID) of a person named in DICOM, or None."""
+        if not dicom_name:
+            return None
+        return self.staff.get(fold(dicom_name))
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise RegisterError(f"cannot read register {path}: {exc.strerror}") from exc
+    lines = [
+        (n, line)
+        for n, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not lines:
+        return
+    reader = csv.DictReader([line for _n, line in lines])
+    for (n, _line), row in zip(lines[1:], reader, strict=False):
+        yield n, {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+
+
+def _need(path: Path, n: int, row: dict[str, str], key: str) -> str:
+    value = row.get(key, "")
+    if not value:
+        raise RegisterError(f"{path}:{n}: column {key!r} is empty or missing")
+    return value
+
+
+def load_registers(
+    facility_code: str = "",
+    devices: Path | None = None,
+    services: Path | None = None,
+    staff: Path | None = None,
+    reference_times: Path | None = None,
+) -> Registers:
+    """Load the registers named in the settings (``None`` or ``Path()`` = no register)."""
+    regs = Registers(facility_code=facility_code)
+
+    def given(p: Path | None) -> bool:
+        return p is not None and str(p) not in ("", ".")
+
+    if given(devices):
+        assert devices is not None
+        for n, row in _rows(devices):
+            group = _need(devices, n, row, "machine_group").upper()
+            funding = _need(devices, n, row, "funding_source")
+            if group not in MACHINE_GROUPS:
+                raise RegisterError(f"{devices}:{n}: unknown machine_group {group!r}")
+            if funding not in FUNDING_SOURCES:
+                raise RegisterError(f"{devices}:{n}: funding_source must be 1, 2 or 3, got {funding!r}")
+            entry = DeviceEntry(
+                machine_group=group,
+                funding_source=funding,
+                serial_number=row.get("serial_number", ""),
+                station_name=row.get("station_name", ""),
+                asset_code=row.get("asset_code", ""),
+                note=row.get("note", ""),
+            )
+            if not entry.serial_number and not entry.station_name:
+                raise RegisterError(f"{devices}:{n}: give serial_number or station_name")
+            if entry.serial_number:
+                regs.devices_by_serial[entry.serial_number.upper()] = entry
+            if entry.station_name:
+                regs.devices_by_station[entry.station_name.upper()] = entry
+    if given(services):
+        assert services is not None
+        for n, row in _rows(services):
+            code = _need(services, n, row, "service_code")
+            if not SERVICE_CODE.match(code):
+                raise RegisterError(f"{services}:{n}: service_code {code!r} is not XX.YYYY.ZZZZ")
+            entry_s = ServiceEntry(code, row.get("service_name", ""))
+            kind = row.get("match_kind", "procedure_code")
+            match = _need(services, n, row, "match")
+            regs.service_rows.append((kind, match, code))
+            if kind == "procedure_code":
+                regs.services_by_code[match] = entry_s
+            elif kind == "study_description":
+                regs.services_by_description[fold(match)] = entry_s
+            else:
+                raise RegisterError(f"{services}:{n}: match_kind must be procedure_code or study_description")
+    if given(staff):
+        assert staff is not None
+        for n, row in _rows(staff):
+            regs.staff[fold(_need(staff, n, row, "dicom_name"))] = _need(staff, n, row, "licence_code")
+    if given(reference_times):
+        assert reference_times is not None
+        for n, row in _rows(reference_times):
+            code = _need(reference_times, n, row, "service_code")
+            try:
+                minutes = float(_need(reference_times, n, row, "reference_minutes"))
+            except ValueError as exc:
+                raise RegisterError(f"{reference_times}:{n}: reference_minutes is not a number") from exc
+            regs.reference_times.setdefault(code, []).append(
+                ReferenceTime(code, minutes, row.get("source", ""), row.get("note", ""))
+            )
+    return regs

@@ -1,0 +1,106 @@
+"""Modality Performed Procedure Step SCP (PS3.4 Annex F): N-CREATE and N-SET.
+
+Thin edge: decode the attribute list, call the appraisal service, map its result or error to the
+statuses of PS3.4 F.7.2.1.3 / F.7.2.2.3 (and PS3.7 C.5 for the general N-service codes).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.sop_class import ModalityPerformedProcedureStep
+
+from pacs.errors import DuplicateInstance, InvalidInstance, NotFound, PacsError, StorageUnavailable
+from pacs.scp import status
+from pacs.scp.server import STORAGE_TRANSFER_SYNTAXES, Extension, origin_of
+from pacs.services.appraisal import Appraisal, MissingAttribute, StepNotInProgress
+
+log = logging.getLogger("pacs.dimse.mpps")
+
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_SOP_INSTANCE = 0x0111
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+NO_SUCH_SOP_CLASS = 0x0118
+INVALID_ATTRIBUTE_VALUE = 0x0106
+MISSING_ATTRIBUTE = 0x0120
+MISSING_ATTRIBUTE_VALUE = 0x0121
+RESOURCE_LIMITATION = 0x0213
+#: Error ID of "Performed Procedure Step Object may no longer be updated" (PS3.4 F.7.2.2.3).
+PPS_NO_LONGER_UPDATABLE = 0xA710
+
+
+def for_error(exc: PacsError, *, create: bool) -> Dataset:
+    """The N-CREATE / N-SET failure status dataset of a domain error, with an Error Comment."""
+    if isinstance(exc, StepNotInProgress):
+        ds = status.dataset(PROCESSING_FAILURE, str(exc))
+        ds.ErrorID = PPS_NO_LONGER_UPDATABLE
+        return ds
+    if isinstance(exc, DuplicateInstance):
+        code = DUPLICATE_SOP_INSTANCE
+    elif isinstance(exc, NotFound):
+        code = NO_SUCH_OBJECT_INSTANCE
+    elif isinstance(exc, MissingAttribute):
+        code = MISSING_ATTRIBUTE if create else MISSING_ATTRIBUTE_VALUE
+    elif isinstance(exc, InvalidInstance):
+        code = INVALID_ATTRIBUTE_VALUE
+    elif isinstance(exc, StorageUnavailable):
+        code = RESOURCE_LIMITATION
+    else:
+        code = PROCESSING_FAILURE
+    return status.dataset(code, str(exc))
+
+
+def extension(appraisal: Appraisal) -> Extension:
+    """Presentation context and handlers of the MPPS SCP."""
+
+    def handle_n_create(event: evt.Event) -> tuple[Dataset | int, Dataset | None]:
+        """N-CREATE: a procedure step starts (status IN PROGRESS)."""
+        req = event.request
+        origin = origin_of(event)
+        if str(req.AffectedSOPClassUID) != ModalityPerformedProcedureStep:
+            return NO_SUCH_SOP_CLASS, None
+        try:
+            uid = appraisal.create_step(str(req.AffectedSOPInstanceUID or ""), event.attribute_list, origin)
+        except PacsError as exc:
+            reply = for_error(exc, create=True)
+            log.warning(
+                "N-CREATE refused sop=%s from %s@%s: 0x%04X %s",
+                req.AffectedSOPInstanceUID,
+                origin.calling_ae,
+                origin.address,
+                reply.Status,
+                exc,
+            )
+            return reply, None
+        out = Dataset()
+        if req.AffectedSOPInstanceUID is None:
+            out.AffectedSOPInstanceUID = uid
+        return status.SUCCESS, out
+
+    def handle_n_set(event: evt.Event) -> tuple[Dataset | int, Dataset | None]:
+        """N-SET: a procedure step is updated, completed or discontinued."""
+        req = event.request
+        origin = origin_of(event)
+        if str(req.RequestedSOPClassUID) != ModalityPerformedProcedureStep:
+            return NO_SUCH_SOP_CLASS, None
+        try:
+            appraisal.update_step(str(req.RequestedSOPInstanceUID or ""), event.modification_list, origin)
+        except PacsError as exc:
+            reply = for_error(exc, create=False)
+            log.warning(
+                "N-SET refused sop=%s from %s@%s: 0x%04X %s",
+                req.RequestedSOPInstanceUID,
+                origin.calling_ae,
+                origin.address,
+                reply.Status,
+                exc,
+            )
+            return reply, None
+        return status.SUCCESS, Dataset()
+
+    return Extension(
+        contexts=[(ModalityPerformedProcedureStep, STORAGE_TRANSFER_SYNTAXES[:3], {})],
+        handlers=[(evt.EVT_N_CREATE, handle_n_create), (evt.EVT_N_SET, handle_n_set)],
+    )

@@ -1,0 +1,1007 @@
+"""Acquisition logs for health-insurance appraisal: MPPS procedure steps, records, exports.
+
+A record describes one imaging service line (the accession number, else the requested procedure,
+else the study) from what the archive saw: MPPS steps (PS3.4 Annex F), the device's acquisition
+times with the attribute each came from, when the archive received the images, the device and the
+people, and observed clock facts. It reports facts and orderings only; it never turns a time into
+a judgement on the service. Every record carries the configured label explaining that device
+times cover machine operation only (appraisal domain notes, consequences 1-3), and every access is
+recorded as an event (who, from where, which filter, how many records).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import json
+import logging
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from html import escape
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from pacs.appraisal_registers import Registers
+from pacs.config import AppraisalSettings
+from pacs.dicom.text import is_valid_uid, normalise_date, normalise_time
+from pacs.errors import (
+    DuplicateInstance,
+    InvalidInstance,
+    InvalidQuery,
+    NotFound,
+    PacsError,
+    StorageUnavailable,
+)
+from pacs.index import appraisal as sql
+from pacs.index import repo
+from pacs.model import Origin
+
+log = logging.getLogger("pacs.appraisal")
+
+VIETNAM = timezone(timedelta(hours=7))
+IN_PROGRESS, COMPLETED, DISCONTINUED = "IN PROGRESS", "COMPLETED", "DISCONTINUED"
+MPPS_STATUSES = (IN_PROGRESS, COMPLETED, DISCONTINUED)
+CSV_FIELDS = (
+    "STT",
+    "MA_LK",
+    "MA_DICH_VU",
+    "TEN_DICH_VU",
+    "MA_BAC_SI",
+    "NGUOI_THUC_HIEN",
+    "NGAY_YL",
+    "NGAY_TH_YL",
+    "NGAY_KQ",
+    "MA_MAY",
+    "PACS_MA_MAY_4750",
+    "TG_THIET_BI_BAT_DAU",
+    "TG_THIET_BI_KET_THUC",
+    "PACS_NGUON_TG_THIET_BI",
+    "PACS_SO_PHIEU_CHI_DINH",
+    "PACS_STUDY_UID",
+    "MA_BN",
+    "MA_THE_BHYT",
+    "SO_CCCD",
+    "PACS_MA_NHAN",
+    "PACS_GHI_CHU",
+)
+EXTRACT_NOTE_VI = "Trích xuất từ PACS để đối chiếu, không phải hồ sơ đề nghị thanh toán"
+EXTRACT_NOTE_EN = "PACS extract for reconciliation, not a claim file"
+FIELD_NOTE = (
+    "NGAY_TH_YL/TG_THIET_BI_*: device times (MPPS start, else first image acquisition; last image "
+    "acquisition), Vietnam time (UTC+7), yyyymmddHHMM; TG_THIET_BI_* and PACS_* are PACS extension "
+    "fields, not fields of the data standard; NGAY_YL and NGAY_KQ are not known to the PACS"
+)
+
+
+class StepNotInProgress(PacsError):
+    """An N-SET on a procedure step that is already COMPLETED or DISCONTINUED (PS3.4 F.7.2.2)."""
+
+
+class MissingAttribute(InvalidInstance):
+    """A required MPPS attribute is absent or empty (PS3.4 F.7.2.1, type 1 attributes)."""
+
+
+# ---------------------------------------------------------------------- time helpers
+
+
+_DT = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?$")
+
+
+def parse_offset(text: str | None) -> timezone | None:
+    """``+0700`` -> a fixed offset; None for an empty or malformed value."""
+    m = re.fullmatch(r"([+-])(\d{2})(\d{2})", (text or "").strip())
+    if not m:
+        return None
+    delta = timedelta(hours=int(m[2]), minutes=int(m[3]))
+    return timezone(-delta if m[1] == "-" else delta)
+
+
+def parse_dicom_datetime(text: str | None, default_tz: timezone) -> tuple[datetime, bool] | None:
+    """A DICOM DT (or DA+TM concatenation) -> (aware datetime, whether it carried its own offset)."""
+    text = (text or "").strip().replace(":", "").replace("-", "", 2) if text else ""
+    if not text:
+        return None
+    m = _DT.match(text)
+    if not m:
+        return None
+    year, month, day, hour, minute, sec, frac, off = m.groups()
+    try:
+        value = datetime(
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hour or 0),
+            int(minute or 0),
+            int(sec or 0),
+            int((frac or ".0")[1:].ljust(6, "0")),
+        )
+    except ValueError:
+        return None
+    tz = parse_offset(off)
+    return value.replace(tzinfo=tz or default_tz), tz is not None
+
+
+def _as_utc(value: datetime | str | None) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO-8601 with offset (device times in their own offset, archive times in UTC)."""
+    return value.isoformat() if value else None
+
+
+def claim_time(value: datetime | None) -> str:
+    """``yyyymmddHHMM`` in Vietnam time (UTC+7), truncated to the minute, as the claim tables use."""
+    return value.astimezone(VIETNAM).strftime("%Y%m%d%H%M") if value else ""
+
+
+def _names(*values: str | None) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        for name in (v or "").split("\\"):
+            if name.strip() and name.strip() not in out:
+                out.append(name.strip())
+    return out
+
+
+def _patient_ids(patient_id: str | None, issuer: str | None, others: str | None) -> dict[str, Any]:
+    candidates = [p for p in [patient_id or "", *(others or "").split("\\")] if p.strip()]
+    citizen = next((p.strip() for p in candidates if re.fullmatch(r"\d{12}", p.strip())), None)
+    card = next((p.strip() for p in candidates if re.fullmatch(r"[A-Z]{2}\d{13}", p.strip())), None)
+    return {
+        "patient_id": patient_id,
+        "issuer_of_patient_id": issuer,
+        "citizen_id": citizen,
+        "insurance_card_code": card,
+    }
+
+
+# ---------------------------------------------------------------------- the service
+
+
+@dataclass(frozen=True)
+class RecordPage:
+    """One page of records and the cursor of the next page (None at the end)."""
+
+    records: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class Appraisal:
+    """MPPS procedure steps and acquisition-log records over the index."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: AppraisalSettings,
+        registers: Registers,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.registers = registers
+        self.clock = clock
+        self.device_tz = parse_offset(settings.device_utc_offset) or VIETNAM
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect().execution_options(pacs_write=True) as conn, conn.begin():
+                yield conn
+        except OperationalError as exc:
+            raise StorageUnavailable(f"the index is not available: {exc.orig or exc}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @property
+    def label(self) -> dict[str, str]:
+        """The label every record and export carries."""
+        return {"code": self.settings.label_code, "vi": self.settings.label_vi, "en": self.settings.label_en}
+
+    # ------------------------------------------------------------------ MPPS (PS3.4 Annex F)
+
+    def create_step(self, sop_instance_uid: str | None, ds: Dataset, origin: Origin) -> str:
+        """N-CREATE of a Modality Performed Procedure Step (PS3.4 F.7.2.1); returns its UID.
+
+        Raises :class:`DuplicateInstance` for an existing UID, :class:`MissingAttribute` or
+        :class:`InvalidInstance` for a dataset the standard does not allow.
+        """
+        uid = (sop_instance_uid or "").strip() or generate_uid()
+        if not is_valid_uid(uid):
+            raise InvalidInstance(f"invalid Affected SOP Instance UID {uid[:80]!r}")
+        status = str(ds.get("PerformedProcedureStepStatus", "") or "").strip()
+        if not status:
+            raise MissingAttribute("PerformedProcedureStepStatus is required")
+        if status != IN_PROGRESS:
+            raise InvalidInstance(f"N-CREATE status must be IN PROGRESS, got {status!r}")
+        for kw in ("PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"):
+            if not str(ds.get(kw, "") or "").strip():
+                raise MissingAttribute(f"{kw} is required")
+        values = _step_values(ds, create=True)
+        now = self.clock()
+        values.update(
+            sop_instance_uid=uid,
+            status=status,
+            created_at=now,
+            updated_at=now,
+            calling_ae=origin.calling_ae[:16] or None,
+            peer_address=origin.address[:64] or None,
+        )
+        try:
+            with self._write() as conn:
+                if sql.mpps_get(conn, uid) is not None:
+                    raise DuplicateInstance(f"procedure step {uid} already exists")
+                sql.mpps_insert(conn, values)
+                repo.add_event(
+                    conn,
+                    "mpps.created",
+                    now,
+                    origin,
+                    study_instance_uid=values.get("study_instance_uid"),
+                    sop_instance_uid=uid,
+                    details={"status": status, "accession_number": values.get("accession_number")},
+                )
+        except IntegrityError as exc:
+            raise DuplicateInstance(f"procedure step {uid} already exists") from exc
+        log.info(
+            "MPPS created sop=%s status=%s study=%s accession=%s from %s@%s",
+            uid,
+            status,
+            values.get("study_instance_uid"),
+            values.get("accession_number"),
+            origin.calling_ae,
+            origin.address,
+        )
+        return uid
+
+    def update_step(self, sop_instance_uid: str, ds: Dataset, origin: Origin) -> str:
+        """N-SET of a procedure step (PS3.4 F.7.2.2); returns the resulting status.
+
+        Raises :class:`NotFound` for an unknown UID, :class:`StepNotInProgress` once the step is
+        COMPLETED or DISCONTINUED, :class:`InvalidInstance` for a status the standard does not allow.
+        """
+        uid = (sop_instance_uid or "").strip()
+        status = str(ds.get("PerformedProcedureStepStatus", "") or "").strip()
+        if status and status not in MPPS_STATUSES:
+            raise InvalidInstance(f"invalid PerformedProcedureStepStatus {status!r}")
+        now = self.clock()
+        with self._write() as conn:
+            row = sql.mpps_get(conn, uid, for_update=True)
+            if row is None:
+                raise NotFound(f"no procedure step {uid}")
+            if row["status"] != IN_PROGRESS:
+                raise StepNotInProgress(f"procedure step is {row['status']}: it may no longer be updated")
+            values = _step_values(ds, create=False, previous=json.loads(row["attributes"] or "{}"))
+            new_status = status or row["status"]
+            if new_status in (COMPLETED, DISCONTINUED):
+                for col, kw in (
+                    ("end_date", "PerformedProcedureStepEndDate"),
+                    ("end_time", "PerformedProcedureStepEndTime"),
+                ):
+                    if not (values.get(col) or row.get(col)):
+                        raise MissingAttribute(f"{kw} is required to set the step {new_status}")
+            values.update(status=new_status, updated_at=now)
+            sql.mpps_update(conn, uid, values)
+            repo.add_event(
+                conn,
+                "mpps.updated",
+                now,
+                origin,
+                study_instance_uid=values.get("study_instance_uid") or row["study_instance_uid"],
+                sop_instance_uid=uid,
+                details={"status": new_status, "previous_status": row["status"]},
+            )
+        log.info(
+            "MPPS updated sop=%s status=%s from %s@%s", uid, new_status, origin.calling_ae, origin.address
+        )
+        return new_status
+
+    # ------------------------------------------------------------------ records
+
+    def parse_filter(self, params: dict[str, str]) -> tuple[sql.RecordFilter, bool]:
+        """Query parameters -> filter; the flag is False when nothing can match (another facility)."""
+
+        def date(name: str) -> str | None:
+            value = (params.get(name) or "").strip()
+            if not value:
+                return None
+            value = normalise_date(value)
+            if not re.fullmatch(r"\d{8}", value):
+                raise InvalidQuery(f"{name} must be a date YYYY-MM-DD or YYYYMMDD, got {params[name]!r}")
+            return value
+
+        service_descriptions: tuple[str, ...] | None = None
+        procedure_codes: tuple[str, ...] | None = None
+        code = (params.get("service_code") or "").strip()
+        if code:
+            service_descriptions = tuple(self.registers.descriptions_for(code))
+            procedure_codes = tuple(self.registers.procedure_codes_for(code))
+        facility = (params.get("facility") or "").strip()
+        flt = sql.RecordFilter(
+            date_from=date("from"),
+            date_to=date("to"),
+            modality=(params.get("modality") or "").strip() or None,
+            device=(params.get("device") or "").strip() or None,
+            accession=(params.get("accession") or "").strip() or None,
+            patient_id=(params.get("patient_id") or "").strip() or None,
+            study_descriptions=service_descriptions,
+            procedure_codes=procedure_codes,
+        )
+        return flt, not facility or facility == self.settings.facility_code
+
+    def list_records(
+        self, params: dict[str, str], origin: Origin, *, cursor: str | None = None, limit: int | None = None
+    ) -> RecordPage:
+        """One page of records matching the query parameters (keyset paging by an opaque cursor)."""
+        flt, possible = self.parse_filter(params)
+        limit = self._limit(limit)
+        after = _decode_cursor(cursor)
+        page = self._page(flt, after, limit) if possible else ([], None)
+        self._audit(origin, "records.list", params, len(page[0]))
+        return RecordPage(records=page[0], next_cursor=page[1])
+
+    def get_record(self, record_id: str, origin: Origin, *, what: str = "records.get") -> dict[str, Any]:
+        """One record by its id (the Study Instance UID); raises NotFound."""
+        if not is_valid_uid(record_id):
+            raise NotFound(f"no appraisal record {record_id[:80]!r}")
+        records, _ = self._page(sql.RecordFilter(study_uids=(record_id,)), 0, 1)
+        self._audit(origin, what, {"id": record_id}, len(records))
+        if not records:
+            raise NotFound(f"no appraisal record {record_id}")
+        return records[0]
+
+    def iter_records(self, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+        """Every record matching the parameters (for exports), page by page."""
+        flt, possible = self.parse_filter(params)
+        if not possible:
+            return
+        after = 0
+        while True:
+            records, cursor = self._page(flt, after, 1000)
+            yield from records
+            if cursor is None:
+                return
+            after = _decode_cursor(cursor)
+
+    def _limit(self, limit: int | None) -> int:
+        if limit is None:
+            return self.settings.default_limit
+        if limit < 1:
+            raise InvalidQuery("limit must be a positive integer")
+        return min(limit, self.settings.max_limit)
+
+    def _audit(self, origin: Origin, what: str, params: dict[str, Any], count: int) -> None:
+        filters = {k: v for k, v in params.items() if v not in (None, "")}
+        with self._write() as conn:
+            repo.add_event(
+                conn,
+                "appraisal.access",
+                self.clock(),
+                origin,
+                details={"request": what, "filters": filters, "count": count},
+            )
+        log.info(
+            "appraisal %s by %s@%s filters=%s count=%d",
+            what,
+            origin.user or "-",
+            origin.address,
+            json.dumps(filters, ensure_ascii=False),
+            count,
+        )
+
+    def _page(self, flt: sql.RecordFilter, after: int, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        with self._read() as conn:
+            rows = sql.list_studies(conn, flt, after, limit + 1)
+            more = len(rows) > limit
+            rows = rows[:limit]
+            facts = sql.series_facts(conn, [r["id"] for r in rows])
+            steps = sql.mpps_for(
+                conn,
+                [r["study_instance_uid"] for r in rows],
+                [r["accession_number"] for r in rows if r["accession_number"]],
+            )
+        by_study: dict[int, list[dict[str, Any]]] = {}
+        for f in facts:
+            by_study.setdefault(f["study_fk"], []).append(f)
+        records = [self._record(r, by_study.get(r["id"], []), _steps_of(r, steps)) for r in rows]
+        return records, (_encode_cursor(rows[-1]["id"]) if more and rows else None)
+
+    # ------------------------------------------------------------------ one record
+
+    def _record(
+        self, study: dict[str, Any], series_rows: list[dict[str, Any]], steps: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        notes: list[str] = []
+        regs = self.registers
+        tol = self.settings.clock_tolerance_seconds
+
+        # --- service line and service
+        if study["accession_number"]:
+            key_source = "AccessionNumber"
+        elif study["requested_procedure_id"]:
+            key_source = "RequestedProcedureID"
+        else:
+            key_source = "StudyInstanceUID"
+        step_code = next((s for s in steps if s["procedure_code"]), None)
+        procedure_code = step_code["procedure_code"] if step_code else None
+        service = regs.service(procedure_code, study["study_description"])
+        service_source = None
+        if service is not None:
+            service_source = (
+                "ProcedureCodeSequence (MPPS)"
+                if procedure_code and regs.service(procedure_code, None)
+                else "StudyDescription"
+            )
+        else:
+            notes.append("service code not found in the service register: MA_DICH_VU left empty")
+
+        # --- acquisition times per series
+        series_out: list[dict[str, Any]] = []
+        devices: dict[tuple[Any, ...], dict[str, Any]] = {}
+        firsts: list[tuple[datetime, str, str]] = []
+        lasts: list[tuple[datetime, str, str]] = []
+        received: list[datetime] = []
+        for s in series_rows:
+            first, last, source, tz_source = self._series_times(s)
+            r_first, r_last = _as_utc(s["first_received"]), _as_utc(s["last_received"])
+            if r_first:
+                received.append(r_first)
+            if r_last:
+                received.append(r_last)
+            if first and last:
+                firsts.append((first, source, tz_source))
+                lasts.append((last, source, tz_source))
+            series_out.append(
+                {
+                    "series_instance_uid": s["series_instance_uid"],
+                    "modality": s["modality"],
+                    "series_date": s["series_date"],
+                    "series_time": s["series_time"],
+                    "instance_count": s["instance_count"],
+                    "first_acquisition": iso(first),
+                    "last_acquisition": iso(last),
+                    "acquisition_time_source": source,
+                    "received_first": iso(r_first),
+                    "received_last": iso(r_last),
+                }
+            )
+            sending = _names(s["ae_min"], s["ae_max"])
+            key = (
+                s["modality"],
+                s["manufacturer"],
+                s["manufacturer_model_name"],
+                s["device_serial_number"],
+                s["station_name"],
+                tuple(sending),
+            )
+            dev = devices.get(key)
+            if dev is None:
+                code = regs.machine_code(s["device_serial_number"], s["station_name"])
+                notes.extend(n for n in code.notes if n not in notes)
+                dev = devices[key] = {
+                    "modality": s["modality"],
+                    "manufacturer": s["manufacturer"],
+                    "manufacturer_model_name": s["manufacturer_model_name"],
+                    "device_serial_number": s["device_serial_number"],
+                    "station_name": s["station_name"],
+                    "software_versions": s["software_versions"],
+                    "sending_ae_titles": sending,
+                    "machine_code": {
+                        "current": code.current or None,
+                        "current_format": "3176/QĐ-BYT XX.n.Z",
+                        "previous": code.previous or None,
+                        "previous_format": "4750/QĐ-BYT XX.n.YYYYY.Z",
+                        "in_device_register": code.registered,
+                    },
+                    "clock": {
+                        "timezone_offset_from_utc": None,
+                        "timezone_source": tz_source,
+                        "acquisition_time_synchronized": None,
+                        "time_synchronised": None,
+                        "time_source": s["time_source"],
+                        "clock_offset_seconds": None,
+                        "clock_offset_basis": (
+                            "last image acquisition time on the device minus the time the archive "
+                            "received it; includes transfer delay (negative = device behind or "
+                            "images sent later)"
+                        ),
+                        "tolerance_seconds": tol,
+                        "clock_offset_beyond_tolerance": None,
+                        "device_clock_ahead_of_archive": None,
+                    },
+                    "series": [],
+                }
+            dev["series"].append(s["series_instance_uid"])
+            clock = dev["clock"]
+            if s["tz_min"]:
+                clock["timezone_offset_from_utc"] = (
+                    s["tz_min"] if s["tz_min"] == s["tz_max"] else (f"{s['tz_min']}..{s['tz_max']}")
+                )
+            sync = {v for v in (s["sync_min"], s["sync_max"]) if v}
+            if sync:
+                clock["acquisition_time_synchronized"] = "/".join(sorted(sync))
+                if sync == {"Y"}:
+                    clock["time_synchronised"] = clock["time_synchronised"] is not False
+                elif "N" in sync:
+                    clock["time_synchronised"] = False
+            if last and r_last:
+                offset = round((last - r_last).total_seconds(), 1)
+                prev = clock["clock_offset_seconds"]
+                clock["clock_offset_seconds"] = offset if prev is None else max(prev, offset)
+                clock["clock_offset_beyond_tolerance"] = abs(clock["clock_offset_seconds"]) > tol
+                clock["device_clock_ahead_of_archive"] = clock["clock_offset_seconds"] > tol
+        first_acq = min(firsts, key=lambda t: t[0]) if firsts else None
+        last_acq = max(lasts, key=lambda t: t[0]) if lasts else None
+        if not series_rows:
+            notes.append("no images of this study are in the archive")
+
+        # --- procedure steps
+        steps_out = [self._step(s) for s in steps]
+        step_start = min((s["_start"] for s in steps_out if s["_start"]), default=None)
+        for s in steps_out:
+            s.pop("_start")
+
+        # --- people
+        performing = _names(*(s["performing_physician_name"] for s in series_rows))
+        operators = _names(*(s["operators_name"] for s in series_rows))
+        for step in steps:
+            attrs = json.loads(step["attributes"] or "{}")
+            performing = _names("\\".join(performing), *attrs.get("performing_physicians", []))
+            operators = _names("\\".join(operators), *attrs.get("operators", []))
+        people = {
+            "referring": self._people(
+                _names(study["referring_physician_name"], study["requesting_physician"])
+            ),
+            "performing": self._people(performing),
+            "operators": self._people(operators),
+            "reading": self._people(_names(study["name_of_physicians_reading_study"])),
+        }
+        unknown_staff = [p["dicom_name"] for group in people.values() for p in group if not p["licence_code"]]
+        if unknown_staff:
+            notes.append("not in the staff register (licence code left empty): " + "; ".join(unknown_staff))
+
+        # --- ordering checks (facts only; order and result times are not known to the PACS)
+        fa = first_acq[0] if first_acq else None
+        la = last_acq[0] if last_acq else None
+        first_received = min(received) if received else None
+        last_received = max(received) if received else None
+        checks = [
+            _check("order_time <= first_acquisition", ("order_time", None), ("first_acquisition", fa)),
+            _check(
+                "first_acquisition <= last_acquisition", ("first_acquisition", fa), ("last_acquisition", la)
+            ),
+            _check("last_acquisition <= result_time", ("last_acquisition", la), ("result_time", None)),
+            _check(
+                "first_acquisition <= first_received_at_archive",
+                ("first_acquisition", fa),
+                ("first_received_at_archive", first_received),
+            ),
+        ]
+        if step_start is not None:
+            checks.append(
+                _check(
+                    "procedure_step_start <= first_acquisition",
+                    ("procedure_step_start", step_start),
+                    ("first_acquisition", fa),
+                )
+            )
+
+        code = service.service_code if service else None
+        refs = [
+            {
+                "service_code": ref.service_code,
+                "reference_minutes": ref.reference_minutes,
+                "source": ref.source,
+                "note": ref.note,
+                "reference_only": True,
+            }
+            for ref in (regs.reference_times.get(code, []) if code else [])
+        ]
+        machine_codes = [d["machine_code"] for d in devices.values()]
+        span = None
+        if fa and la:
+            span = {
+                "from": iso(fa),
+                "to": iso(la),
+                "seconds": round((la - fa).total_seconds(), 1),
+                "basis": "first to last image acquisition time written by the device",
+            }
+        device_start = step_start or fa
+        performer_codes = [
+            p["licence_code"] for p in people["performing"] + people["operators"] if p["licence_code"]
+        ]
+        orderer_codes = [p["licence_code"] for p in people["referring"] if p["licence_code"]]
+        pids = _patient_ids(study["patient_id"], study["issuer_of_patient_id"], study["other_patient_ids"])
+        notes.append("MA_LK (episode key) comes from the HIS and is not known to the PACS")
+        return {
+            "id": study["study_instance_uid"],
+            "label": self.label,
+            "facility_code": self.settings.facility_code or None,
+            "service_line": {
+                "key_source": key_source,
+                "accession_number": study["accession_number"],
+                "requested_procedure_id": study["requested_procedure_id"],
+                "study_instance_uid": study["study_instance_uid"],
+                "study_id": study["study_id"],
+            },
+            "service": {
+                "service_code": code,
+                "service_name": service.service_name if service else None,
+                "source": service_source,
+                "procedure_code": procedure_code,
+                "study_description": study["study_description"],
+            },
+            "patient": pids,
+            "study": {
+                "study_date": study["study_date"],
+                "study_time": study["study_time"],
+                "number_of_series": study["number_of_study_related_series"],
+                "number_of_instances": study["number_of_study_related_instances"],
+            },
+            "series": series_out,
+            "procedure_steps": steps_out,
+            "device_timestamps": {
+                "first_acquisition": _stamp(first_acq),
+                "last_acquisition": _stamp(last_acq),
+                "procedure_step_start": iso(step_start),
+            },
+            "device_acquisition_span": span,
+            "archive_receipt": {
+                "first_received": iso(first_received),
+                "last_received": iso(last_received),
+                "source": "archive receive log (instances received_at, events instance.stored)",
+            },
+            "devices": list(devices.values()),
+            "people": people,
+            "ordering_checks": checks,
+            "reference_times": refs,
+            "claim_fields": {
+                "MA_LK": "",
+                "MA_DICH_VU": code or "",
+                "TEN_DICH_VU": service.service_name if service else "",
+                "MA_BAC_SI": ";".join(orderer_codes),
+                "NGUOI_THUC_HIEN": ";".join(performer_codes),
+                "NGAY_YL": "",
+                "NGAY_TH_YL": claim_time(device_start),
+                "NGAY_KQ": "",
+                "MA_MAY": ";".join(m["current"] for m in machine_codes if m["current"]),
+                "PACS_MA_MAY_4750": ";".join(m["previous"] for m in machine_codes if m["previous"]),
+                "TG_THIET_BI_BAT_DAU": claim_time(fa),
+                "TG_THIET_BI_KET_THUC": claim_time(la),
+            },
+            "notes": notes,
+        }
+
+    def _series_times(
+        self, s: dict[str, Any]
+    ) -> tuple[datetime | None, datetime | None, str | None, str | None]:
+        """First/last acquisition of a series from the best source present (domain notes table)."""
+        sources = (
+            ("AcquisitionDateTime", s["min_adt"], s["max_adt"]),
+            ("AcquisitionDate+AcquisitionTime", s["min_ad_at"], s["max_ad_at"]),
+            ("ContentDate+ContentTime", s["min_cd_ct"], s["max_cd_ct"]),
+            (
+                "SeriesDate+SeriesTime",
+                (s["series_date"] or "") + (s["series_time"] or "") if s["series_date"] else None,
+                (s["series_date"] or "") + (s["series_time"] or "") if s["series_date"] else None,
+            ),
+        )
+        tz = parse_offset(s["tz_min"]) if s["tz_min"] and s["tz_min"] == s["tz_max"] else None
+        default = tz or self.device_tz
+        for name, lo, hi in sources:
+            first = parse_dicom_datetime(lo, default)
+            last = parse_dicom_datetime(hi, default)
+            if first and last:
+                if first[1]:
+                    tz_source = "offset in AcquisitionDateTime"
+                elif tz:
+                    tz_source = "TimezoneOffsetFromUTC"
+                else:
+                    tz_source = f"assumed {self.settings.device_utc_offset} ([appraisal] device_utc_offset)"
+                return first[0], last[0], name, tz_source
+        return None, None, None, None
+
+    def _step(self, row: dict[str, Any]) -> dict[str, Any]:
+        attrs = json.loads(row["attributes"] or "{}")
+        start = parse_dicom_datetime((row["start_date"] or "") + (row["start_time"] or ""), self.device_tz)
+        end = (
+            parse_dicom_datetime((row["end_date"] or "") + (row["end_time"] or ""), self.device_tz)
+            if row["end_date"]
+            else None
+        )
+        return {
+            "sop_instance_uid": row["sop_instance_uid"],
+            "status": row["status"],
+            "start": iso(start[0]) if start else None,
+            "start_source": "PerformedProcedureStepStartDate/Time (0040,0244/0245)",
+            "end": iso(end[0]) if end else None,
+            "end_source": "PerformedProcedureStepEndDate/Time (0040,0250/0251)",
+            "performed_station_ae_title": row["performed_station_ae_title"],
+            "performed_station_name": row["performed_station_name"],
+            "modality": row["modality"],
+            "accession_number": row["accession_number"],
+            "requested_procedure_id": row["requested_procedure_id"],
+            "scheduled_procedure_step_id": row["scheduled_procedure_step_id"],
+            "procedure_code": row["procedure_code"],
+            "performed_series": attrs.get("performed_series", []),
+            "sending_ae_title": row["calling_ae"],
+            "received_at": iso(_as_utc(row["created_at"])),
+            "updated_at": iso(_as_utc(row["updated_at"])),
+            "_start": start[0] if start else None,
+        }
+
+    def _people(self, names: list[str]) -> list[dict[str, Any]]:
+        return [{"dicom_name": n, "licence_code": self.registers.licence(n)} for n in names]
+
+    # ------------------------------------------------------------------ exports
+
+    def _header(self, params: dict[str, str], now: datetime) -> dict[str, str]:
+        return {
+            "loai": "PACS_EXTRACT",
+            "ghi_chu": f"{EXTRACT_NOTE_VI} / {EXTRACT_NOTE_EN}",
+            "ma_cskcb": self.settings.facility_code,
+            "ma_nhan": self.settings.label_code,
+            "nhan_vi": self.settings.label_vi,
+            "nhan_en": self.settings.label_en,
+            "thoi_diem_trich_xuat": now.astimezone(VIETNAM).isoformat(),
+            "bo_loc": json.dumps({k: v for k, v in params.items() if v}, ensure_ascii=False),
+            "truong": FIELD_NOTE,
+        }
+
+    def export_csv(self, params: dict[str, str], origin: Origin) -> str:
+        """XML3-shaped CSV (one row per record), the label and extract notice in ``#`` header lines."""
+        out = io.StringIO()
+        now = self.clock()
+        for key, value in self._header(params, now).items():
+            out.write(f"# {key}: {value}\n")
+        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        n = 0
+        for n, rec in enumerate(self.iter_records(params), 1):
+            writer.writerow(_claim_row(rec, n))
+        self._audit(origin, "export.csv", params, n)
+        return out.getvalue()
+
+    def export_xml(self, params: dict[str, str], origin: Origin) -> bytes:
+        """XML3-shaped fragment (``CHI_TIET_DVKT`` per record) under a root marked as a PACS extract."""
+        now = self.clock()
+        header = self._header(params, now)
+        root = ET.Element(
+            "PACS_TRICH_XUAT", {k: v for k, v in header.items() if k not in ("nhan_vi", "nhan_en")}
+        )
+        label = ET.SubElement(root, "NHAN", {"MA": self.settings.label_code})
+        ET.SubElement(label, "VI").text = self.settings.label_vi
+        ET.SubElement(label, "EN").text = self.settings.label_en
+        body = ET.SubElement(ET.SubElement(root, "CHITIEU_CHITIET_DVKT_VTYT"), "DSACH_CHI_TIET_DVKT")
+        n = 0
+        for n, rec in enumerate(self.iter_records(params), 1):
+            item = ET.SubElement(body, "CHI_TIET_DVKT")
+            for k, v in _claim_row(rec, n).items():
+                ET.SubElement(item, k).text = str(v)
+        self._audit(origin, "export.xml", params, n)
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+    def record_html(self, record_id: str, origin: Origin) -> str:
+        """A printable HTML view of one record (no images, no full header)."""
+        rec = self.get_record(record_id, origin, what="records.html")
+        return render_html(rec)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _step_values(ds: Dataset, *, create: bool, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Columns of an MPPS row from an N-CREATE attribute list or an N-SET modification list."""
+
+    def text(kw: str, source: Any = ds, length: int = 64) -> str | None:
+        value = source.get(kw)
+        if value is None or value == "":
+            return None
+        return str(value).strip()[:length] or None
+
+    values: dict[str, Any] = {}
+    attrs = dict(previous or {})
+    simple = {
+        "start_date": ("PerformedProcedureStepStartDate", normalise_date),
+        "start_time": ("PerformedProcedureStepStartTime", normalise_time),
+        "end_date": ("PerformedProcedureStepEndDate", normalise_date),
+        "end_time": ("PerformedProcedureStepEndTime", normalise_time),
+    }
+    for col, (kw, norm) in simple.items():
+        if kw in ds:
+            v = text(kw)
+            values[col] = norm(v)[:16] if v else None
+    for col, kw, length in (
+        ("performed_procedure_step_id", "PerformedProcedureStepID", 64),
+        ("performed_station_ae_title", "PerformedStationAETitle", 16),
+        ("performed_station_name", "PerformedStationName", 64),
+        ("modality", "Modality", 16),
+        ("description", "PerformedProcedureStepDescription", 256),
+        ("patient_id", "PatientID", 64),
+    ):
+        if kw in ds:
+            values[col] = text(kw, length=length)
+    if "ScheduledStepAttributesSequence" in ds:
+        items = list(ds.ScheduledStepAttributesSequence or [])
+        attrs["scheduled_steps"] = [
+            {
+                "study_instance_uid": text("StudyInstanceUID", it),
+                "accession_number": text("AccessionNumber", it),
+                "requested_procedure_id": text("RequestedProcedureID", it),
+                "scheduled_procedure_step_id": text("ScheduledProcedureStepID", it),
+                "requested_procedure_description": text("RequestedProcedureDescription", it, 256),
+            }
+            for it in items
+        ]
+        if items:
+            first = attrs["scheduled_steps"][0]
+            values["study_instance_uid"] = first["study_instance_uid"]
+            values["accession_number"] = first["accession_number"]
+            values["requested_procedure_id"] = first["requested_procedure_id"]
+            values["scheduled_procedure_step_id"] = first["scheduled_procedure_step_id"]
+    if "ProcedureCodeSequence" in ds and ds.ProcedureCodeSequence:
+        item = ds.ProcedureCodeSequence[0]
+        values["procedure_code"] = text("CodeValue", item)
+        values["procedure_code_meaning"] = text("CodeMeaning", item, 256)
+    if "PerformedSeriesSequence" in ds:
+        series_items = list(ds.PerformedSeriesSequence or [])
+        attrs["performed_series"] = [
+            {
+                "series_instance_uid": text("SeriesInstanceUID", it),
+                "series_description": text("SeriesDescription", it),
+                "protocol_name": text("ProtocolName", it),
+                "referenced_images": len(it.get("ReferencedImageSequence", []) or []),
+            }
+            for it in series_items
+        ]
+        attrs["performing_physicians"] = _names(
+            *(text("PerformingPhysicianName", it, 324) for it in series_items)
+        )
+        attrs["operators"] = _names(*(text("OperatorsName", it, 324) for it in series_items))
+    values["attributes"] = json.dumps(attrs, ensure_ascii=False)
+    return values
+
+
+def _steps_of(study: dict[str, Any], steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        s
+        for s in steps
+        if s["study_instance_uid"] == study["study_instance_uid"]
+        or (study["accession_number"] and s["accession_number"] == study["accession_number"])
+    ]
+
+
+def _stamp(value: tuple[datetime, str, str] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    return {"value": iso(value[0]), "source": value[1], "timezone_source": value[2]}
+
+
+def _check(
+    name: str, left: tuple[str, datetime | None], right: tuple[str, datetime | None]
+) -> dict[str, Any]:
+    """An ordering check: consistent / inconsistent / unknown, with the timestamps compared."""
+    a, b = left[1], right[1]
+    result = "unknown" if a is None or b is None else ("consistent" if a <= b else "inconsistent")
+    return {"check": name, "result": result, "timestamps": {left[0]: iso(a), right[0]: iso(b)}}
+
+
+def _claim_row(rec: dict[str, Any], n: int) -> dict[str, Any]:
+    c = rec["claim_fields"]
+    first = rec["device_timestamps"]["first_acquisition"]
+    return {
+        "STT": n,
+        **{k: c[k] for k in CSV_FIELDS if k in c},
+        "PACS_NGUON_TG_THIET_BI": first["source"] if first else "",
+        "PACS_SO_PHIEU_CHI_DINH": rec["service_line"]["accession_number"] or "",
+        "PACS_STUDY_UID": rec["id"],
+        "MA_BN": rec["patient"]["patient_id"] or "",
+        "MA_THE_BHYT": rec["patient"]["insurance_card_code"] or "",
+        "SO_CCCD": rec["patient"]["citizen_id"] or "",
+        "PACS_MA_NHAN": rec["label"]["code"],
+        "PACS_GHI_CHU": " | ".join(rec["notes"]),
+    }
+
+
+def _encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        after = int(data["after"])
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise InvalidQuery("cursor is not one this server issued") from exc
+    if after < 0:
+        raise InvalidQuery("cursor is not one this server issued")
+    return after
+
+
+def render_html(rec: dict[str, Any]) -> str:
+    """Printable HTML of one record: the label first, then facts in tables."""
+
+    def row(k: str, v: Any) -> str:
+        return f"<tr><th>{escape(k)}</th><td>{escape('' if v is None else str(v))}</td></tr>"
+
+    def table(title: str, items: dict[str, Any]) -> str:
+        return f"<h2>{escape(title)}</h2><table>{''.join(row(k, v) for k, v in items.items())}</table>"
+
+    label = rec["label"]
+    parts = [
+        "<!doctype html><html lang='vi'><head><meta charset='utf-8'>",
+        f"<title>PACS — {escape(rec['id'])}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
+        "th,td{border:1px solid #999;padding:2px 6px;text-align:left;vertical-align:top}"
+        ".label{border:2px solid #333;padding:.5em;margin-bottom:1em}@media print{body{margin:0}}</style>",
+        "</head><body>",
+        f"<p><strong>{escape(EXTRACT_NOTE_VI)} / {escape(EXTRACT_NOTE_EN)}</strong></p>",
+        f"<div class='label'><p><strong>{escape(label['code'])}</strong></p>"
+        f"<p lang='vi'>{escape(label['vi'])}</p><p lang='en'>{escape(label['en'])}</p></div>",
+        table("Dịch vụ / Service", {**rec["service_line"], **rec["service"]}),
+        table("Người bệnh / Patient", rec["patient"]),
+        table("Mã hồ sơ (XML3-like) / Claim-shaped fields", rec["claim_fields"]),
+    ]
+    stamps = rec["device_timestamps"]
+    times = {
+        "first_acquisition": (stamps["first_acquisition"] or {}).get("value"),
+        "first_acquisition source": (stamps["first_acquisition"] or {}).get("source"),
+        "last_acquisition": (stamps["last_acquisition"] or {}).get("value"),
+        "last_acquisition source": (stamps["last_acquisition"] or {}).get("source"),
+        "procedure_step_start": stamps["procedure_step_start"],
+        "first_received (archive)": rec["archive_receipt"]["first_received"],
+        "last_received (archive)": rec["archive_receipt"]["last_received"],
+    }
+    if rec["device_acquisition_span"]:
+        times["device_acquisition_span (s)"] = rec["device_acquisition_span"]["seconds"]
+    parts.append(table("Mốc thời gian thiết bị / Device timestamps", times))
+    for i, step in enumerate(rec["procedure_steps"], 1):
+        parts.append(table(f"MPPS {i}", {k: v for k, v in step.items() if k != "performed_series"}))
+    for i, dev in enumerate(rec["devices"], 1):
+        flat = {k: v for k, v in dev.items() if k not in ("machine_code", "clock", "series")}
+        flat.update({f"MA_MAY {k}": v for k, v in dev["machine_code"].items()})
+        flat.update({f"clock {k}": v for k, v in dev["clock"].items()})
+        parts.append(table(f"Thiết bị / Device {i}", flat))
+    parts.append(
+        table(
+            "Nhân sự / People",
+            {
+                f"{role}: {p['dicom_name']}": p["licence_code"] or "(not in staff register)"
+                for role, group in rec["people"].items()
+                for p in group
+            },
+        )
+    )
+    parts.append(
+        table(
+            "Thứ tự thời gian / Ordering checks",
+            {c["check"]: f"{c['result']} {c['timestamps']}" for c in rec["ordering_checks"]},
+        )
+    )
+    for ref in rec["reference_times"]:
+        parts.append(table("Thời gian tham chiếu / Reference time (reference_only)", ref))
+    parts.append(
+        "<h2>Ghi chú / Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in rec["notes"]) + "</ul>"
+    )
+    parts.append("</body></html>")
+    return "".join(parts)

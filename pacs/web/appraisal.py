@@ -1,0 +1,346 @@
+"""Appraisal API (read-only JSON, CSV / XML exports, printable HTML) under ``/api/appraisal/v1``.
+
+Thin edge over :class:`pacs.services.appraisal.Appraisal`: parse parameters, build an
+:class:`~pacs.model.Origin` (the service audits every call), map domain errors to problem+json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from pacs.errors import InvalidQuery, NotFound, PacsError, StorageUnavailable
+from pacs.model import Origin
+
+log = logging.getLogger("pacs.web.appraisal")
+
+PREFIX = "/api/appraisal/v1"
+FILTERS = ("from", "to", "facility", "modality", "device", "accession", "patient_id", "service_code")
+
+
+def _origin(request: Request) -> Origin:
+    user = ""
+    if "user" in request.scope:
+        user = str(getattr(request.scope["user"], "display_name", "") or "")
+    return Origin(
+        address=request.client.host if request.client else "",
+        user=user,
+        protocol="http",
+    )
+
+
+def _problem(status: int, detail: str) -> JSONResponse:
+    titles = {400: "Bad Request", 404: "Not Found", 503: "Service Unavailable", 500: "Internal Server Error"}
+    return JSONResponse(
+        {"type": "about:blank", "title": titles.get(status, "Error"), "status": status, "detail": detail},
+        status_code=status,
+        media_type="application/problem+json",
+    )
+
+
+def _guard(
+    fn: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except PacsError as exc:
+            code = 404 if isinstance(exc, NotFound) else 400 if isinstance(exc, InvalidQuery) else 503
+            if not isinstance(exc, NotFound | InvalidQuery | StorageUnavailable):
+                code = 500
+            log.warning("appraisal %s %s -> %d: %s", request.method, request.url.path, code, exc)
+            return _problem(code, str(exc))
+
+    return wrapped
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return Response(body, status_code=status, media_type="application/json; charset=utf-8")
+
+
+def _filters(request: Request) -> dict[str, str]:
+    return {k: request.query_params[k] for k in FILTERS if request.query_params.get(k)}
+
+
+def routes(rt: Any) -> list[BaseRoute]:
+    """The appraisal routes over a runtime (``rt.appraisal``)."""
+    svc = rt.appraisal
+
+    @_guard
+    async def list_records(request: Request) -> Response:
+        params = _filters(request)
+        raw_limit = request.query_params.get("limit")
+        try:
+            limit = int(raw_limit) if raw_limit else None
+        except ValueError:
+            raise InvalidQuery(f"limit must be an integer, got {raw_limit!r}") from None
+        fmt = request.query_params.get("format", "json")
+        if fmt in ("csv", "xml"):
+            return await _export(request, fmt)
+        if fmt != "json":
+            raise InvalidQuery("format must be json, csv or xml")
+        page = await run_in_threadpool(
+            svc.list_records, params, _origin(request), cursor=request.query_params.get("cursor"), limit=limit
+        )
+        return _json(
+            {
+                "label": svc.label,
+                "count": len(page.records),
+                "next_cursor": page.next_cursor,
+                "records": page.records,
+            }
+        )
+
+    async def _export(request: Request, fmt: str) -> Response:
+        params = _filters(request)
+        if fmt == "csv":
+            text = await run_in_threadpool(svc.export_csv, params, _origin(request))
+            return Response(
+                text.encode("utf-8"),
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": 'attachment; filename="pacs-extract.csv"'},
+            )
+        body = await run_in_threadpool(svc.export_xml, params, _origin(request))
+        return Response(
+            body,
+            media_type="application/xml; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="pacs-extract.xml"'},
+        )
+
+    @_guard
+    async def export(request: Request) -> Response:
+        fmt = request.path_params["fmt"]
+        if fmt not in ("csv", "xml"):
+            raise NotFound(f"no export format {fmt!r}: use export.csv or export.xml")
+        return await _export(request, fmt)
+
+    @_guard
+    async def get_record(request: Request) -> Response:
+        record_id = request.path_params["id"]
+        if request.query_params.get("format") == "html":
+            return await _html(request, record_id)
+        record = await run_in_threadpool(svc.get_record, record_id, _origin(request))
+        return _json(record)
+
+    async def _html(request: Request, record_id: str) -> Response:
+        text = await run_in_threadpool(svc.record_html, record_id, _origin(request))
+        return HTMLResponse(text)
+
+    @_guard
+    async def get_record_html(request: Request) -> Response:
+        return await _html(request, request.path_params["id"])
+
+    async def openapi(request: Request) -> Response:
+        return _json(openapi_document())
+
+    return [
+        Route(f"{PREFIX}/openapi.json", openapi, methods=["GET"]),
+        Route(f"{PREFIX}/records", list_records, methods=["GET"]),
+        Route(f"{PREFIX}/export.{{fmt:str}}", export, methods=["GET"]),
+        Route(f"{PREFIX}/records/{{id}}.html", get_record_html, methods=["GET"]),
+        Route(f"{PREFIX}/records/{{id}}", get_record, methods=["GET"]),
+    ]
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the appraisal API."""
+    filt = [
+        ("from", "Study date from (YYYY-MM-DD or YYYYMMDD), inclusive"),
+        ("to", "Study date to, inclusive"),
+        ("facility", "Facility code MA_CSKCB; another facility's code matches nothing"),
+        ("modality", "Modality of any series (CT, DX, US...)"),
+        ("device", "DeviceSerialNumber or StationName of any series"),
+        ("accession", "Accession number"),
+        ("patient_id", "PatientID, citizen ID (12 digits) or insurance card code (15 characters)"),
+        ("service_code", "Ministry service code XX.YYYY.ZZZZ (through the service register)"),
+    ]
+    params = [
+        {"name": n, "in": "query", "required": False, "schema": {"type": "string"}, "description": d}
+        for n, d in filt
+    ]
+    problem = {
+        "description": "Problem details (RFC 9457)",
+        "content": {"application/problem+json": {"schema": {"type": "object"}}},
+    }
+    label = {
+        "type": "object",
+        "required": ["code", "vi", "en"],
+        "properties": {"code": {"type": "string"}, "vi": {"type": "string"}, "en": {"type": "string"}},
+    }
+    stamp = {
+        "type": ["object", "null"],
+        "properties": {
+            "value": {"type": "string", "format": "date-time"},
+            "source": {"type": "string", "description": "DICOM attribute the time came from"},
+            "timezone_source": {"type": "string"},
+        },
+    }
+    record = {
+        "type": "object",
+        "description": (
+            "One imaging service line. Device times reflect machine operation (image acquisition) "
+            "only; see `label`. Reference times are informative (`reference_only: true`)."
+        ),
+        "required": ["id", "label", "device_timestamps", "ordering_checks"],
+        "properties": {
+            "id": {"type": "string", "description": "Study Instance UID"},
+            "label": label,
+            "facility_code": {"type": ["string", "null"]},
+            "service_line": {"type": "object"},
+            "service": {"type": "object"},
+            "patient": {
+                "type": "object",
+                "properties": {
+                    k: {"type": ["string", "null"]}
+                    for k in ("patient_id", "issuer_of_patient_id", "citizen_id", "insurance_card_code")
+                },
+            },
+            "study": {"type": "object"},
+            "series": {"type": "array", "items": {"type": "object"}},
+            "procedure_steps": {"type": "array", "items": {"type": "object"}},
+            "device_timestamps": {
+                "type": "object",
+                "properties": {
+                    "first_acquisition": stamp,
+                    "last_acquisition": stamp,
+                    "procedure_step_start": {"type": ["string", "null"]},
+                },
+            },
+            "device_acquisition_span": {
+                "type": ["object", "null"],
+                "description": "First to last image acquisition time written by the device",
+                "properties": {
+                    "from": {"type": "string"},
+                    "to": {"type": "string"},
+                    "seconds": {"type": "number"},
+                    "basis": {"type": "string"},
+                },
+            },
+            "archive_receipt": {"type": "object"},
+            "devices": {"type": "array", "items": {"type": "object"}},
+            "people": {"type": "object"},
+            "ordering_checks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "check": {"type": "string"},
+                        "result": {"enum": ["consistent", "inconsistent", "unknown"]},
+                        "timestamps": {"type": "object"},
+                    },
+                },
+            },
+            "reference_times": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"reference_only": {"const": True}},
+                },
+            },
+            "claim_fields": {"type": "object", "description": "XML3-shaped fields (PACS extract)"},
+            "notes": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "PACS appraisal API (acquisition logs)",
+            "version": "1",
+            "description": (
+                "Read-only, audited access to acquisition logs for reconciling imaging service lines. "
+                "Reports facts and orderings; never a judgement derived from time."
+            ),
+        },
+        "paths": {
+            f"{PREFIX}/records": {
+                "get": {
+                    "summary": "List records (cursor paging)",
+                    "parameters": [
+                        *params,
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                        {"name": "format", "in": "query", "schema": {"enum": ["json", "csv", "xml"]}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "A page of records",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "label": label,
+                                            "count": {"type": "integer"},
+                                            "next_cursor": {"type": ["string", "null"]},
+                                            "records": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/Record"},
+                                            },
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "400": problem,
+                    },
+                }
+            },
+            f"{PREFIX}/records/{{id}}": {
+                "get": {
+                    "summary": "One record (`?format=html` for a printable view)",
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {"name": "format", "in": "query", "schema": {"enum": ["json", "html"]}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The record",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/Record"}},
+                                "text/html": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "404": problem,
+                    },
+                }
+            },
+            f"{PREFIX}/records/{{id}}.html": {
+                "get": {
+                    "summary": "Printable HTML view of one record",
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": {"description": "HTML", "content": {"text/html": {}}},
+                        "404": problem,
+                    },
+                }
+            },
+            f"{PREFIX}/export.csv": {
+                "get": {
+                    "summary": "CSV extract shaped after XML3 (label and notice in # header lines)",
+                    "parameters": params,
+                    "responses": {"200": {"description": "CSV", "content": {"text/csv": {}}}, "400": problem},
+                }
+            },
+            f"{PREFIX}/export.xml": {
+                "get": {
+                    "summary": "XML extract shaped after XML3 (root PACS_TRICH_XUAT, label in NHAN)",
+                    "parameters": params,
+                    "responses": {
+                        "200": {"description": "XML", "content": {"application/xml": {}}},
+                        "400": problem,
+                    },
+                }
+            },
+        },
+        "components": {"schemas": {"Record": record}},
+    }
