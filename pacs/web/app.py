@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pacs.services.dicomweb import DicomWeb
 from pacs.services.render import Renderer
-from pacs.web import dicomweb
+from pacs.web import appraisal, dicomweb
 from pacs.web.errors import EXCEPTION_HANDLERS
 
 log = logging.getLogger("pacs.http")
@@ -81,6 +81,7 @@ def routes(rt: Any) -> list[BaseRoute]:
     out: list[BaseRoute] = [
         Route("/healthz", health),
         Mount("/dicom-web", routes=dicomweb.routes()),
+        *appraisal.routes(rt),
     ]
     if STATIC_DIR.is_dir():
         out.append(Mount("/", app=StaticFiles(directory=STATIC_DIR, html=True), name="viewer"))
