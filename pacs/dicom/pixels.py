@@ -76,8 +76,12 @@ class PixelInfo:
 
     @property
     def frame_bits(self) -> int:
-        """Bits of one native frame."""
-        return self.rows * self.columns * self.samples_per_pixel * self.bits_allocated
+        """Bits of one native frame (YBR_FULL_422 keeps two samples per pixel, PS3.3 C.7.6.3.1.2)."""
+        bits = self.rows * self.columns * self.samples_per_pixel * self.bits_allocated
+        photometric = str(self.header.get("PhotometricInterpretation", "") or "").upper()
+        if photometric == "YBR_FULL_422" and not self.encapsulated:
+            return bits * 2 // 3
+        return bits
 
     @property
     def decoded_frame_bytes(self) -> int:

@@ -39,7 +39,7 @@ ANY = "*"
 _CHUNK = 256 * 1024
 #: Binary values up to this many bytes are sent inline in metadata (PS3.18 F.2.7).
 INLINE_BINARY_LIMIT = 1024
-_BASE = "\x00BASE\x00"  # stands for the instance URL in cached metadata
+_BASE = "@@pacs-instance-url-7f3a@@"  # stands for the instance URL in cached metadata
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 
 

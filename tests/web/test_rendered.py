@@ -1,0 +1,144 @@
+"""Rendered images and thumbnails (PS3.18 8.3.5), checked against an independent numpy reference."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from tests.factories import make_dataset
+from tests.web.conftest import part10, relabel, split_multipart, store
+
+
+def _url(ds: pydicom.Dataset) -> str:
+    return f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+
+
+def _reference(ds: pydicom.Dataset, frame: int = 0, window: tuple[float, float] | None = None) -> np.ndarray:
+    """Our own rendering: pydicom's decoded array, rescale, linear window (C.11.2.1.2.1), MONOCHROME1."""
+    full = pydicom.dcmread(io.BytesIO(part10(ds)))
+    arr = full.pixel_array
+    if int(full.get("NumberOfFrames", 1) or 1) > 1:
+        arr = arr[frame]
+    pi = full.PhotometricInterpretation
+    if pi == "PALETTE COLOR":
+        rgb = pydicom.pixels.apply_color_lut(arr, full)
+        return rgb.astype(np.float64) / (257 if rgb.dtype != np.uint8 else 1)
+    if arr.ndim == 3:
+        return arr.astype(np.float64)
+    x = arr.astype(np.float64) * float(full.get("RescaleSlope", 1) or 1) + float(
+        full.get("RescaleIntercept", 0) or 0
+    )
+    if window is None and "WindowCenter" in full:
+        wc, ww = full.WindowCenter, full.WindowWidth
+        window = (
+            float(wc[0] if isinstance(wc, pydicom.multival.MultiValue) else wc),
+            float(ww[0] if isinstance(ww, pydicom.multival.MultiValue) else ww),
+        )
+    if window is None:
+        y = (x - x.min()) / max(x.max() - x.min(), 1e-9) * 255
+    else:
+        c, w = window
+        y = np.clip(((x - (c - 0.5)) / (w - 1) + 0.5) * 255, 0, 255)
+    if pi == "MONOCHROME1":
+        y = 255 - y
+    return y
+
+
+def _decode(body: bytes) -> np.ndarray:
+    img = Image.open(io.BytesIO(body))
+    return np.asarray(img.convert("RGB" if img.mode in ("RGB", "P") else "L")).astype(np.float64)
+
+
+CASES = [
+    ("MR_small.dcm", {}),
+    ("MR_small_jp2klossless.dcm", {}),
+    ("JPEG2000.dcm", {}),
+    ("MR_small_jpeg_ls_lossless.dcm", {}),
+    ("MR_small_RLE.dcm", {}),
+    ("SC_rgb_jpeg_dcmd.dcm", {}),
+    ("SC_rgb_dcmtk_+eb+cy+np.dcm", {}),
+    ("examples_palette.dcm", {}),
+    ("SC_ybr_full_422_uncompressed.dcm", {}),
+    ("examples_ybr_color.dcm", {}),  # multi-frame YBR JPEG baseline
+    ("rtdose_rle.dcm", {}),  # multi-frame 32-bit RLE
+    ("MR_small.dcm", {"PhotometricInterpretation": "MONOCHROME1"}),
+]
+
+
+@pytest.mark.parametrize(("name", "changes"), CASES, ids=[f"{n}{'-M1' if c else ''}" for n, c in CASES])
+def test_rendered_png_matches_reference(sqlite_client, sqlite_rt, name, changes):
+    ds = relabel(name, **changes)
+    store(sqlite_rt, ds)
+    r = sqlite_client.get(f"{_url(ds)}/rendered", headers={"Accept": "image/png"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    got, ref = _decode(r.content), _reference(ds)
+    assert got.shape[:2] == ref.shape[:2]
+    assert np.abs(got - ref).mean() < 1.0, (name, np.abs(got - ref).mean())
+
+
+def test_window_viewport_quality_and_frames(sqlite_client, sqlite_rt):
+    ds = relabel("MR_small.dcm")
+    store(sqlite_rt, ds)
+    r = sqlite_client.get(f"{_url(ds)}/rendered?window=600,800", headers={"Accept": "image/png"})
+    assert np.abs(_decode(r.content) - _reference(ds, window=(600, 800))).mean() < 1.0
+    r = sqlite_client.get(f"{_url(ds)}/rendered?viewport=32,32&quality=50")
+    assert r.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(r.content)).size == (32, 32)
+    multi = relabel("examples_ybr_color.dcm")
+    store(sqlite_rt, multi)
+    r = sqlite_client.get(f"{_url(multi)}/frames/5/rendered", headers={"Accept": "image/png"})
+    assert np.abs(_decode(r.content) - _reference(multi, frame=4)).mean() < 2.0
+    for bad in ("window=abc", "window=40,-1", "viewport=0,10", "quality=101", "window=1,2,cubic"):
+        r = sqlite_client.get(f"{_url(ds)}/rendered?{bad}")
+        assert r.status_code == 400 and r.json()["detail"], bad
+    r = sqlite_client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/rendered")
+    parts = split_multipart(r.headers["content-type"], r.content)
+    assert len(parts) == 1 and parts[0][1][:2] == b"\xff\xd8"
+
+
+def test_thumbnails_cached_with_etag(sqlite_client, sqlite_rt):
+    ds = relabel("CT_small.dcm")
+    store(sqlite_rt, ds)
+    url = f"/dicom-web/studies/{ds.StudyInstanceUID}/thumbnail?viewport=256,256"
+    r = sqlite_client.get(url)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(r.content)).size) == 256
+    etag = r.headers["etag"]
+    again = sqlite_client.get(url, headers={"If-None-Match": etag})
+    assert again.status_code == 304 and not again.content
+    cached = list((sqlite_rt.settings.storage.path / "cache" / "thumbnails").rglob("*.jpg"))
+    assert len(cached) == 1
+    for path in (
+        f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/thumbnail",
+        f"{_url(ds)}/thumbnail",
+        f"{_url(ds)}/frames/1/thumbnail",
+    ):
+        r = sqlite_client.get(path)
+        assert r.status_code == 200 and r.content[:2] == b"\xff\xd8", path
+
+
+def test_no_pixels_and_broken_pixels_are_4xx(sqlite_client, sqlite_rt):
+    sr = make_dataset(modality="SR", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.11")
+    del sr.PixelData
+    store(sqlite_rt, sr)
+    for suffix in ("/rendered", "/thumbnail", "/frames/1"):
+        r = sqlite_client.get(_url(sr) + suffix)
+        assert 400 <= r.status_code < 500, suffix
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "pixel" in r.json()["detail"]
+    liar = make_dataset()
+    liar.Rows = 4000  # header says far more pixels than the data holds
+    store(sqlite_rt, liar)
+    r = sqlite_client.get(_url(liar) + "/rendered")
+    assert r.status_code == 422 and "needs" in r.json()["detail"]
+    # A codestream no installed decoder can read: a clear 422, never a 500.
+    odd = relabel("JPEG-lossy.dcm")
+    store(sqlite_rt, odd)
+    r = sqlite_client.get(_url(odd) + "/rendered")
+    assert r.status_code in (200, 422), r.text
+    assert sqlite_client.get("/healthz").status_code == 200
