@@ -7,6 +7,8 @@ the result to a DIMSE status (``pacs.scp.status``).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -79,6 +81,33 @@ def origin_of(event: evt.Event, user: str = "") -> Origin:
         user=user,
         protocol="dimse",
     )
+
+
+def incoming_dir(storage: Path) -> Path:
+    """This process's directory for instances being received: ``<storage>/tmp/incoming/<pid>``.
+
+    Directories of processes that no longer run hold what a crash interrupted; they are removed
+    here, so several listener processes can share the storage and each cleans up after the dead.
+    """
+    root = storage / "tmp" / "incoming"
+    root.mkdir(parents=True, exist_ok=True)
+    for d in root.iterdir():
+        if d.is_dir() and d.name.isdigit() and int(d.name) != os.getpid() and not _alive(int(d.name)):
+            shutil.rmtree(d, ignore_errors=True)
+            log.warning("removed instances left half-received by process %s", d.name)
+    mine = root / str(os.getpid())
+    mine.mkdir(exist_ok=True)
+    return mine
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Listener(ThreadedAssociationServer):
@@ -156,9 +185,7 @@ class DicomServer:
     def start(self) -> tuple[str, int]:
         """Bind and serve in a background thread; returns the bound (host, port)."""
         d = self.settings.dicom
-        incoming = self.settings.storage.path / "tmp" / "incoming"
-        incoming.mkdir(parents=True, exist_ok=True)
-        tempfile.tempdir = str(incoming)  # pynetdicom's chunked receive writes here
+        tempfile.tempdir = str(incoming_dir(self.settings.storage.path))  # pynetdicom's chunked receive
         ae = self.build_ae()
         _Listener.reuse_port = self.reuse_port
         _Listener.nodelay = d.tcp_nodelay
