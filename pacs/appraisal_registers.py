@@ -14,6 +14,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 #: Machine groups of ``MA_MAY`` (X-ray, CT, MRI, ultrasound, DSA, endoscopy, nuclear medicine, PET, ECG).
@@ -29,6 +30,7 @@ class RegisterError(ValueError):
     """A register file that cannot be used (with the file and line)."""
 
 
+@lru_cache(maxsize=16384)
 def fold(text: str) -> str:
     """Case- and accent-insensitive key of a name or description (``Nguyễn^Văn`` -> ``nguyen van``)."""
     text = text.replace("^", " ").replace("Đ", "D").replace("đ", "d")

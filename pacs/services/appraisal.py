@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from functools import lru_cache
 from html import escape
 from typing import Any
 
@@ -106,6 +107,7 @@ def parse_offset(text: str | None) -> timezone | None:
     return timezone(-delta if m[1] == "-" else delta)
 
 
+@lru_cache(maxsize=65536)
 def parse_dicom_datetime(text: str | None, default_tz: timezone) -> tuple[datetime, bool] | None:
     """A DICOM DT (or DA+TM concatenation) -> (aware datetime, whether it carried its own offset)."""
     text = (text or "").strip().replace(":", "").replace("-", "", 2) if text else ""
@@ -139,6 +141,7 @@ def _as_utc(value: datetime | str | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+@lru_cache(maxsize=65536)
 def iso(value: datetime | None) -> str | None:
     """ISO-8601 with offset (device times in their own offset, archive times in UTC)."""
     return value.isoformat() if value else None
@@ -421,7 +424,13 @@ class Appraisal:
         by_study: dict[int, list[dict[str, Any]]] = {}
         for f in facts:
             by_study.setdefault(f["study_fk"], []).append(f)
-        records = [self._record(r, by_study.get(r["id"], []), _steps_of(r, steps)) for r in rows]
+        by_uid: dict[str, list[dict[str, Any]]] = {}
+        by_acc: dict[str, list[dict[str, Any]]] = {}
+        for st in steps:
+            by_uid.setdefault(st["study_instance_uid"], []).append(st)
+            if st["accession_number"]:
+                by_acc.setdefault(st["accession_number"], []).append(st)
+        records = [self._record(r, by_study.get(r["id"], []), _steps_of(r, by_uid, by_acc)) for r in rows]
         return records, (_encode_cursor(rows[-1]["id"]) if more and rows else None)
 
     # ------------------------------------------------------------------ one record
@@ -880,13 +889,15 @@ def _step_values(ds: Dataset, *, create: bool, previous: dict[str, Any] | None =
     return values
 
 
-def _steps_of(study: dict[str, Any], steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        s
-        for s in steps
-        if s["study_instance_uid"] == study["study_instance_uid"]
-        or (study["accession_number"] and s["accession_number"] == study["accession_number"])
-    ]
+def _steps_of(
+    study: dict[str, Any], by_uid: dict[str, list[dict[str, Any]]], by_acc: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Steps linked to a study by its Study Instance UID or its accession number, each once."""
+    found = list(by_uid.get(study["study_instance_uid"], []))
+    for step in by_acc.get(study["accession_number"] or "", []):
+        if step not in found:
+            found.append(step)
+    return sorted(found, key=lambda s: s["id"])
 
 
 def _stamp(value: tuple[datetime, str, str] | None) -> dict[str, Any] | None:

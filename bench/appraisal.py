@@ -1,0 +1,218 @@
+"""Benchmark of the appraisal API over a large index (not run by the tests).
+
+Generates rows directly with bulk inserts (patients, studies, series, instances, MPPS), then
+measures listing a month of records page by page (median page latency, with and without filters)
+and exporting that month as CSV and XML.
+
+    .venv/bin/python bench/appraisal.py --db sqlite:////tmp/bench-appraisal.sqlite
+    .venv/bin/python bench/appraisal.py --db postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+Defaults: 4 months x 10,000 studies x 25 instances = 1,000,000 instances.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import text
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pacs.appraisal_registers import load_registers
+from pacs.config import AppraisalSettings
+from pacs.index.engine import make_engine, migrate
+from pacs.index.schema import instances, metadata, mpps, patients, series, studies
+from pacs.model import Origin
+from pacs.services.appraisal import Appraisal
+
+REG = Path(__file__).resolve().parents[1] / "registers"
+
+
+def generate(engine, months: int, per_month: int, per_study: int) -> None:  # type: ignore[no-untyped-def]
+    """Bulk-insert a synthetic index."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            for t in ("instances", "series", "mpps", "studies", "patients", "events"):
+                conn.execute(text(f"TRUNCATE {t} CASCADE"))
+        else:
+            for t in ("instances", "series", "mpps", "studies", "patients", "events"):
+                conn.execute(text(f"DELETE FROM {t}"))
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    n_studies = months * per_month
+    batch = 20000
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        pats = [
+            {
+                "id": i,
+                "identity": f"P{i}\\",
+                "patient_id": f"P{i}",
+                "other_patient_ids": f"0791{i:08d}\\HC40{i:011d}",
+            }
+            for i in range(1, n_studies // 2 + 2)
+        ]
+        conn.execute(patients.insert(), pats)
+        st, se, mp = [], [], []
+        for s in range(1, n_studies + 1):
+            day = now + timedelta(minutes=(s - 1) * (30 * 24 * 60) // per_month)
+            date = day.strftime("%Y%m%d")
+            st.append(
+                {
+                    "id": s,
+                    "patient_fk": s // 2 + 1,
+                    "created_at": day,
+                    "updated_at": day,
+                    "study_instance_uid": f"1.2.826.0.1.3680043.10.9.{s}",
+                    "study_date": date,
+                    "study_time": day.strftime("%H%M%S"),
+                    "accession_number": f"ACC{s}",
+                    "study_description": "CT sọ não" if s % 2 else "X-quang ngực thẳng",
+                    "referring_physician_name": "Trần^Thị Bình",
+                    "number_of_study_related_series": 1,
+                    "number_of_study_related_instances": per_study,
+                }
+            )
+            se.append(
+                {
+                    "id": s,
+                    "study_fk": s,
+                    "series_instance_uid": f"1.2.826.0.1.3680043.10.8.{s}",
+                    "modality": "CT" if s % 2 else "DX",
+                    "device_serial_number": "SN-1234" if s % 2 else "XR-0001",
+                    "station_name": "CT01" if s % 2 else "DR01",
+                    "manufacturer": "ACME",
+                    "operators_name": "Phạm^Thu",
+                    "number_of_series_related_instances": per_study,
+                }
+            )
+            if s % 3 == 0:
+                mp.append(
+                    {
+                        "sop_instance_uid": f"1.2.826.0.1.3680043.10.7.{s}",
+                        "status": "COMPLETED",
+                        "start_date": date,
+                        "start_time": day.strftime("%H%M%S"),
+                        "end_date": date,
+                        "end_time": (day + timedelta(minutes=10)).strftime("%H%M%S"),
+                        "study_instance_uid": f"1.2.826.0.1.3680043.10.9.{s}",
+                        "accession_number": f"ACC{s}",
+                        "procedure_code": "CT-SN",
+                        "attributes": "{}",
+                        "created_at": day,
+                        "updated_at": day,
+                    }
+                )
+        conn.execute(studies.insert(), st)
+        conn.execute(series.insert(), se)
+        conn.execute(mpps.insert(), mp)
+    print(f"patients/studies/series/mpps: {time.perf_counter() - t0:.1f}s", flush=True)
+    rows = []
+    iid = 0
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        for s in range(1, n_studies + 1):
+            day = now + timedelta(minutes=(s - 1) * (30 * 24 * 60) // per_month)
+            for k in range(per_study):
+                iid += 1
+                acq = day + timedelta(seconds=10 * k)
+                rows.append(
+                    {
+                        "id": iid,
+                        "series_fk": s,
+                        "sop_instance_uid": f"1.2.826.0.1.3680043.10.6.{iid}",
+                        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+                        "instance_number": k + 1,
+                        "acquisition_date": acq.strftime("%Y%m%d"),
+                        "acquisition_time": acq.strftime("%H%M%S"),
+                        "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+                        "blob_key": f"k{iid}",
+                        "size": 1000,
+                        "sha256": "0" * 64,
+                        "dataset_sha256": "0" * 64,
+                        "received_at": acq - timedelta(hours=7) + timedelta(seconds=5),
+                        "calling_ae": "CT01AE",
+                    }
+                )
+                if len(rows) >= batch:
+                    conn.execute(instances.insert(), rows)
+                    rows = []
+        if rows:
+            conn.execute(instances.insert(), rows)
+        if conn.dialect.name == "postgresql":
+            for t in ("patients", "studies", "series", "instances", "mpps"):
+                conn.execute(
+                    text(f"SELECT setval(pg_get_serial_sequence('{t}','id'), (SELECT max(id) FROM {t}))")
+                )
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE"))
+    print(f"{iid} instances: {time.perf_counter() - t0:.1f}s", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--months", type=int, default=4)
+    ap.add_argument("--per-month", type=int, default=10000)
+    ap.add_argument("--per-study", type=int, default=25)
+    ap.add_argument("--limit", type=int, default=1000)
+    ap.add_argument("--reuse", action="store_true", help="skip generation (index already filled)")
+    args = ap.parse_args()
+    engine = make_engine(args.db)
+    migrate(engine)
+    assert metadata is not None
+    if not args.reuse:
+        generate(engine, args.months, args.per_month, args.per_study)
+    settings = AppraisalSettings(facility_code="01001", max_limit=max(1000, args.limit))
+    regs = load_registers(
+        "01001", REG / "devices.csv", REG / "services.csv", REG / "staff.csv", REG / "reference_times.csv"
+    )
+    svc = Appraisal(engine, settings, regs)
+    origin = Origin(address="127.0.0.1", protocol="bench")
+    month = (
+        {"from": "2025-02-01", "to": "2025-02-28"}
+        if args.months > 1
+        else {"from": "2025-01-01", "to": "2025-01-30"}
+    )
+
+    def page_through(params: dict[str, str]) -> tuple[int, list[float]]:
+        total, lat, cursor = 0, [], None
+        while True:
+            t = time.perf_counter()
+            page = svc.list_records(params, origin, cursor=cursor, limit=args.limit)
+            lat.append(time.perf_counter() - t)
+            total += len(page.records)
+            cursor = page.next_cursor
+            if not cursor:
+                return total, lat
+
+    for name, params in (
+        ("month", month),
+        ("month+modality=CT+device=SN-1234", {**month, "modality": "CT", "device": "SN-1234"}),
+        ("month+service_code=18.0001.0001", {**month, "service_code": "18.0001.0001"}),
+    ):
+        page_through(params)  # warm
+        total, lat = page_through(params)
+        print(
+            f"list {name}: {total} records in {len(lat)} pages of {args.limit}; "
+            f"median page {statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms, "
+            f"total {sum(lat):.2f} s"
+        )
+    t = time.perf_counter()
+    out = svc.export_csv(month, origin)
+    print(
+        f"export CSV month: {out.count(chr(10))} lines, {len(out) / 1e6:.1f} MB "
+        f"in {time.perf_counter() - t:.2f} s"
+    )
+    t = time.perf_counter()
+    xml = svc.export_xml(month, origin)
+    print(f"export XML month: {len(xml) / 1e6:.1f} MB in {time.perf_counter() - t:.2f} s")
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
