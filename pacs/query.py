@@ -116,20 +116,27 @@ _COMBINED = {
 
 def _date_bound(text: str, attr: Attribute) -> str:
     value = normalise_date(text)
-    if not _DATE_RE.fullmatch(value):
+    if not _DATE_RE.fullmatch(value) or not (1 <= int(value[4:6]) <= 12 and 1 <= int(value[6:8]) <= 31):
         raise InvalidQuery(f"{attr.keyword}: {text!r} is not a date (YYYYMMDD)")
     return value
 
 
 def _time_bound(text: str, attr: Attribute, *, upper: bool) -> str:
     value = text.strip().replace(":", "")
-    if not _TIME_RE.fullmatch(value):
+    if not _TIME_RE.fullmatch(value) or not _time_in_range(value):
         raise InvalidQuery(f"{attr.keyword}: {text!r} is not a time (HHMMSS.FFFFFF)")
     main, _, frac = value.partition(".")
     if upper:
         main = main + "5959"[: 6 - len(main)]
         return f"{main}.{frac.ljust(6, '9')}"
     return normalise_time(value)
+
+
+def _time_in_range(value: str) -> bool:
+    """HH < 24, MM < 60, SS <= 60 (a leap second), PS3.5 Table 6.2-1."""
+    main = value.partition(".")[0]
+    limits = (23, 59, 60)
+    return all(int(main[i : i + 2]) <= limits[i // 2] for i in range(0, len(main), 2))
 
 
 def _dt_bound(text: str, attr: Attribute, *, upper: bool) -> str:

@@ -48,7 +48,7 @@ from pynetdicom.sop_class import (
 )
 
 from pacs.config import Destination, Settings
-from pacs.dicom.attributes import BY_KEYWORD, BY_TAG, Attribute
+from pacs.dicom.attributes import BY_KEYWORD, BY_TAG, UNIQUE_KEY, Attribute
 from pacs.errors import InvalidQuery, NotFound, PacsError
 from pacs.model import Level, Origin, StoredInstance
 from pacs.query import AnyOf, Condition, Equal, Query, from_identifier
@@ -83,7 +83,8 @@ def response_identifier(request: Dataset, row: dict[str, Any], level: Level, ae_
     """The C-FIND response identifier of one match (PS3.4 C.4.1.1.3.2).
 
     Exactly the keys of the request come back, in UTF-8, plus Specific Character Set,
-    Query/Retrieve Level and Retrieve AE Title; requested keys we do not index come back empty; keys below the level are
+    Query/Retrieve Level, Retrieve AE Title and the unique key of the level (so that the match
+    can be retrieved); requested keys we do not index come back empty; keys below the level are
     left out.
     """
     ds = Dataset()
@@ -107,7 +108,32 @@ def response_identifier(request: Dataset, row: dict[str, Any], level: Level, ae_
             continue
         else:
             ds.add_new(elem.tag, vr, [] if vr == "SQ" else None)
+    unique = BY_KEYWORD[UNIQUE_KEY[level]]
+    if unique.tag not in ds and row.get(unique.keyword):
+        ds.add_new(unique.tag, unique.vr, row[unique.keyword])  # always name the matched entity
     return ds
+
+
+def assume_utf8_when_undeclared(identifier: Dataset) -> None:
+    """Declare ISO_IR 192 on an identifier that has no Specific Character Set but non-ASCII text
+    that is valid UTF-8 (what many local systems send); otherwise leave it to the default
+    repertoire (PS3.5 6.1.2.3). Must run before any value is read.
+    """
+    if "SpecificCharacterSet" in identifier:
+        return
+    non_ascii = False
+    for tag in identifier.keys():
+        raw = identifier.get_item(tag).value
+        if isinstance(raw, bytes) and any(b > 0x7F for b in raw):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return
+            non_ascii = True
+    if non_ascii:
+        identifier.SpecificCharacterSet = "ISO_IR 192"
+        implicit, little = identifier.original_encoding
+        identifier.set_original_encoding(implicit, little, "utf_8")  # raw values decode with this
 
 
 def _vr_of(tag: Any, request_vr: str) -> str:
@@ -292,6 +318,7 @@ class QueryRetrieveSCP:
         patient_root = str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT
         try:
             identifier = event.identifier
+            assume_utf8_when_undeclared(identifier)
             query = from_identifier(
                 identifier,
                 patient_root=patient_root,
@@ -423,7 +450,9 @@ class QueryRetrieveSCP:
 
     def _retrieve_set(self, event: evt.Event) -> list[StoredInstance]:
         patient_root = str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT
-        return retrieve_set(self.archive, event.identifier, patient_root=patient_root)
+        identifier = event.identifier
+        assume_utf8_when_undeclared(identifier)
+        return retrieve_set(self.archive, identifier, patient_root=patient_root)
 
     def _destination(self, ae_title: str) -> Destination | None:
         for d in self.settings.dicom.destinations:

@@ -90,6 +90,9 @@ def test_empty_lower_level_keys_are_ignored() -> None:
         ("STUDY", {"StudyDate": "20250101-20250102-20250103"}),
         ("STUDY", {"StudyDate": "-"}),
         ("STUDY", {"StudyTime": "25h"}),
+        ("STUDY", {"StudyTime": "99-"}),
+        ("STUDY", {"StudyTime": "1261"}),
+        ("STUDY", {"StudyDate": "20251332"}),
         ("STUDY", {"StudyInstanceUID": "1.2.abc"}),
         ("STUDY", {"StudyInstanceUID": "1." + "2" * 70}),
         ("STUDY", {"SeriesInstanceUID": "1.2.3"}),  # below the level
