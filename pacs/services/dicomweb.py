@@ -119,7 +119,7 @@ class DicomWeb:
             ds = pydicom.dcmread(fh)
         try:
             if ds.file_meta.TransferSyntaxUID.is_compressed:
-                ds.decompress()
+                ds.decompress(generate_instance_uid=False)
             else:
                 ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
             buf = io.BytesIO()
@@ -224,7 +224,7 @@ class DicomWeb:
     def _store_one(self, part: BinaryIO, study: str | None, origin: Origin) -> StowOutcome:
         sop_class = sop_instance = ""
         try:
-            part.seek(0)
+            part = _as_part10(part)
             head = pydicom.dcmread(
                 part,
                 stop_before_pixels=True,
@@ -244,10 +244,33 @@ class DicomWeb:
                 sop_class, sop_instance, error=InvalidInstance(f"not a DICOM Part-10 object: {exc}")
             )
         try:
-            part.seek(0)
             return StowOutcome(sop_class, sop_instance, result=self.archive.store(part, origin))
         except (InvalidInstance, DuplicateInstance, StorageUnavailable) as exc:
             return StowOutcome(sop_class, sop_instance, error=exc)
+
+
+def _as_part10(part: BinaryIO) -> BinaryIO:
+    """A part as a PS3.10 stream. Clients such as dicomweb-client (pydicom 3 ``dcmwrite``) send
+    file meta without the 128-byte preamble, or a bare dataset; both are accepted and completed.
+    """
+    part.seek(0)
+    head = part.read(132)
+    part.seek(0)
+    if head[128:132] == b"DICM":
+        return part
+    if head[:2] == b"\x02\x00":  # file meta without preamble
+        return io.BytesIO(b"\x00" * 128 + b"DICM" + part.read())
+    ds = pydicom.dcmread(part, force=True)
+    if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
+        raise InvalidInstance("the part is neither a DICOM file nor a dataset with SOP UIDs")
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    buf.seek(0)
+    return buf
 
 
 def _header(fh: BinaryIO) -> tuple[Dataset, bool]:

@@ -101,6 +101,11 @@ class FileSlice(io.RawIOBase):
         super().__init__()
         self._fh, self._start, self._end, self._pos = fh, start, end, 0
 
+    @property
+    def name(self) -> str:
+        """A name for libraries that label what they read (pydicom does)."""
+        return f"<multipart part {self._start}-{self._end}>"
+
     def readable(self) -> bool:
         return True
 

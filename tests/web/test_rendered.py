@@ -14,7 +14,8 @@ from tests.web.conftest import part10, relabel, split_multipart, store
 
 
 def _url(ds: pydicom.Dataset) -> str:
-    return f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    s = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    return f"{s}/instances/{ds.SOPInstanceUID}"
 
 
 def _reference(ds: pydicom.Dataset, frame: int = 0, window: tuple[float, float] | None = None) -> np.ndarray:

@@ -16,7 +16,8 @@ OCTET_ANY_QUOTED = 'multipart/related; type="application/octet-stream"; transfer
 
 
 def _url(ds: pydicom.Dataset) -> str:
-    return f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    s = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    return f"{s}/instances/{ds.SOPInstanceUID}"
 
 
 def test_retrieve_study_metadata_and_errors(client, rt):
@@ -99,14 +100,15 @@ def test_retrieve_transcodes_when_stored_syntax_not_accepted(sqlite_client, sqli
     ds = relabel("MR_small_RLE.dcm")
     store(sqlite_rt, ds)
     r = sqlite_client.get(_url(ds), headers={"Accept": 'multipart/related; type="application/dicom"'})
-    ((headers, body),) = split_multipart(r.headers["content-type"], r.content)
+    ((_headers, body),) = split_multipart(r.headers["content-type"], r.content)
     out = pydicom.dcmread(io.BytesIO(body))
     assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert out.SOPInstanceUID == ds.SOPInstanceUID  # transcoding keeps the identity
     assert np.array_equal(out.pixel_array, pydicom.dcmread(io.BytesIO(_raw(ds))).pixel_array)
     r = sqlite_client.get(
         _url(ds), headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
     )
-    ((headers, body),) = split_multipart(r.headers["content-type"], r.content)
+    ((_headers, body),) = split_multipart(r.headers["content-type"], r.content)
     assert pydicom.dcmread(io.BytesIO(body)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
     r = sqlite_client.get(
         _url(ds),
@@ -125,7 +127,7 @@ def test_bulkdata(sqlite_client, sqlite_rt):
     meta = sqlite_client.get(f"{_url(ds)}/metadata").json()[0]
     uri = meta["00091011"]["BulkDataURI"]
     r = sqlite_client.get(uri)
-    ((headers, body),) = split_multipart(r.headers["content-type"], r.content)
+    ((_headers, body),) = split_multipart(r.headers["content-type"], r.content)
     assert body == b"\x01" * 5000
     assert sqlite_client.get(f"{_url(ds)}/bulkdata/..%2F..%2Fetc").status_code in (400, 404)
     assert sqlite_client.get(f"{_url(ds)}/bulkdata/00100011").status_code == 404
