@@ -62,10 +62,11 @@ def seed_files(tmp: Path) -> list[Path]:
     return [write(ds, out / f"{i}.dcm") for i, ds in enumerate(sets)]
 
 
-def store_with_storescu(port: int, files: list[Path]) -> None:
+def store_with_storescu(port: int, files: list[Path], *options: str) -> None:
     r = subprocess.run(
         [
             require_tool("storescu"),
+            *options,
             "-aet",
             "STORESCU",
             "-aec",
