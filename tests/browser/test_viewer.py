@@ -230,6 +230,7 @@ def test_search_fields_dates_paging_and_shareable_url(server: Served, page: Any)
     page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 5")
     rows = _rows(page)
     assert "Phạm Minh Tuấn" in rows[0], "newest first"
+    _shot(page, "01b-study-list-all")
     assert page.is_disabled("#prev") and page.is_disabled("#next")
 
     # Back button: returns to the earlier search, with its form values.
@@ -335,11 +336,17 @@ def test_study_view_scroll_window_presets_and_overlay(server: Served, page: Any)
     _wait_shown(page, 11, "header")
     assert "inverted" not in (page.get_attribute("#image", "class") or "")
 
-    # Back to the list keeps the search.
+    # Back to the list keeps the search: the browser's back button, and the "Studies" link.
     page.go_back()
     page.wait_for_selector("#list-view:not([hidden])")
     page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 1")
     assert page.input_value("#search [name=PatientName]") == "nguyen"
+    page.go_forward()
+    _wait_shown(page, 11)
+    page.click("#back")
+    page.wait_for_selector("#list-view:not([hidden])")
+    page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 1")
+    assert page.input_value("#search [name=ModalitiesInStudy]") == "CT"
 
 
 def _last_rendered_url(pg: Any) -> str:
@@ -382,6 +389,7 @@ def test_mr_and_cr_use_header_window_and_ultrasound_cine(server: Served, page: A
     _open_study(page, "Lê Hoàng Phúc")
     assert "Frame: 1/10" in page.inner_text("#ov-bl")
     assert page.get_attribute("#image", "data-frame") == "1"
+    assert page.is_disabled("#preset"), "colour ultrasound has no window to set"
     frames = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
     assert any("/frames/1/rendered" in u for u in frames), "multi-frame: frame-level rendered URLs"
     page.click("#cine")

@@ -27,7 +27,7 @@
     SOPInstanceUID: "00080018", InstanceNumber: "00200013", Rows: "00280010", Columns: "00280011",
     NumberOfFrames: "00280008", WindowCenter: "00281050", WindowWidth: "00281051", SliceLocation: "00201041",
     ImagePositionPatient: "00200032", SliceThickness: "00180050", FrameTime: "00181063", CineRate: "00180040",
-    RecommendedDisplayFrameRate: "00082144", InstitutionName: "00080080",
+    RecommendedDisplayFrameRate: "00082144", InstitutionName: "00080080", PhotometricInterpretation: "00280004",
   };
   const values = (ds, kw) => ((ds && ds[TAG[kw]]) || {}).Value || [];
   const first = (ds, kw) => values(ds, kw)[0];
@@ -275,6 +275,7 @@
       openStudy(m[1], params);
     } else {
       viewer.close();
+      $("#back").href = location.hash || "#/"; // "Studies" returns to this search
       $("#study-view").hidden = true;
       $("#list-view").hidden = false;
       showList(params);
@@ -551,7 +552,7 @@
       for (const b of document.querySelectorAll(".series")) {
         b.setAttribute("aria-pressed", String(b.dataset.series === uid));
       }
-      this.renderPresets();
+      this.renderPresets(false);
       if (NON_IMAGE.has(s.modality)) {
         imgEl.hidden = true;
         this.message(`${s.modality} series: no images to display.`);
@@ -562,7 +563,7 @@
       const base = `${ROOT}studies/${this.study.uid}/series/${uid}`;
       let instances;
       try {
-        instances = await getJson(`${base}/instances`);
+        instances = await getJson(`${base}/instances?includefield=PhotometricInterpretation`);
       } catch (e) {
         if (token === this.loadToken) this.message(`Cannot list the images: ${e.message}`);
         return;
@@ -576,10 +577,12 @@
           stack.push({
             sop: first(ds, "SOPInstanceUID"), frame: f, frames, number: num(ds, "InstanceNumber"),
             rows: num(ds, "Rows") || 512, cols: num(ds, "Columns") || 512,
+            color: !/^MONOCHROME|^$/.test(first(ds, "PhotometricInterpretation") || ""),
           });
         }
       }
       this.stack = stack;
+      this.renderPresets();
       if (!stack.length) {
         this.message("This series has no images.");
         return;
@@ -734,8 +737,14 @@
       this.draw();
     },
 
-    renderPresets() {
+    /** Window presets fit greyscale images only; colour (US, ES) is shown as stored. */
+    isColor() {
+      const it = this.stack[this.index] || this.stack[0];
+      return Boolean(it && it.color);
+    },
+    renderPresets(enabled = true) {
       const sel = $("#preset");
+      sel.disabled = !enabled || this.isColor();
       const opts = [el("option", { value: "" }, "Default (header)")];
       if (this.series && this.series.modality === "CT") {
         CT_PRESETS.forEach(([id, label, c, w], n) =>
@@ -901,8 +910,8 @@
     else if (ev.key === "z" || ev.key === "Z") setTool("zoom");
     else if (ev.key === "+" || ev.key === "=") viewer.zoomBy(1.25);
     else if (ev.key === "-") viewer.zoomBy(0.8);
-    else if (ev.key === "0") viewer.applyPreset("");
-    else if (/^[1-5]$/.test(ev.key) && viewer.series && viewer.series.modality === "CT") {
+    else if (ev.key === "0" && !viewer.isColor()) viewer.applyPreset("");
+    else if (/^[1-5]$/.test(ev.key) && viewer.series && viewer.series.modality === "CT" && !viewer.isColor()) {
       viewer.applyPreset(CT_PRESETS[+ev.key - 1][0]);
     } else handled = false;
     if (handled) ev.preventDefault();
@@ -921,7 +930,8 @@
   viewport.addEventListener("pointerdown", (ev) => {
     if (!viewer.stack.length) return;
     viewport.focus();
-    const mode = ev.button === 1 ? "pan" : ev.button === 2 ? "zoom" : viewer.tool;
+    let mode = ev.button === 1 ? "pan" : ev.button === 2 ? "zoom" : viewer.tool;
+    if (mode === "window" && viewer.isColor()) mode = "pan"; // no window on colour images
     const win = viewer.effectiveWindow() || { c: 128, w: 256 };
     drag = { mode, x: ev.clientX, y: ev.clientY, win: { ...win }, view: { ...viewer.view }, moved: false };
     viewport.setPointerCapture(ev.pointerId);
