@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from pacs import tls
 from pacs.config import Settings
 from pacs.errors import PacsError
 from pacs.model import Origin
@@ -122,9 +124,13 @@ class _Listener(ThreadedAssociationServer):
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        sock, addr = super().get_request()
+        # Accept here, but leave the TLS handshake to the association's own thread (first read),
+        # so a slow or hostile TLS client cannot hold up the accept loop.
+        sock, addr = self.socket.accept()  # type: ignore[union-attr]
         if self.nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, addr
 
 
@@ -159,7 +165,6 @@ class DicomServer:
         ae.acse_timeout = d.acse_timeout
         ae.dimse_timeout = d.dimse_timeout
         ae.require_called_aet = True
-        ae.require_calling_aet = [a.ae_title for a in d.allowed_aes] or ["\\NOBODY"]
         ae.add_supported_context(Verification)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
@@ -189,13 +194,26 @@ class DicomServer:
         ae = self.build_ae()
         _Listener.reuse_port = self.reuse_port
         _Listener.nodelay = d.tcp_nodelay
-        server = ae.make_server((d.host, d.port), evt_handlers=self.handlers(), server_class=_Listener)
+        server = ae.make_server(
+            (d.host, d.port), evt_handlers=self.handlers(), server_class=_Listener, ssl_context=self.tls()
+        )
         self._server = server  # type: ignore[assignment]
         self._thread = threading.Thread(target=server.serve_forever, name="dimse-listener", daemon=True)
         self._thread.start()
         host, port = server.server_address[:2]
-        log.info("DICOM listener %s on %s:%d", d.ae_title, host, port)
+        log.info(
+            "DICOM listener %s on %s:%d%s", d.ae_title, host, port, " (TLS)" if server.ssl_context else ""
+        )
         return str(host), int(port)
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS context when ``[dicom] tls_cert`` is set (PS3.15 B.9, BCP 195), else None."""
+        d = self.settings.dicom
+        if str(d.tls_cert) in ("", "."):
+            return None
+        return tls.server_context(
+            d.tls_cert, d.tls_key, d.tls_ca, require_client_cert=d.tls_require_client_cert
+        )
 
     def stop(self) -> None:
         """Stop accepting and close the listener."""
@@ -209,9 +227,10 @@ class DicomServer:
     def handle_requested(self, event: evt.Event) -> None:
         """Access control at A-ASSOCIATE-RQ (PS3.8 9.3.4): called AE ours, calling AE (and host) allowed.
 
-        pynetdicom's own checks (``require_called_aet``, ``require_calling_aet``) send the
-        A-ASSOCIATE-RJ; here we log the reason, and reject a calling AE that is allowed only from
-        another host with the same diagnostic (calling AE title not recognised).
+        pynetdicom's own ``require_called_aet`` check rejects a wrong called AE title; here we log
+        that, and reject a calling AE title that is not listed, or listed only for another host,
+        with A-ASSOCIATE-RJ (rejected-permanent, service-user, calling AE title not recognised).
+        An empty ``allowed_aes`` lets nobody in.
         """
         d = self.settings.dicom
         rq = event.assoc.requestor.primitive
@@ -232,24 +251,33 @@ class DicomServer:
             log.warning("association rejected (calling AE not recognised): %r from %s", calling, address)
         elif not any(a.host in (None, "", address) for a in allowed):
             log.warning("association rejected (calling AE %r not allowed from %s)", calling, address)
-            # A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE title not recognised.
-            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-            event.assoc.kill()
+        else:
+            return
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        event.assoc.kill()
 
     def handle_accepted(self, event: evt.Event) -> None:
-        """Log and record the association."""
-        o = origin_of(event)
-        log.info("association accepted from %s@%s", o.calling_ae, o.address)
+        """Log and record the association (audit trail; the TLS peer certificate's CN as user)."""
+        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        o = origin_of(event, tls.peer_subject(sock))
+        secure = isinstance(sock, ssl.SSLSocket)
+        log.info(
+            "association accepted from %s@%s%s", o.calling_ae, o.address, f" cert={o.user}" if o.user else ""
+        )
+        self._record("association.open", o, tls=secure)
 
     def handle_closed(self, event: evt.Event) -> None:
-        """Log the end of an association."""
+        """Log and record the end of an association."""
         o = origin_of(event)
-        log.info(
-            "association %s from %s@%s",
-            "released" if event.event is evt.EVT_RELEASED else "aborted",
-            o.calling_ae,
-            o.address,
-        )
+        how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        log.info("association %s from %s@%s", how, o.calling_ae, o.address)
+        self._record("association.close", o, how=how)
+
+    def _record(self, kind: str, origin: Origin, **details: Any) -> None:
+        try:
+            self.archive.record_event(kind, origin, details=details)
+        except Exception as exc:  # an audit row must never break the association
+            log.warning("cannot record %s event: %s", kind, exc)
 
     # ------------------------------------------------------------------ services
 

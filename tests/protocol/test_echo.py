@@ -32,3 +32,12 @@ def test_echo_and_access_control(tmp_path: Path) -> None:
         log = srv.log()
         assert "calling AE not recognised" in log and "'INTRUDER'" in log
         assert "called AE not recognised" in log
+
+
+def test_empty_allowed_list_lets_nobody_in(tmp_path: Path) -> None:
+    require_tool("echoscu")
+    with serve(tmp_path, f"sqlite:///{tmp_path / 'i.sqlite'}", env={"PACS_DICOM_ALLOWED_AES": "[]"}) as srv:
+        refused = _echo(srv.dicom_port, "ECHOSCU")
+        assert refused.returncode != 0
+        assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
+        assert srv.process.poll() is None
