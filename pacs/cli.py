@@ -85,7 +85,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for child in children:
         child.start()
     app = runtime.web_app(rt)
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.http.host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only for sockets
+    # that say they are TCP; without it every response stalls ~40 ms on a delayed ACK.
+    family = socket.AF_INET6 if ":" in settings.http.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.http.host, settings.http.port))
     hhost, hport = sock.getsockname()[:2]
