@@ -14,6 +14,7 @@ item matches). Computed attributes (counts, ModalitiesInStudy) have no stored so
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -65,6 +66,7 @@ class Attribute:
         return self.vr in {"US", "UL", "SS", "SL", "IS"} or (self.computed and self.vr != "CS")
 
 
+@functools.lru_cache(maxsize=1024)
 def snake_case(keyword: str) -> str:
     """``StudyInstanceUID`` -> ``study_instance_uid``."""
     s = keyword.replace("IDs", "Ids")

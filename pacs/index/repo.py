@@ -116,11 +116,11 @@ def store_instance(
     now = blob.received_at
     pvals = _level_values(record, Level.PATIENT)
     identity = patient_identity(pvals)
+    # Values go as execution parameters, not ``.values(...)``: the statement then has one cache
+    # key and SQLAlchemy compiles it once (building a key over ~40 bound values cost ~1 ms each).
     pid = conn.execute(
-        _insert(conn, patients)
-        .values(identity=identity, **pvals)
-        .on_conflict_do_nothing(index_elements=["identity"])
-        .returning(patients.c.id)
+        _insert(conn, patients).on_conflict_do_nothing(index_elements=["identity"]).returning(patients.c.id),
+        {"identity": identity, **pvals},
     ).scalar()
     if pid is None:
         pid = conn.execute(select(patients.c.id).where(patients.c.identity == identity)).scalar_one()
@@ -128,9 +128,9 @@ def store_instance(
     svals = _level_values(record, Level.STUDY)
     study_id = conn.execute(
         _insert(conn, studies)
-        .values(patient_fk=pid, created_at=now, updated_at=now, **svals)
         .on_conflict_do_nothing(index_elements=["study_instance_uid"])
-        .returning(studies.c.id)
+        .returning(studies.c.id),
+        {"patient_fk": pid, "created_at": now, "updated_at": now, **svals},
     ).scalar()
     new_study = study_id is not None
     if study_id is None:
@@ -143,9 +143,9 @@ def store_instance(
     sevals = _level_values(record, Level.SERIES)
     series_id = conn.execute(
         _insert(conn, series)
-        .values(study_fk=study_id, **sevals)
         .on_conflict_do_nothing(index_elements=["series_instance_uid"])
-        .returning(series.c.id)
+        .returning(series.c.id),
+        {"study_fk": study_id, **sevals},
     ).scalar()
     new_series = series_id is not None
     if series_id is None:
@@ -159,9 +159,7 @@ def store_instance(
                 f"Series Instance UID {record.series_instance_uid} already belongs to another study"
             )
 
-    conn.execute(
-        _insert(conn, instances).values(series_fk=series_id, **_instance_values(record, blob, origin))
-    )
+    conn.execute(instances.insert(), {"series_fk": series_id, **_instance_values(record, blob, origin)})
     conn.execute(
         update(series)
         .where(series.c.id == series_id)

@@ -27,7 +27,7 @@ from tests.serve import serve
 
 
 def _files(tmp: Path) -> tuple[list[Path], Path]:
-    """Five 0.5 MB instances, then one of 32 MB (long enough on the wire to be killed mid-way)."""
+    """Five 0.5 MB instances, then one of 16 MB (long enough on the wire to be killed mid-way)."""
     study = pydicom.uid.generate_uid()
     small = [
         write(
@@ -37,7 +37,7 @@ def _files(tmp: Path) -> tuple[list[Path], Path]:
         for i in range(5)
     ]
     big = write(
-        make_dataset(study_uid=study, instance_number=99, pixels=np.ones((4096, 4096), np.int16)),
+        make_dataset(study_uid=study, instance_number=99, pixels=np.ones((4096, 2048), np.int16)),
         tmp / "big.dcm",
     )
     return small, big

@@ -43,7 +43,7 @@ def test_storescu_study_then_folder(db_url: str, tmp_path: Path) -> None:
     """A CT study file by file, then the whole sample folder recursively: all indexed, bytes kept."""
     ct = sorted((SAMPLES / "ct_head").glob("*.dcm"))
     everything = sorted(SAMPLES.rglob("*.dcm"))
-    with serve(tmp_path, db_url) as srv:
+    with serve(tmp_path, db_url, env={"PACS_STORAGE_FSYNC": "false"}) as srv:  # see test_store_crash
         done = _storescu_files(srv.dicom_port, ct)
         assert done.returncode == 0, done.stderr
         with open_archive(db_url, srv.storage) as archive:
