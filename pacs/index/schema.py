@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 from pacs.dicom.attributes import Attribute, Match, at_level
@@ -179,3 +181,29 @@ TABLES: dict[Level, Table] = {
     Level.SERIES: series,
     Level.IMAGE: instances,
 }
+
+#: Web users (PS3.15 has no user model; roles are ours: admin, radiologist, appraiser,
+#: modality-upload). ``password_hash`` is an argon2id PHC string, never the password.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(32), nullable=False),
+    Column("password_hash", String(256), nullable=False),
+    Column("disabled", Boolean, nullable=False, server_default=false()),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Bearer tokens: only the SHA-256 of each random token is kept, with its expiry.
+auth_tokens = Table(
+    "auth_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("user_fk", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("address", String(64)),
+)
