@@ -162,8 +162,10 @@
   /** Fetches images with a bounded number of requests in flight, nearest-to-current first, and keeps
    * decoded Image objects behind blob URLs so a series scrolls without the network after one pass. */
   class ImageCache {
-    constructor(maxEntries, concurrency) {
+    constructor(maxEntries, maxBytes, concurrency) {
       this.max = maxEntries;
+      this.maxBytes = maxBytes;
+      this.bytes = 0;
       this.concurrency = concurrency;
       this.entries = new Map(); // key -> {url, img}
       this.inflight = new Map(); // key -> promise
@@ -235,6 +237,7 @@
         }
         const entry = { url, img, bytes: blob.size };
         this.entries.set(job.key, entry);
+        this.bytes += entry.bytes;
         this.evict();
         return entry;
       })();
@@ -250,15 +253,17 @@
       }
     }
     evict() {
-      while (this.entries.size > this.max) {
+      while (this.entries.size > this.max || (this.bytes > this.maxBytes && this.entries.size > 1)) {
         const [key, e] = this.entries.entries().next().value;
         this.entries.delete(key);
+        this.bytes -= e.bytes;
         URL.revokeObjectURL(e.url);
       }
     }
   }
-  const images = new ImageCache(1500, 6);
-  const thumbs = new ImageCache(400, 2);
+  // Two windows of a 600-slice series, at most ~300 MB of encoded images; least recently used go first.
+  const images = new ImageCache(1200, 300 * 1024 * 1024, 6);
+  const thumbs = new ImageCache(400, 32 * 1024 * 1024, 2);
 
   // ------------------------------------------------------------ Routing: state lives in the URL hash
   function parseHash() {
@@ -700,6 +705,7 @@
       for (let i = 0; i < this.stack.length; i++) {
         if (!images.has(this.keyOf(i))) this.load(i).then(() => this.renderProgress(), () => {});
       }
+      this.renderProgressNow();
     },
     renderProgress() {
       if (this.progressFrame) return;
