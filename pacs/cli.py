@@ -93,13 +93,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock.bind((settings.http.host, settings.http.port))
     hhost, hport = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    config.load()
+    https = str(settings.http.tls_cert) not in ("", ".")
+    if https:
+        from pacs import tls
+
+        config.ssl = tls.server_context(settings.http.tls_cert, settings.http.tls_key)
     server = uvicorn.Server(config)
-    if hhost not in ("127.0.0.1", "::1", "localhost"):
-        log.warning("HTTP is bound to %s: put it behind TLS and authentication before exposing it", hhost)
-    else:
-        log.warning(
-            "HTTP on loopback only (%s:%d); authentication is not enabled in this build", hhost, hport
-        )
+    _security_log(settings, hhost, hport, https)
     print(f"READY dicom={dhost}:{dport} http={hhost}:{hport} workers={workers}", flush=True)
     try:
         server.run(sockets=[sock])
@@ -111,6 +112,133 @@ def cmd_serve(args: argparse.Namespace) -> int:
             child.join(5)
         rt.close()
     return 0
+
+
+def _security_log(settings: Settings, host: str, port: int, https: bool) -> None:
+    """Say loudly how the web side is protected."""
+    scheme = "https" if https else "http"
+    if settings.auth_enabled:
+        log.info("web sign-in required on %s://%s:%d (users: pacs user add)", scheme, host, port)
+    else:
+        banner = "!" * 78
+        log.warning(banner)
+        log.warning(
+            "AUTHENTICATION IS OFF: anyone who can reach %s://%s:%d reads every study", scheme, host, port
+        )
+        log.warning("set [auth] enabled = true (and add users with `pacs user add`) before real use")
+        log.warning(banner)
+    from pacs.config import is_loopback
+
+    if not https and not is_loopback(host):
+        log.warning("HTTP on %s without TLS: set [http] tls_cert/tls_key or put a TLS proxy in front", host)
+
+
+# ---------------------------------------------------------------------- users / audit
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    """``pacs user add NAME --role R`` / ``list`` / ``disable NAME`` / ``enable NAME`` / ``password NAME``."""
+    from pacs import runtime
+    from pacs.services.auth import AuthError
+
+    settings = _settings(args)
+    _logging(settings)
+    rt = runtime.build(settings)
+    try:
+        if args.action == "list":
+            for u in rt.auth.list_users():
+                state = "disabled" if u.disabled else "enabled"
+                print(f"{u.name}\t{u.role}\t{state}\t{u.created_at:%Y-%m-%d %H:%M}")
+            return 0
+        if not args.name:
+            print(f"pacs user {args.action}: a user name is required", file=sys.stderr)
+            return 2
+        if args.action in ("add", "password"):
+            if args.action == "add" and not args.role:
+                print("pacs user add: --role is required", file=sys.stderr)
+                return 2
+            password = _read_password(args.password_stdin)
+            if args.action == "add":
+                rt.auth.add_user(args.name, args.role, password)
+            else:
+                rt.auth.set_password(args.name, password)
+        else:
+            rt.auth.set_disabled(args.name, args.action == "disable")
+        print(f"user {args.name}: {args.action} done")
+        return 0
+    except AuthError as exc:
+        print(f"pacs user {args.action}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        rt.close()
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise ConfigError("the passwords differ")
+    return first
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """``pacs audit``: query the audit trail; ``--format json|xml`` gives PS3.15 A.5 audit messages."""
+    from pacs import runtime
+    from pacs.services.audit import event_filter
+
+    settings = _settings(args)
+    _logging(settings)
+    rt = runtime.build(settings)
+    try:
+        params = {
+            "since": args.since or "",
+            "until": args.until or "",
+            "user": args.user or "",
+            "kind": args.kind or "",
+            "study": args.study or "",
+            "address": args.address or "",
+        }
+        try:
+            flt = event_filter(params)
+        except ValueError as exc:
+            print(f"pacs audit: {exc}", file=sys.stderr)
+            return 2
+        rows = rt.audit.query(flt, args.limit)
+        if args.format == "json":
+            out = rt.audit.to_json(rows)
+        elif args.format == "xml":
+            out = rt.audit.to_xml(rows).decode("utf-8")
+        else:
+            out = "\n".join(_audit_line(r) for r in rows)
+        if args.output:
+            Path(args.output).write_text(out + "\n", encoding="utf-8")
+            print(f"{len(rows)} event(s) written to {args.output}")
+        elif out:
+            print(out)
+        return 0
+    finally:
+        rt.close()
+
+
+def _audit_line(r: dict[str, Any]) -> str:
+    import json
+
+    d = dict(r.get("details") or {})
+    what = " ".join(
+        f"{k}={v}"
+        for k, v in (
+            ("study", r.get("study_instance_uid")),
+            ("patient", r.get("patient_id")),
+            ("sop", r.get("sop_instance_uid")),
+        )
+        if v
+    )
+    extra = json.dumps({k: v for k, v in d.items() if k != "protocol"}, ensure_ascii=False, default=str)
+    who = r.get("user_name") or r.get("calling_ae") or "-"
+    at = r["at"].isoformat(timespec="seconds")
+    where = r.get("peer_address") or "-"
+    return f"{at}\t{r['kind']}\t{who}\t{where}\toutcome={r['outcome']}\t{what}\t{extra}"
 
 
 # ---------------------------------------------------------------------- import
@@ -230,6 +358,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reindex)
     p = sub.add_parser("verify", parents=[common], help="check files against the index")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser(
+        "user", parents=[common], help="manage web users (add, list, disable, enable, password)"
+    )
+    p.add_argument("action", choices=["add", "list", "disable", "enable", "password"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--role", choices=["admin", "radiologist", "appraiser", "modality-upload"])
+    p.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+    p.set_defaults(func=cmd_user)
+    p = sub.add_parser("audit", parents=[common], help="query or export the audit trail")
+    p.add_argument("--since", help="ISO date/time, or a span back like 24h or 7d")
+    p.add_argument("--until", help="ISO date/time (exclusive)")
+    p.add_argument("--user", help="user name or calling AE title")
+    p.add_argument("--kind", help="event kinds, comma-separated; a prefix ends with '.' (e.g. http.,auth.)")
+    p.add_argument("--study", help="Study Instance UID")
+    p.add_argument("--address", help="client address")
+    p.add_argument("--limit", type=int, default=10000)
+    p.add_argument(
+        "--format", choices=["lines", "json", "xml"], default="lines", help="json/xml: PS3.15 A.5 messages"
+    )
+    p.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
+    p.set_defaults(func=cmd_audit)
     return parser
 
 

@@ -55,6 +55,11 @@ class DicomSettings:
     workers: int = 0  # listener processes sharing the port (SO_REUSEPORT); 0 = one per CPU core
     tcp_nodelay: bool = True
     max_find_results: int = 10000
+    # DICOM TLS (PS3.15 B.9 / BCP 195): PEM files; an empty tls_cert means plain TCP.
+    tls_cert: Path = Path()
+    tls_key: Path = Path()
+    tls_ca: Path = Path()  # CA bundle to verify client certificates
+    tls_require_client_cert: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,9 @@ class HttpSettings:
     max_upload_mb: int = 2048
     max_query_limit: int = 1000
     default_query_limit: int = 1000
+    # HTTPS: PEM files; an empty tls_cert means plain HTTP.
+    tls_cert: Path = Path()
+    tls_key: Path = Path()
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,16 @@ class QuerySettings:
     """Matching behaviour shared by C-FIND and QIDO-RS."""
 
     names_accent_insensitive: bool = True
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Web authentication: users, roles and bearer tokens (``pacs user add``)."""
+
+    enabled: str = "auto"  # "auto" (on unless http.host is loopback), "true" or "false"
+    token_lifetime_minutes: int = 480
+    login_attempts: int = 10  # per client address per window; more get 429
+    login_window_seconds: int = 60
 
 
 @dataclass(frozen=True)
@@ -153,6 +171,17 @@ class Settings:
     query: QuerySettings = field(default_factory=QuerySettings)
     log: LogSettings = field(default_factory=LogSettings)
     appraisal: AppraisalSettings = field(default_factory=AppraisalSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether the web side requires sign-in: ``auto`` means on unless bound to loopback."""
+        mode = self.auth.enabled.lower()
+        if mode in ("true", "on", "yes", "1"):
+            return True
+        if mode in ("false", "off", "no", "0"):
+            return False
+        return not is_loopback(self.http.host)
 
     @property
     def database_url(self) -> str:
@@ -174,7 +203,20 @@ _SECTIONS: dict[str, type] = {
     "query": QuerySettings,
     "log": LogSettings,
     "appraisal": AppraisalSettings,
+    "auth": AuthSettings,
 }
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load(
@@ -214,13 +256,15 @@ def load(
     if not storage.path.is_absolute():
         built["storage"] = dataclasses.replace(storage, path=(base_dir / storage.path).resolve())
     built["appraisal"] = _resolve_registers(built["appraisal"], base_dir)
+    built["http"] = _resolve_registers(built["http"], base_dir)
+    built["dicom"] = _resolve_registers(built["dicom"], base_dir)
     settings = Settings(**built)
     _validate(settings)
     return settings
 
 
-def _resolve_registers(appraisal: AppraisalSettings, base_dir: Path) -> AppraisalSettings:
-    """Register paths relative to the config file; an empty path stays empty (no register)."""
+def _resolve_registers(appraisal: Any, base_dir: Path) -> Any:
+    """Paths (registers, certificates) relative to the config file; an empty path stays empty."""
     changes: dict[str, Path] = {}
     for f in dataclasses.fields(appraisal):
         value = getattr(appraisal, f.name)
@@ -297,6 +341,20 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[storage] duplicate_policy must be 'reject' or 'replace'")
     if not 0 < settings.http.default_query_limit <= settings.http.max_query_limit:
         raise ConfigError("[http] default_query_limit must be between 1 and max_query_limit")
+    if settings.auth.enabled.lower() not in ("auto", "true", "false", "on", "off", "yes", "no", "1", "0"):
+        raise ConfigError('[auth] enabled must be "auto", true or false')
+    if settings.auth.token_lifetime_minutes < 1 or settings.auth.login_attempts < 1:
+        raise ConfigError("[auth] token_lifetime_minutes and login_attempts must be positive")
+    for section in (settings.http, settings.dicom):
+        name = "http" if section is settings.http else "dicom"
+        if _set(section.tls_cert) != _set(section.tls_key):
+            raise ConfigError(f"[{name}] tls_cert and tls_key go together")
+        for f in ("tls_cert", "tls_key", "tls_ca"):
+            path = getattr(section, f, Path())
+            if _set(path) and not path.is_file():
+                raise ConfigError(f"[{name}] {f}: no such file {path}")
+    if settings.dicom.tls_require_client_cert and not _set(settings.dicom.tls_ca):
+        raise ConfigError("[dicom] tls_require_client_cert needs tls_ca (the CA of the client certificates)")
     a = settings.appraisal
     if a.facility_code and len(a.facility_code) != 5:
         raise ConfigError("[appraisal] facility_code (MA_CSKCB) must be 5 characters")
@@ -304,3 +362,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[appraisal] default_limit must be between 1 and max_limit")
     if not re.fullmatch(r"[+-](0\d|1[0-4])[0-5]\d", a.device_utc_offset):
         raise ConfigError("[appraisal] device_utc_offset must look like +0700")
+
+
+def _set(path: Path) -> bool:
+    """A configured (non-empty) path."""
+    return str(path) not in ("", ".")

@@ -25,9 +25,13 @@ class Runtime:
     blobs: FileBlobStore
     archive: Archive
     appraisal: Any = None  # pacs.services.appraisal.Appraisal, built by build()
+    auth: Any = None  # pacs.services.auth.Auth
+    audit: Any = None  # pacs.services.audit.Audit
 
     def close(self) -> None:
-        """Release database connections."""
+        """Flush the audit trail and release database connections."""
+        if self.audit is not None:
+            self.audit.close()
         self.engine.dispose()
 
 
@@ -49,7 +53,19 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
     archive = Archive(engine, blobs, duplicate_policy=settings.storage.duplicate_policy)
     rt = Runtime(settings=settings, engine=engine, blobs=blobs, archive=archive)
     rt.appraisal = _appraisal(settings, engine)
+    rt.auth, rt.audit = _security(settings, engine)
     return rt
+
+
+def _security(settings: Settings, engine: Engine) -> tuple[Any, Any]:
+    """Users and tokens, and the audit trail."""
+    from datetime import timedelta
+
+    from pacs.services.audit import Audit
+    from pacs.services.auth import Auth
+
+    auth = Auth(engine, token_lifetime=timedelta(minutes=settings.auth.token_lifetime_minutes))
+    return auth, Audit(engine, source_id=settings.dicom.ae_title)
 
 
 def _appraisal(settings: Settings, engine: Engine) -> Any:

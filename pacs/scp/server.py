@@ -197,6 +197,7 @@ class DicomServer:
         server = ae.make_server(
             (d.host, d.port), evt_handlers=self.handlers(), server_class=_Listener, ssl_context=self.tls()
         )
+        ae._servers.append(server)  # as AE.start_server does: the server's shutdown() removes it
         self._server = server  # type: ignore[assignment]
         self._thread = threading.Thread(target=server.serve_forever, name="dimse-listener", daemon=True)
         self._thread.start()
@@ -253,6 +254,7 @@ class DicomServer:
             log.warning("association rejected (calling AE %r not allowed from %s)", calling, address)
         else:
             return
+        self._record("association.rejected", Origin(address=address, calling_ae=calling, protocol="dimse"))
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         event.assoc.kill()
 

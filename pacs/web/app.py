@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pacs.services.dicomweb import DicomWeb
 from pacs.services.render import Renderer
-from pacs.web import appraisal, dicomweb
+from pacs.web import appraisal, auth, dicomweb
 from pacs.web.errors import EXCEPTION_HANDLERS
 
 log = logging.getLogger("pacs.http")
@@ -82,6 +82,7 @@ def routes(rt: Any) -> list[BaseRoute]:
         Route("/healthz", health),
         Mount("/dicom-web", routes=dicomweb.routes()),
         *appraisal.routes(rt),
+        *auth.routes(),
     ]
     if STATIC_DIR.is_dir():
         out.append(Mount("/", app=StaticFiles(directory=STATIC_DIR, html=True), name="viewer"))
@@ -103,7 +104,11 @@ def create_app(rt: Any) -> Starlette:
                 max_age=600,
             )
         )
+    middleware.append(
+        Middleware(auth.AccessControl, auth=rt.auth, audit=rt.audit, enabled=settings.auth_enabled)
+    )
     app = Starlette(routes=routes(rt), middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
+    auth.install(app, rt)
     cache = settings.storage.path / "cache"
     app.state.settings = settings
     app.state.archive = rt.archive
