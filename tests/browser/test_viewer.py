@@ -123,17 +123,25 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
+#: Tests that provoke HTTP errors on purpose (the browser logs those to the console).
+EXPECTS_HTTP_ERRORS = {"test_login_appears_only_behind_401_and_sends_bearer_token"}
+
+
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    """A fresh page at 1280x800 that fails the test on any uncaught script error."""
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh page at 1280x800; a script error, or a failed request the test did not expect, fails it."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 800}, locale="vi-VN")
     pg = ctx.new_page()
     errors: list[str] = []
+    console: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: console.append(f"{m.text} {m.location}") if m.type == "error" else None)
     pg.set_default_timeout(15_000)
     try:
         yield pg
         assert not errors, f"script errors in the page: {errors}"
+        if request.node.originalname not in EXPECTS_HTTP_ERRORS:
+            assert not console, f"errors in the browser console: {console}"
     finally:
         ctx.close()
 
@@ -200,6 +208,11 @@ def test_search_by_unaccented_vietnamese_name(server: Served, page: Any) -> None
     page.wait_for_url("**ModalitiesInStudy=CT**")
     page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 1")
     assert "CT sọ não" in _rows(page)[0]
+    # Keyboard only: the patient name is a link; Enter opens the study.
+    page.focus("#studies tbody a")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#study-view:not([hidden])")
+    _wait_shown(page, 0)
 
 
 def test_search_fields_dates_paging_and_shareable_url(server: Served, page: Any) -> None:
@@ -331,6 +344,12 @@ def test_study_view_scroll_window_presets_and_overlay(server: Served, page: Any)
         f"!document.querySelector('#ov-br').innerText.includes({json.dumps(zoom_fit.split()[-2])})"
     )
     _shot(page, "06-ct-zoomed-inverted")
+    page.keyboard.press("?")
+    page.wait_for_selector("#help[open]")
+    assert "lung" in page.inner_text("#help")
+    _shot(page, "06b-keyboard-help")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#help:not([open])", state="attached")
     page.click("#fit")
     page.click("#reset")
     _wait_shown(page, 11, "header")

@@ -598,9 +598,15 @@
       $("#cine").disabled = stack.length < 2;
       $("#fps").value = String(s.modality === "US" ? 25 : 15);
       this.view.fitted = true;
+      const firstShown = new Promise((resolve) => {
+        this.onShown = resolve;
+      });
       this.setIndex(Math.min(Math.max(0, startIndex), stack.length - 1), { force: true });
       this.prefetch();
-      // Metadata (WADO-RS, PS3.18 10.4.1.1.2) for the overlay and header windows, in the background.
+      // Metadata (WADO-RS, PS3.18 10.4.1.1.2) for the overlay and header windows, in the background
+      // and after the first image (it can be megabytes for a long series on a slow link).
+      await Promise.race([firstShown, new Promise((r) => setTimeout(r, 2000))]);
+      if (token !== this.loadToken) return;
       getJson(`${base}/metadata`).then((all) => {
         if (token !== this.loadToken) return;
         for (const ds of all) this.meta.set(first(ds, "SOPInstanceUID"), ds);
@@ -682,6 +688,7 @@
     display(entry, key, i, seq) {
       const it = this.stack[i];
       this.shown = { key, seq, index: i };
+      if (this.onShown) this.onShown();
       imgEl.src = entry.url;
       imgEl.width = it.cols;
       imgEl.height = it.rows;
@@ -899,7 +906,9 @@
   slider.addEventListener("input", () => viewer.setIndex(parseInt(slider.value, 10)));
 
   document.addEventListener("keydown", (ev) => {
-    if ($("#study-view").hidden || $("#login").open || ev.altKey || ev.metaKey || ev.ctrlKey) return;
+    if ($("#study-view").hidden || $("#login").open || $("#help").open || ev.altKey || ev.metaKey || ev.ctrlKey) {
+      return;
+    }
     const t = ev.target;
     if (t !== slider && t.closest && t.closest("input, select, textarea")) return;
     const step = { ArrowDown: 1, ArrowRight: 1, PageDown: 10, ArrowUp: -1, ArrowLeft: -1, PageUp: -10 }[ev.key];
@@ -914,6 +923,7 @@
     else if (ev.key === "w" || ev.key === "W") setTool("window");
     else if (ev.key === "p" || ev.key === "P") setTool("pan");
     else if (ev.key === "z" || ev.key === "Z") setTool("zoom");
+    else if (ev.key === "?") $("#help").showModal();
     else if (ev.key === "+" || ev.key === "=") viewer.zoomBy(1.25);
     else if (ev.key === "-") viewer.zoomBy(0.8);
     else if (ev.key === "0" && !viewer.isColor()) viewer.applyPreset("");
@@ -994,6 +1004,7 @@
     viewer.prefetch();
   });
   $("#cine").addEventListener("click", () => viewer.toggleCine());
+  $("#help-btn").addEventListener("click", () => $("#help").showModal());
   $("#lossless").setAttribute("aria-pressed", String(viewer.lossless));
   $("#lossless").addEventListener("click", () => {
     viewer.lossless = !viewer.lossless;
