@@ -53,6 +53,8 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
     archive = Archive(engine, blobs, duplicate_policy=settings.storage.duplicate_policy)
     rt = Runtime(settings=settings, engine=engine, blobs=blobs, archive=archive)
     rt.appraisal = _appraisal(settings, engine)
+    archive.index_hooks.append(rt.appraisal)  # service lines kept in step in the store transaction
+    rt.appraisal.rebuild_lines_if_needed()
     rt.auth, rt.audit = _security(settings, engine)
     return rt
 

@@ -105,6 +105,7 @@ def extract(ds: Dataset, transfer_syntax_uid: str | None = None) -> InstanceReco
                 values[attr.column + "_key"] = name_key(values[attr.column] or "") or None
         other_ids = _other_patient_ids(ds)
         values["other_patient_ids"] = "\\".join(other_ids)[:512] or None
+        values.update(request_facts(ds, values.get("requested_procedure_id")))
     except InvalidInstance:
         raise
     except Exception as exc:  # bad values in a header we parsed lazily
@@ -136,6 +137,65 @@ def _value(ds: Dataset, keyword: str, match: Match, vr: str, length: int) -> str
         text = normalise_time(text)
     text = text.strip()
     return text[:length] or None
+
+
+#: Keys :func:`request_facts` adds to ``InstanceRecord.values`` (not catalogue columns: the index
+#: ignores them; the appraisal acquisition log reads them in the store transaction).
+REQUEST_FACT_KEYS = (
+    "scheduled_procedure_step_id",
+    "procedure_code_value",
+    "procedure_coding_scheme_designator",
+    "procedure_code_meaning",
+    "procedure_code_source",
+)
+
+
+def request_facts(ds: Dataset, requested_procedure_id: str | None) -> dict[str, str | None]:
+    """Service-line facts of an image: RequestedProcedureID, ScheduledProcedureStepID, procedure code.
+
+    Sources (PS3.3 C.4.10 Request Attributes, C.7.2.1 General Study): top-level
+    RequestedProcedureID, else the first RequestAttributesSequence (0040,0275) item's; the
+    ScheduledProcedureStepID of that item; the first item of RequestedProcedureCodeSequence
+    (0032,1064), else of the request item's, else of ProcedureCodeSequence (0008,1032).
+    """
+    out: dict[str, str | None] = dict.fromkeys(REQUEST_FACT_KEYS)
+    request = _first_item(ds, "RequestAttributesSequence")
+    if request is not None:
+        if not requested_procedure_id:
+            out["requested_procedure_id"] = _text(request, "RequestedProcedureID", 64)
+        out["scheduled_procedure_step_id"] = _text(request, "ScheduledProcedureStepID", 64)
+    for source, holder, keyword in (
+        ("RequestedProcedureCodeSequence", ds, "RequestedProcedureCodeSequence"),
+        (
+            "RequestAttributesSequence/RequestedProcedureCodeSequence",
+            request,
+            "RequestedProcedureCodeSequence",
+        ),
+        ("ProcedureCodeSequence", ds, "ProcedureCodeSequence"),
+    ):
+        item = _first_item(holder, keyword) if holder is not None else None
+        if item is not None and _text(item, "CodeValue", 64):
+            out["procedure_code_value"] = _text(item, "CodeValue", 64)
+            out["procedure_coding_scheme_designator"] = _text(item, "CodingSchemeDesignator", 64)
+            out["procedure_code_meaning"] = _text(item, "CodeMeaning", 256)
+            out["procedure_code_source"] = source
+            break
+    return out
+
+
+def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
+    seq = ds.get(keyword)
+    try:
+        return seq[0] if seq else None
+    except (TypeError, IndexError):
+        return None
+
+
+def _text(ds: Dataset, keyword: str, length: int) -> str | None:
+    value = ds.get(keyword)
+    if value is None or isinstance(value, Dataset):
+        return None
+    return str(value).strip()[:length] or None
 
 
 def _other_patient_ids(ds: Dataset) -> list[str]:

@@ -207,3 +207,87 @@ auth_tokens = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
     Column("address", String(64)),
 )
+
+#: Appraisal service lines (one row per imaging service line: AccessionNumber, else
+#: RequestedProcedureID, else ScheduledProcedureStepID, else the study), maintained in the same
+#: transaction as the store or MPPS write that changes them. ``line_key`` is the record id.
+#: ``modalities`` / ``devices`` are backslash-delimited sets (``\CT\DX\``) for filtering.
+appraisal_lines = Table(
+    "appraisal_lines",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("line_key", String(160), nullable=False, unique=True),
+    Column("key_source", String(32), nullable=False),
+    Column("accession_number", String(64), index=True),
+    Column("requested_procedure_id", String(64)),
+    Column("scheduled_procedure_step_id", String(64)),
+    Column("line_date", String(8)),
+    Column("patient_id", String(64), index=True),
+    Column("issuer_of_patient_id", String(64)),
+    Column("other_patient_ids", String(512)),
+    Column("procedure_code", String(64)),
+    Column("procedure_coding_scheme", String(64)),
+    Column("procedure_code_meaning", String(256)),
+    Column("procedure_code_source", String(64)),
+    Column("description", String(256)),
+    Column("description_key", String(256)),
+    Column("modalities", String(128), nullable=False, server_default=""),
+    Column("devices", String(1024), nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_appraisal_lines_line_date_id", appraisal_lines.c.line_date, appraisal_lines.c.id)
+
+#: Members of a service line: studies (kind ``study``) and MPPS steps (kind ``mpps``) by UID.
+appraisal_line_members = Table(
+    "appraisal_line_members",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("line_fk", Integer, ForeignKey("appraisal_lines.id"), nullable=False, index=True),
+    Column("kind", String(8), nullable=False),
+    Column("uid", String(64), nullable=False),
+)
+Index(
+    "uq_appraisal_line_members_kind_uid",
+    appraisal_line_members.c.kind,
+    appraisal_line_members.c.uid,
+    unique=True,
+)
+
+#: Acquisition facts per series (count, min/max of each device time source, first/last receipt,
+#: clock-trust values, sending AE titles), updated by one statement per stored instance.
+appraisal_series = Table(
+    "appraisal_series",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("series_instance_uid", String(64), nullable=False, unique=True),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column("line_fk", Integer, ForeignKey("appraisal_lines.id"), nullable=False, index=True),
+    Column("series_number", BigInteger),
+    Column("modality", String(16)),
+    Column("series_date", String(8)),
+    Column("series_time", String(16)),
+    Column("manufacturer", String(64)),
+    Column("manufacturer_model_name", String(64)),
+    Column("device_serial_number", String(64)),
+    Column("station_name", String(64)),
+    Column("software_versions", String(256)),
+    Column("operators_name", String(324)),
+    Column("performing_physician_name", String(324)),
+    Column("instance_count", Integer, nullable=False, server_default="0"),
+    Column("min_adt", String(32)),
+    Column("max_adt", String(32)),
+    Column("min_ad_at", String(32)),
+    Column("max_ad_at", String(32)),
+    Column("min_cd_ct", String(32)),
+    Column("max_cd_ct", String(32)),
+    Column("first_received", DateTime(timezone=True)),
+    Column("last_received", DateTime(timezone=True), index=True),
+    Column("tz_min", String(16)),
+    Column("tz_max", String(16)),
+    Column("sync_min", String(16)),
+    Column("sync_max", String(16)),
+    Column("time_source", String(64)),
+    Column("ae_min", String(16)),
+    Column("ae_max", String(16)),
+)

@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import re
+import statistics
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from pacs.appraisal_registers import Registers
+from pacs.appraisal_registers import Registers, fold
 from pacs.config import AppraisalSettings
 from pacs.dicom.text import is_valid_uid, normalise_date, normalise_time
 from pacs.errors import (
@@ -45,7 +46,7 @@ from pacs.errors import (
 )
 from pacs.index import appraisal as sql
 from pacs.index import repo
-from pacs.model import Origin
+from pacs.model import InstanceRecord, Origin, StoreOutcome
 
 log = logging.getLogger("pacs.appraisal")
 
@@ -68,6 +69,7 @@ CSV_FIELDS = (
     "TG_THIET_BI_KET_THUC",
     "PACS_NGUON_TG_THIET_BI",
     "PACS_SO_PHIEU_CHI_DINH",
+    "PACS_MA_BAN_GHI",
     "PACS_STUDY_UID",
     "MA_BN",
     "MA_THE_BHYT",
@@ -82,6 +84,105 @@ FIELD_NOTE = (
     "acquisition), Vietnam time (UTC+7), yyyymmddHHMM; TG_THIET_BI_* and PACS_* are PACS extension "
     "fields, not fields of the data standard; NGAY_YL and NGAY_KQ are not known to the PACS"
 )
+
+
+OFFSET_BASIS = (
+    "last image acquisition time on the device minus the time the archive received it; includes "
+    "transfer delay (negative = device behind or images sent later)"
+)
+#: Record ids: ``<kind>:<value>`` for URL-safe values, ``<kind>64:<base64url>`` otherwise.
+_LINE_KEY = re.compile(r"^(acc|rp|sps|study|mpps)(64)?:[A-Za-z0-9._\-]{1,128}$")
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_KEY_SOURCES = {
+    "acc": "AccessionNumber",
+    "rp": "RequestedProcedureID",
+    "sps": "ScheduledProcedureStepID",
+    "study": "StudyInstanceUID",
+    "mpps": "PerformedProcedureStep (no order key)",
+}
+#: Series-level values copied to ``appraisal_series`` from the first instance of a series.
+_SERIES_COLUMNS = (
+    "series_number",
+    "modality",
+    "series_date",
+    "series_time",
+    "manufacturer",
+    "manufacturer_model_name",
+    "device_serial_number",
+    "station_name",
+    "software_versions",
+    "operators_name",
+    "performing_physician_name",
+)
+
+
+def line_key(kind: str, value: str) -> str:
+    """The stable, URL-safe record id of a service line."""
+    if _SAFE_VALUE.fullmatch(value):
+        return f"{kind}:{value}"
+    return f"{kind}64:" + base64.urlsafe_b64encode(value.encode("utf-8")).decode().rstrip("=")
+
+
+def _line_kind(
+    accession: str | None, requested: str | None, scheduled: str | None, study: str | None
+) -> tuple[str, str]:
+    """The key of a service line: AccessionNumber, RequestedProcedureID, SPS ID, else the study."""
+    for kind, value in (("acc", accession), ("rp", requested), ("sps", scheduled)):
+        if value and value.strip():
+            return kind, value.strip()
+    return "study", (study or "").strip()
+
+
+def _add_member(members: str, value: str | None, limit: int) -> str:
+    """Add ``value`` to a backslash-delimited set (``\\CT\\DX\\``), within ``limit`` characters."""
+    if not value or "\\" in value:
+        return members or ""
+    members = members or ""
+    if f"\\{value}\\" in members:
+        return members
+    grown = (members or "\\") + value + "\\"
+    return grown if len(grown) <= limit else members
+
+
+def _instance_facts(v: dict[str, Any], received_at: datetime, calling_ae: str | None) -> dict[str, Any]:
+    """The per-instance values the series summary keeps min / max of."""
+
+    def joined(d: str, t: str) -> str | None:
+        return (v[d] + v[t])[:32] if v.get(d) and v.get(t) else None
+
+    return {
+        "adt": v.get("acquisition_date_time"),
+        "ad_at": joined("acquisition_date", "acquisition_time"),
+        "cd_ct": joined("content_date", "content_time"),
+        "received": received_at,
+        "tz": v.get("timezone_offset_from_utc"),
+        "sync": v.get("acquisition_time_synchronized"),
+        "time_source": v.get("time_source"),
+        "ae": calling_ae,
+    }
+
+
+def _clock_facts(
+    clock: dict[str, Any], s: dict[str, Any], last: datetime | None, r_last: datetime | None, tol: int
+) -> None:
+    """Fold one series' clock values into a device's ``clock`` facts."""
+    if s["tz_min"]:
+        clock["timezone_offset_from_utc"] = (
+            s["tz_min"] if s["tz_min"] == s["tz_max"] else f"{s['tz_min']}..{s['tz_max']}"
+        )
+    sync = {v for v in (s["sync_min"], s["sync_max"]) if v}
+    if sync:
+        clock["acquisition_time_synchronized"] = "/".join(sorted(sync))
+        if sync == {"Y"}:
+            clock["time_synchronised"] = clock["time_synchronised"] is not False
+        elif "N" in sync:
+            clock["time_synchronised"] = False
+    if last and r_last:
+        offset = round((last - r_last).total_seconds(), 1)
+        prev = clock["clock_offset_seconds"]
+        clock["clock_offset_seconds"] = offset if prev is None else max(prev, offset)
+        clock["clock_offset_beyond_tolerance"] = abs(clock["clock_offset_seconds"]) > tol
+        clock["device_clock_ahead_of_archive"] = clock["clock_offset_seconds"] > tol
 
 
 class StepNotInProgress(PacsError):
@@ -253,6 +354,7 @@ class Appraisal:
                 if sql.mpps_get(conn, uid) is not None:
                     raise DuplicateInstance(f"procedure step {uid} already exists")
                 sql.mpps_insert(conn, values)
+                self._line_for_step(conn, uid, values, now)
                 repo.add_event(
                     conn,
                     "mpps.created",
@@ -303,6 +405,9 @@ class Appraisal:
                         raise MissingAttribute(f"{kw} is required to set the step {new_status}")
             values.update(status=new_status, updated_at=now)
             sql.mpps_update(conn, uid, values)
+            line_id = sql.line_of(conn, "mpps", uid)
+            if line_id is not None and values.get("procedure_code"):
+                self._widen(conn, line_id, self._step_facts(values, "mpps"), now)
             repo.add_event(
                 conn,
                 "mpps.updated",
@@ -317,9 +422,265 @@ class Appraisal:
         )
         return new_status
 
+    # ------------------------------------------------------------------ service lines (write side)
+
+    def instance_indexed(
+        self, conn: Connection, record: InstanceRecord, blob: Any, origin: Origin, outcome: StoreOutcome
+    ) -> None:
+        """Add a stored instance to its service line, in the store transaction (index hook).
+
+        Usually one UPDATE of the series row; the first instance of a series also finds or
+        creates the line of its study and notes the series' modality and device on it.
+        """
+        if outcome not in (StoreOutcome.STORED, StoreOutcome.REPLACED):
+            return
+        v = record.values
+        facts = _instance_facts(v, blob.received_at, origin.calling_ae[:16] or None)
+        count = 1 if outcome is StoreOutcome.STORED else 0
+        if sql.series_add_instance(conn, record.series_instance_uid, facts, count=count):
+            return
+        line_id = self._line_for_study(conn, record, blob.received_at)
+        row: dict[str, Any] = {
+            "series_instance_uid": record.series_instance_uid,
+            "study_instance_uid": record.study_instance_uid,
+            "line_fk": line_id,
+            "instance_count": count,
+            **{k: v.get(k) for k in _SERIES_COLUMNS},
+        }
+        for col, key, _how in sql._MINMAX:
+            row[col] = facts.get(key)
+        if not sql.series_insert(conn, row):
+            sql.series_add_instance(conn, record.series_instance_uid, facts, count=count)
+            return
+        line = sql.line_get(conn, line_id)
+        modalities = _add_member(line["modalities"], v.get("modality"), 128)
+        devices = line["devices"]
+        for d in (v.get("device_serial_number"), v.get("station_name")):
+            devices = _add_member(devices, d, 1024)
+        if modalities != line["modalities"] or devices != line["devices"]:
+            sql.line_update(
+                conn, line_id, {"modalities": modalities, "devices": devices, "updated_at": blob.received_at}
+            )
+
+    def index_cleared(self, conn: Connection) -> None:
+        """The index was cleared for a reindex: drop the line summaries too (index hook)."""
+        sql.lines_clear(conn)
+
+    def _line_for_study(self, conn: Connection, record: InstanceRecord, now: datetime) -> int:
+        uid = record.study_instance_uid
+        found = sql.line_of(conn, "study", uid)
+        if found is not None:
+            return found
+        v = record.values
+        kind, value = _line_kind(
+            v.get("accession_number"),
+            v.get("requested_procedure_id"),
+            v.get("scheduled_procedure_step_id"),
+            uid,
+        )
+        line_id = None
+        if kind == "study":  # no order keys on the images: join a step that names this study
+            line_id = sql.lines_of_mpps_for_study(conn, uid)
+        code = v.get("procedure_code_value")
+        facts = {
+            "key_source": _KEY_SOURCES[kind],
+            "accession_number": v.get("accession_number"),
+            "requested_procedure_id": v.get("requested_procedure_id"),
+            "scheduled_procedure_step_id": v.get("scheduled_procedure_step_id"),
+            "line_date": v.get("study_date"),
+            "patient_id": v.get("patient_id"),
+            "issuer_of_patient_id": v.get("issuer_of_patient_id"),
+            "other_patient_ids": v.get("other_patient_ids"),
+            "procedure_code": code,
+            "procedure_coding_scheme": v.get("procedure_coding_scheme_designator") if code else None,
+            "procedure_code_meaning": v.get("procedure_code_meaning") if code else None,
+            "procedure_code_source": v.get("procedure_code_source") if code else None,
+            "description": v.get("study_description"),
+            "description_key": fold(v.get("study_description") or "")[:256] or None,
+        }
+        if line_id is None:
+            line_id = sql.line_ensure(
+                conn,
+                line_key(kind, value),
+                {**facts, "modalities": "", "devices": "", "created_at": now, "updated_at": now},
+            )
+        self._widen(conn, line_id, facts, now)
+        sql.member_add(conn, line_id, "study", uid)
+        return line_id
+
+    def _line_for_step(self, conn: Connection, uid: str, values: dict[str, Any], now: datetime) -> None:
+        line_id = None
+        study = values.get("study_instance_uid")
+        if study:
+            line_id = sql.line_of(conn, "study", study)
+        kind, value = _line_kind(
+            values.get("accession_number"),
+            values.get("requested_procedure_id"),
+            values.get("scheduled_procedure_step_id"),
+            study,
+        )
+        if not value:
+            kind, value = "mpps", uid
+        facts = self._step_facts(values, kind)
+        if line_id is None:
+            line_id = sql.line_ensure(
+                conn,
+                line_key(kind, value),
+                {**facts, "modalities": "", "devices": "", "created_at": now, "updated_at": now},
+            )
+        self._widen(conn, line_id, facts, now)
+        sql.member_add(conn, line_id, "mpps", uid)
+
+    @staticmethod
+    def _step_facts(values: dict[str, Any], kind: str) -> dict[str, Any]:
+        code = values.get("procedure_code")
+        return {
+            "key_source": _KEY_SOURCES[kind],
+            "accession_number": values.get("accession_number"),
+            "requested_procedure_id": values.get("requested_procedure_id"),
+            "scheduled_procedure_step_id": values.get("scheduled_procedure_step_id"),
+            "line_date": values.get("start_date"),
+            "patient_id": values.get("patient_id"),
+            "procedure_code": code,
+            "procedure_coding_scheme": values.get("procedure_coding_scheme") if code else None,
+            "procedure_code_meaning": values.get("procedure_code_meaning") if code else None,
+            "procedure_code_source": "ProcedureCodeSequence (MPPS)" if code else None,
+            "modalities": values.get("modality"),
+        }
+
+    def _widen(self, conn: Connection, line_id: int, facts: dict[str, Any], now: datetime) -> None:
+        """Fill a line's empty facts from a new member; keep the earliest date."""
+        line = sql.line_get(conn, line_id)
+        changes: dict[str, Any] = {}
+        for col in (
+            "accession_number",
+            "requested_procedure_id",
+            "scheduled_procedure_step_id",
+            "patient_id",
+            "issuer_of_patient_id",
+            "other_patient_ids",
+            "description",
+            "description_key",
+        ):
+            if facts.get(col) and not line[col]:
+                changes[col] = facts[col]
+        if facts.get("procedure_code") and not line["procedure_code"]:
+            for col in ("procedure_code", "procedure_coding_scheme", "procedure_code_meaning"):
+                changes[col] = facts.get(col)
+            changes["procedure_code_source"] = facts.get("procedure_code_source")
+        d = facts.get("line_date")
+        if d and (not line["line_date"] or d < line["line_date"]):
+            changes["line_date"] = d
+        if facts.get("modalities"):
+            mods = _add_member(line["modalities"], facts["modalities"], 128)
+            if mods != line["modalities"]:
+                changes["modalities"] = mods
+        if changes:
+            changes["updated_at"] = now
+            sql.line_update(conn, line_id, changes)
+
+    def rebuild_lines(self) -> int:
+        """Rebuild every service line from the index and the MPPS table; returns the line count.
+
+        For an index filled before the line tables existed (or by a bulk load). Set-based reads,
+        then the same line rules as the store and MPPS transactions.
+        """
+        now = self.clock()
+        with self._write() as conn:
+            sql.lines_clear(conn)
+            study_rows, series_rows, steps = sql.rebuild_sources(conn)
+            by_key: dict[str, int] = {}
+            line_rows: list[dict[str, Any]] = []
+            study_line: dict[int, int] = {}
+            study_uid: dict[int, str] = {}
+            members: list[dict[str, Any]] = []
+            study_by_uid: dict[str, int] = {}
+
+            def line_for(key: str, facts: dict[str, Any]) -> int:
+                lid = by_key.get(key)
+                if lid is None:
+                    lid = by_key[key] = len(line_rows) + 1
+                    line_rows.append(
+                        {"id": lid, "line_key": key, **facts, "created_at": now, "updated_at": now}
+                    )
+                    line_rows[-1].setdefault("modalities", "")
+                    line_rows[-1]["modalities"] = line_rows[-1]["modalities"] or ""
+                    line_rows[-1]["devices"] = ""
+                else:
+                    row = line_rows[lid - 1]
+                    for k, val in facts.items():
+                        if k == "line_date":
+                            if val and (not row[k] or val < row[k]):
+                                row[k] = val
+                        elif k == "modalities":
+                            row[k] = _add_member(row[k], val, 128)
+                        elif val and not row.get(k):
+                            row[k] = val
+                return lid
+
+            step_study: dict[str, int] = {}
+            for st in steps:
+                kind, value = _line_kind(
+                    st["accession_number"],
+                    st["requested_procedure_id"],
+                    st["scheduled_procedure_step_id"],
+                    st["study_instance_uid"],
+                )
+                if not value:
+                    kind, value = "mpps", st["sop_instance_uid"]
+                lid = line_for(line_key(kind, value), self._step_facts(st, kind))
+                members.append({"line_fk": lid, "kind": "mpps", "uid": st["sop_instance_uid"]})
+                if st["study_instance_uid"]:
+                    step_study.setdefault(st["study_instance_uid"], lid)
+            for s in study_rows:
+                kind, value = _line_kind(s["accession_number"], s["requested_procedure_id"], None, "")
+                facts = {
+                    "key_source": _KEY_SOURCES[kind or "study"],
+                    "accession_number": s["accession_number"],
+                    "requested_procedure_id": s["requested_procedure_id"],
+                    "line_date": s["study_date"],
+                    "patient_id": s["patient_id"],
+                    "issuer_of_patient_id": s["issuer_of_patient_id"],
+                    "other_patient_ids": s["other_patient_ids"],
+                    "description": s["study_description"],
+                    "description_key": fold(s["study_description"] or "")[:256] or None,
+                }
+                if value:
+                    lid = line_for(line_key(kind, value), facts)
+                elif s["study_instance_uid"] in step_study:
+                    lid = step_study[s["study_instance_uid"]]
+                    line_for(line_rows[lid - 1]["line_key"], facts)
+                else:
+                    lid = line_for(line_key("study", s["study_instance_uid"]), facts)
+                study_line[s["id"]] = lid
+                study_uid[s["id"]] = s["study_instance_uid"]
+                study_by_uid[s["study_instance_uid"]] = lid
+                members.append({"line_fk": lid, "kind": "study", "uid": s["study_instance_uid"]})
+            series_out = []
+            for n, se in enumerate(series_rows, 1):
+                lid = study_line[se["study_fk"]]
+                row = line_rows[lid - 1]
+                row["modalities"] = _add_member(row["modalities"], se["modality"], 128)
+                for d in (se["device_serial_number"], se["station_name"]):
+                    row["devices"] = _add_member(row["devices"], d, 1024)
+                out = {k: se[k] for k in se if k != "study_fk"}
+                out.update(id=n, line_fk=lid, study_instance_uid=study_uid[se["study_fk"]])
+                series_out.append(out)
+            sql.bulk_insert_lines(conn, line_rows, members, series_out)
+        log.info("appraisal lines rebuilt: %d lines, %d series", len(line_rows), len(series_out))
+        return len(line_rows)
+
+    def rebuild_lines_if_needed(self) -> bool:
+        """Rebuild the lines when the line table is empty and the index is not (after upgrade)."""
+        with self._read() as conn:
+            needed = sql.lines_missing(conn)
+        if needed:
+            self.rebuild_lines()
+        return needed
+
     # ------------------------------------------------------------------ records
 
-    def parse_filter(self, params: dict[str, str]) -> tuple[sql.RecordFilter, bool]:
+    def parse_filter(self, params: dict[str, str]) -> tuple[sql.LineFilter, bool]:
         """Query parameters -> filter; the flag is False when nothing can match (another facility)."""
 
         def date(name: str) -> str | None:
@@ -331,21 +692,21 @@ class Appraisal:
                 raise InvalidQuery(f"{name} must be a date YYYY-MM-DD or YYYYMMDD, got {params[name]!r}")
             return value
 
-        service_descriptions: tuple[str, ...] | None = None
+        description_keys: tuple[str, ...] | None = None
         procedure_codes: tuple[str, ...] | None = None
         code = (params.get("service_code") or "").strip()
         if code:
-            service_descriptions = tuple(self.registers.descriptions_for(code))
+            description_keys = tuple(fold(d) for d in self.registers.descriptions_for(code))
             procedure_codes = tuple(self.registers.procedure_codes_for(code))
         facility = (params.get("facility") or "").strip()
-        flt = sql.RecordFilter(
+        flt = sql.LineFilter(
             date_from=date("from"),
             date_to=date("to"),
             modality=(params.get("modality") or "").strip() or None,
             device=(params.get("device") or "").strip() or None,
             accession=(params.get("accession") or "").strip() or None,
             patient_id=(params.get("patient_id") or "").strip() or None,
-            study_descriptions=service_descriptions,
+            description_keys=description_keys,
             procedure_codes=procedure_codes,
         )
         return flt, not facility or facility == self.settings.facility_code
@@ -362,13 +723,21 @@ class Appraisal:
         return RecordPage(records=page[0], next_cursor=page[1])
 
     def get_record(self, record_id: str, origin: Origin, *, what: str = "records.get") -> dict[str, Any]:
-        """One record by its id (the Study Instance UID); raises NotFound."""
-        if not is_valid_uid(record_id):
-            raise NotFound(f"no appraisal record {record_id[:80]!r}")
-        records, _ = self._page(sql.RecordFilter(study_uids=(record_id,)), 0, 1)
+        """One record by its id (``acc:...``, ``rp:...``, ``sps:...``, ``study:...``, ``mpps:...``).
+
+        A bare Study Instance UID is accepted too and gives the record of the line holding that
+        study. Raises NotFound.
+        """
+        key = record_id.strip()
+        if is_valid_uid(key):
+            with self._read() as conn:
+                key = sql.line_id_of_study(conn, key) or ""
+        records: list[dict[str, Any]] = []
+        if key and _LINE_KEY.fullmatch(key):
+            records, _ = self._page(sql.LineFilter(line_keys=(key,)), 0, 1)
         self._audit(origin, what, {"id": record_id}, len(records))
         if not records:
-            raise NotFound(f"no appraisal record {record_id}")
+            raise NotFound(f"no appraisal record {record_id[:80]!r}")
         return records[0]
 
     def iter_records(self, params: dict[str, str]) -> Iterator[dict[str, Any]]:
@@ -410,56 +779,65 @@ class Appraisal:
             count,
         )
 
-    def _page(self, flt: sql.RecordFilter, after: int, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    def _page(self, flt: sql.LineFilter, after: int, limit: int) -> tuple[list[dict[str, Any]], str | None]:
         with self._read() as conn:
-            rows = sql.list_studies(conn, flt, after, limit + 1)
-            more = len(rows) > limit
-            rows = rows[:limit]
-            facts = sql.series_facts(conn, [r["id"] for r in rows])
-            steps = sql.mpps_for(
-                conn,
-                [r["study_instance_uid"] for r in rows],
-                [r["accession_number"] for r in rows if r["accession_number"]],
+            lines = sql.list_lines(conn, flt, after, limit + 1)
+            more = len(lines) > limit
+            lines = lines[:limit]
+            ids = [ln["id"] for ln in lines]
+            members = sql.members_of(conn, ids)
+            study_rows = sql.studies_by_uid(conn, [m["uid"] for m in members if m["kind"] == "study"])
+            series_rows = sql.series_of_lines(conn, ids)
+            steps = sql.mpps_by_uid(conn, [m["uid"] for m in members if m["kind"] == "mpps"])
+        by_uid = {s["study_instance_uid"]: s for s in study_rows}
+        step_by_uid = {s["sop_instance_uid"]: s for s in steps}
+        studies_of: dict[int, list[dict[str, Any]]] = {}
+        steps_of: dict[int, list[dict[str, Any]]] = {}
+        for m in members:
+            if m["kind"] == "study" and m["uid"] in by_uid:
+                studies_of.setdefault(m["line_fk"], []).append(by_uid[m["uid"]])
+            elif m["kind"] == "mpps" and m["uid"] in step_by_uid:
+                steps_of.setdefault(m["line_fk"], []).append(step_by_uid[m["uid"]])
+        series_of: dict[int, list[dict[str, Any]]] = {}
+        for s in series_rows:
+            series_of.setdefault(s["line_fk"], []).append(s)
+        records = [
+            self._record(
+                ln, studies_of.get(ln["id"], []), series_of.get(ln["id"], []), steps_of.get(ln["id"], [])
             )
-        by_study: dict[int, list[dict[str, Any]]] = {}
-        for f in facts:
-            by_study.setdefault(f["study_fk"], []).append(f)
-        by_uid: dict[str, list[dict[str, Any]]] = {}
-        by_acc: dict[str, list[dict[str, Any]]] = {}
-        for st in steps:
-            by_uid.setdefault(st["study_instance_uid"], []).append(st)
-            if st["accession_number"]:
-                by_acc.setdefault(st["accession_number"], []).append(st)
-        records = [self._record(r, by_study.get(r["id"], []), _steps_of(r, by_uid, by_acc)) for r in rows]
-        return records, (_encode_cursor(rows[-1]["id"]) if more and rows else None)
+            for ln in lines
+        ]
+        return records, (_encode_cursor(lines[-1]["id"]) if more and lines else None)
 
     # ------------------------------------------------------------------ one record
 
     def _record(
-        self, study: dict[str, Any], series_rows: list[dict[str, Any]], steps: list[dict[str, Any]]
+        self,
+        line: dict[str, Any],
+        study_rows: list[dict[str, Any]],
+        series_rows: list[dict[str, Any]],
+        steps: list[dict[str, Any]],
     ) -> dict[str, Any]:
         notes: list[str] = []
         regs = self.registers
         tol = self.settings.clock_tolerance_seconds
+        study = study_rows[0] if study_rows else None
 
-        # --- service line and service
-        if study["accession_number"]:
-            key_source = "AccessionNumber"
-        elif study["requested_procedure_id"]:
-            key_source = "RequestedProcedureID"
-        else:
-            key_source = "StudyInstanceUID"
-        step_code = next((s for s in steps if s["procedure_code"]), None)
-        procedure_code = step_code["procedure_code"] if step_code else None
-        service = regs.service(procedure_code, study["study_description"])
-        service_source = None
-        if service is not None:
-            service_source = (
-                "ProcedureCodeSequence (MPPS)"
-                if procedure_code and regs.service(procedure_code, None)
-                else "StudyDescription"
-            )
-        else:
+        # --- service (procedure code from the images or the MPPS, else the study description)
+        procedure_code = line["procedure_code"]
+        code_source = line["procedure_code_source"]
+        if not procedure_code:
+            step_code = next((s for s in steps if s["procedure_code"]), None)
+            if step_code:
+                procedure_code, code_source = step_code["procedure_code"], "ProcedureCodeSequence (MPPS)"
+        descriptions = [s["study_description"] for s in study_rows if s["study_description"]]
+        description = descriptions[0] if descriptions else line["description"]
+        service = regs.service(procedure_code, None)
+        service_source = code_source if service else None
+        if service is None:
+            service = regs.service(None, description)
+            service_source = "StudyDescription" if service else None
+        if service is None:
             notes.append("service code not found in the service register: MA_DICH_VU left empty")
 
         # --- acquisition times per series
@@ -476,11 +854,12 @@ class Appraisal:
             if r_last:
                 received.append(r_last)
             if first and last:
-                firsts.append((first, source, tz_source))
-                lasts.append((last, source, tz_source))
+                firsts.append((first, source, tz_source))  # type: ignore[arg-type]
+                lasts.append((last, source, tz_source))  # type: ignore[arg-type]
             series_out.append(
                 {
                     "series_instance_uid": s["series_instance_uid"],
+                    "study_instance_uid": s["study_instance_uid"],
                     "modality": s["modality"],
                     "series_date": s["series_date"],
                     "series_time": s["series_time"],
@@ -503,64 +882,13 @@ class Appraisal:
             )
             dev = devices.get(key)
             if dev is None:
-                code = regs.machine_code(s["device_serial_number"], s["station_name"])
-                notes.extend(n for n in code.notes if n not in notes)
-                dev = devices[key] = {
-                    "modality": s["modality"],
-                    "manufacturer": s["manufacturer"],
-                    "manufacturer_model_name": s["manufacturer_model_name"],
-                    "device_serial_number": s["device_serial_number"],
-                    "station_name": s["station_name"],
-                    "software_versions": s["software_versions"],
-                    "sending_ae_titles": sending,
-                    "machine_code": {
-                        "current": code.current or None,
-                        "current_format": "3176/QĐ-BYT XX.n.Z",
-                        "previous": code.previous or None,
-                        "previous_format": "4750/QĐ-BYT XX.n.YYYYY.Z",
-                        "in_device_register": code.registered,
-                    },
-                    "clock": {
-                        "timezone_offset_from_utc": None,
-                        "timezone_source": tz_source,
-                        "acquisition_time_synchronized": None,
-                        "time_synchronised": None,
-                        "time_source": s["time_source"],
-                        "clock_offset_seconds": None,
-                        "clock_offset_basis": (
-                            "last image acquisition time on the device minus the time the archive "
-                            "received it; includes transfer delay (negative = device behind or "
-                            "images sent later)"
-                        ),
-                        "tolerance_seconds": tol,
-                        "clock_offset_beyond_tolerance": None,
-                        "device_clock_ahead_of_archive": None,
-                    },
-                    "series": [],
-                }
+                dev = devices[key] = self._device(s, sending, tz_source, notes)
             dev["series"].append(s["series_instance_uid"])
-            clock = dev["clock"]
-            if s["tz_min"]:
-                clock["timezone_offset_from_utc"] = (
-                    s["tz_min"] if s["tz_min"] == s["tz_max"] else (f"{s['tz_min']}..{s['tz_max']}")
-                )
-            sync = {v for v in (s["sync_min"], s["sync_max"]) if v}
-            if sync:
-                clock["acquisition_time_synchronized"] = "/".join(sorted(sync))
-                if sync == {"Y"}:
-                    clock["time_synchronised"] = clock["time_synchronised"] is not False
-                elif "N" in sync:
-                    clock["time_synchronised"] = False
-            if last and r_last:
-                offset = round((last - r_last).total_seconds(), 1)
-                prev = clock["clock_offset_seconds"]
-                clock["clock_offset_seconds"] = offset if prev is None else max(prev, offset)
-                clock["clock_offset_beyond_tolerance"] = abs(clock["clock_offset_seconds"]) > tol
-                clock["device_clock_ahead_of_archive"] = clock["clock_offset_seconds"] > tol
+            _clock_facts(dev["clock"], s, last, r_last, tol)
         first_acq = min(firsts, key=lambda t: t[0]) if firsts else None
         last_acq = max(lasts, key=lambda t: t[0]) if lasts else None
         if not series_rows:
-            notes.append("no images of this study are in the archive")
+            notes.append("images: none yet (no image of this service line is in the archive)")
 
         # --- procedure steps
         steps_out = [self._step(s) for s in steps]
@@ -577,11 +905,17 @@ class Appraisal:
             operators = _names("\\".join(operators), *attrs.get("operators", []))
         people = {
             "referring": self._people(
-                _names(study["referring_physician_name"], study["requesting_physician"])
+                _names(
+                    *(
+                        n
+                        for s in study_rows
+                        for n in (s["referring_physician_name"], s["requesting_physician"])
+                    )
+                )
             ),
             "performing": self._people(performing),
             "operators": self._people(operators),
-            "reading": self._people(_names(study["name_of_physicians_reading_study"])),
+            "reading": self._people(_names(*(s["name_of_physicians_reading_study"] for s in study_rows))),
         }
         unknown_staff = [p["dicom_name"] for group in people.values() for p in group if not p["licence_code"]]
         if unknown_staff:
@@ -638,33 +972,51 @@ class Appraisal:
             p["licence_code"] for p in people["performing"] + people["operators"] if p["licence_code"]
         ]
         orderer_codes = [p["licence_code"] for p in people["referring"] if p["licence_code"]]
-        pids = _patient_ids(study["patient_id"], study["issuer_of_patient_id"], study["other_patient_ids"])
+        if study is not None:
+            pids = _patient_ids(
+                study["patient_id"], study["issuer_of_patient_id"], study["other_patient_ids"]
+            )
+        else:
+            pids = _patient_ids(line["patient_id"], line["issuer_of_patient_id"], line["other_patient_ids"])
         notes.append("MA_LK (episode key) comes from the HIS and is not known to the PACS")
         return {
-            "id": study["study_instance_uid"],
+            "id": line["line_key"],
             "label": self.label,
             "facility_code": self.settings.facility_code or None,
             "service_line": {
-                "key_source": key_source,
-                "accession_number": study["accession_number"],
-                "requested_procedure_id": study["requested_procedure_id"],
-                "study_instance_uid": study["study_instance_uid"],
-                "study_id": study["study_id"],
+                "key_source": line["key_source"],
+                "accession_number": line["accession_number"],
+                "requested_procedure_id": line["requested_procedure_id"],
+                "scheduled_procedure_step_id": line["scheduled_procedure_step_id"],
+                "study_instance_uids": [s["study_instance_uid"] for s in study_rows],
+                "images": "received" if series_rows else "none yet",
             },
             "service": {
                 "service_code": code,
                 "service_name": service.service_name if service else None,
                 "source": service_source,
                 "procedure_code": procedure_code,
-                "study_description": study["study_description"],
+                "procedure_coding_scheme": line["procedure_coding_scheme"]
+                if line["procedure_code"]
+                else None,
+                "procedure_code_meaning": line["procedure_code_meaning"] if line["procedure_code"] else None,
+                "procedure_code_source": code_source,
+                "study_description": description,
             },
             "patient": pids,
-            "study": {
-                "study_date": study["study_date"],
-                "study_time": study["study_time"],
-                "number_of_series": study["number_of_study_related_series"],
-                "number_of_instances": study["number_of_study_related_instances"],
-            },
+            "studies": [
+                {
+                    "study_instance_uid": s["study_instance_uid"],
+                    "study_id": s["study_id"],
+                    "study_date": s["study_date"],
+                    "study_time": s["study_time"],
+                    "study_description": s["study_description"],
+                    "accession_number": s["accession_number"],
+                    "number_of_series": s["number_of_study_related_series"],
+                    "number_of_instances": s["number_of_study_related_instances"],
+                }
+                for s in study_rows
+            ],
             "series": series_out,
             "procedure_steps": steps_out,
             "device_timestamps": {
@@ -697,6 +1049,139 @@ class Appraisal:
                 "TG_THIET_BI_KET_THUC": claim_time(la),
             },
             "notes": notes,
+        }
+
+    def _device(
+        self, s: dict[str, Any], sending: list[str], tz_source: str | None, notes: list[str]
+    ) -> dict[str, Any]:
+        code = self.registers.machine_code(s["device_serial_number"], s["station_name"])
+        notes.extend(n for n in code.notes if n not in notes)
+        return {
+            "modality": s["modality"],
+            "manufacturer": s["manufacturer"],
+            "manufacturer_model_name": s["manufacturer_model_name"],
+            "device_serial_number": s["device_serial_number"],
+            "station_name": s["station_name"],
+            "software_versions": s.get("software_versions"),
+            "sending_ae_titles": sending,
+            "machine_code": {
+                "current": code.current or None,
+                "current_format": "3176/QĐ-BYT XX.n.Z",
+                "previous": code.previous or None,
+                "previous_format": "4750/QĐ-BYT XX.n.YYYYY.Z",
+                "in_device_register": code.registered,
+            },
+            "clock": {
+                "timezone_offset_from_utc": None,
+                "timezone_source": tz_source,
+                "acquisition_time_synchronized": None,
+                "time_synchronised": None,
+                "time_source": s["time_source"],
+                "clock_offset_seconds": None,
+                "clock_offset_basis": OFFSET_BASIS,
+                "tolerance_seconds": self.settings.clock_tolerance_seconds,
+                "clock_offset_beyond_tolerance": None,
+                "device_clock_ahead_of_archive": None,
+            },
+            "series": [],
+        }
+
+    # ------------------------------------------------------------------ device clocks
+
+    def device_clocks(self, params: dict[str, str], origin: Origin) -> dict[str, Any]:
+        """Observed clock offsets per device over a window of receipt dates (facts, no verdict).
+
+        Each series gives one sample: its last image acquisition time on the device minus the
+        time the archive received that image. Per device: the median and the latest sample, the
+        time-synchronised flags the device wrote (AcquisitionTimeSynchronized, PS3.3 C.7.4.1.1.1)
+        and whether the offsets are beyond the configured tolerance.
+        """
+        flt, _ = self.parse_filter({k: v for k, v in params.items() if k in ("from", "to")})
+        now = self.clock()
+        start_day = flt.date_from or (now.astimezone(VIETNAM) - timedelta(days=30)).strftime("%Y%m%d")
+        lo = datetime.strptime(start_day, "%Y%m%d").replace(tzinfo=VIETNAM)
+        hi = (
+            datetime.strptime(flt.date_to, "%Y%m%d").replace(tzinfo=VIETNAM) + timedelta(days=1)
+            if flt.date_to
+            else None
+        )
+        with self._read() as conn:
+            rows = sql.device_series(conn, lo.astimezone(UTC), hi.astimezone(UTC) if hi else None)
+        tol = self.settings.clock_tolerance_seconds
+        device_filter = (params.get("device") or "").strip()
+        out: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for s in rows:
+            if device_filter and device_filter not in (s["device_serial_number"], s["station_name"]):
+                continue
+            key = (
+                s["modality"],
+                s["manufacturer"],
+                s["manufacturer_model_name"],
+                s["device_serial_number"],
+                s["station_name"],
+            )
+            d = out.get(key)
+            if d is None:
+                d = out[key] = {
+                    "modality": s["modality"],
+                    "manufacturer": s["manufacturer"],
+                    "manufacturer_model_name": s["manufacturer_model_name"],
+                    "device_serial_number": s["device_serial_number"],
+                    "station_name": s["station_name"],
+                    "sending_ae_titles": [],
+                    "_offsets": [],
+                    "_sync": set(),
+                    "_tz": set(),
+                    "time_source": None,
+                    "series_count": 0,
+                }
+            d["series_count"] += 1
+            d["sending_ae_titles"] = _names(*d["sending_ae_titles"], s["ae_min"], s["ae_max"])
+            d["_sync"].update(v for v in (s["sync_min"], s["sync_max"]) if v)
+            d["_tz"].update(v for v in (s["tz_min"], s["tz_max"]) if v)
+            d["time_source"] = d["time_source"] or s["time_source"]
+            _first, last, _src, _tzs = self._series_times(s)
+            r_last = _as_utc(s["last_received"])
+            if last and r_last:
+                d["_offsets"].append((r_last, round((last - r_last).total_seconds(), 1)))
+        devices = []
+        for d in out.values():
+            offsets = d.pop("_offsets")
+            sync = d.pop("_sync")
+            tz = sorted(d.pop("_tz"))
+            values = [o for _t, o in offsets]
+            median = statistics.median(values) if values else None
+            latest = offsets[-1] if offsets else None
+            devices.append(
+                {
+                    **d,
+                    "machine_code": self.registers.machine_code(
+                        d["device_serial_number"], d["station_name"]
+                    ).current
+                    or None,
+                    "clock": {
+                        "samples": len(values),
+                        "clock_offset_median_seconds": median,
+                        "clock_offset_latest_seconds": latest[1] if latest else None,
+                        "latest_received_at": iso(latest[0]) if latest else None,
+                        "clock_offset_min_seconds": min(values) if values else None,
+                        "clock_offset_max_seconds": max(values) if values else None,
+                        "clock_offset_basis": OFFSET_BASIS,
+                        "tolerance_seconds": tol,
+                        "clock_offset_beyond_tolerance": abs(median) > tol if median is not None else None,
+                        "latest_clock_offset_beyond_tolerance": abs(latest[1]) > tol if latest else None,
+                        "acquisition_time_synchronized": "/".join(sorted(sync)) or None,
+                        "time_synchronised": (True if sync == {"Y"} else False if "N" in sync else None),
+                        "timezone_offsets_from_utc": tz,
+                    },
+                }
+            )
+        self._audit(origin, "devices.list", params, len(devices))
+        return {
+            "label": self.label,
+            "window": {"received_from": iso(lo), "received_before": iso(hi) if hi else None},
+            "count": len(devices),
+            "devices": devices,
         }
 
     def _series_times(
@@ -889,17 +1374,6 @@ def _step_values(ds: Dataset, *, create: bool, previous: dict[str, Any] | None =
     return values
 
 
-def _steps_of(
-    study: dict[str, Any], by_uid: dict[str, list[dict[str, Any]]], by_acc: dict[str, list[dict[str, Any]]]
-) -> list[dict[str, Any]]:
-    """Steps linked to a study by its Study Instance UID or its accession number, each once."""
-    found = list(by_uid.get(study["study_instance_uid"], []))
-    for step in by_acc.get(study["accession_number"] or "", []):
-        if step not in found:
-            found.append(step)
-    return sorted(found, key=lambda s: s["id"])
-
-
 def _stamp(value: tuple[datetime, str, str] | None) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -923,7 +1397,8 @@ def _claim_row(rec: dict[str, Any], n: int) -> dict[str, Any]:
         **{k: c[k] for k in CSV_FIELDS if k in c},
         "PACS_NGUON_TG_THIET_BI": first["source"] if first else "",
         "PACS_SO_PHIEU_CHI_DINH": rec["service_line"]["accession_number"] or "",
-        "PACS_STUDY_UID": rec["id"],
+        "PACS_MA_BAN_GHI": rec["id"],
+        "PACS_STUDY_UID": ";".join(rec["service_line"]["study_instance_uids"]),
         "MA_BN": rec["patient"]["patient_id"] or "",
         "MA_THE_BHYT": rec["patient"]["insurance_card_code"] or "",
         "SO_CCCD": rec["patient"]["citizen_id"] or "",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -43,6 +43,23 @@ IMPLEMENTATION_CLASS_UID = UID(
 )  # a UUID-derived UID (PS3.5 B.2) naming this software
 IMPLEMENTATION_VERSION_NAME = "PACS_010"
 _COPY_CHUNK = 1 << 20
+
+
+class IndexHook(Protocol):
+    """Something kept in step with the index inside the store transaction (e.g. appraisal lines)."""
+
+    def instance_indexed(
+        self,
+        conn: Connection,
+        record: InstanceRecord,
+        blob: repo.BlobFacts,
+        origin: Origin,
+        outcome: StoreOutcome,
+    ) -> None:
+        """Called after an instance row is written, on the same connection and transaction."""
+
+    def index_cleared(self, conn: Connection) -> None:
+        """Called when the index is cleared for a reindex, in the same transaction."""
 
 
 @dataclass
@@ -83,6 +100,8 @@ class Archive:
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
         self.clock = clock
+        #: Hooks run in the store transaction (a few cheap statements each; see IndexHook).
+        self.index_hooks: list[IndexHook] = []
 
     # ------------------------------------------------------------------ transactions
 
@@ -187,7 +206,12 @@ class Archive:
         for attempt in (1, 2):
             try:
                 with self._write() as conn:
-                    return repo.store_instance(conn, record, blob, origin, policy=self.duplicate_policy)
+                    outcome, key = repo.store_instance(
+                        conn, record, blob, origin, policy=self.duplicate_policy
+                    )
+                    for hook in self.index_hooks:
+                        hook.instance_indexed(conn, record, blob, origin, outcome)
+                    return outcome, key
             except IntegrityError:
                 # A concurrent association indexed the same instance first: look again.
                 if attempt == 2:
@@ -273,6 +297,8 @@ class Archive:
         report = ReindexReport()
         with self._write() as conn:
             repo.clear(conn)
+            for hook in self.index_hooks:
+                hook.index_cleared(conn)
         batch: list[tuple[InstanceRecord, repo.BlobFacts, Origin]] = []
         for key in self.blobs.keys():
             try:
@@ -299,6 +325,8 @@ class Archive:
                         outcome, _ = repo.store_instance(
                             conn, record, blob, origin, policy="reject", event=False
                         )
+                        for hook in self.index_hooks:
+                            hook.instance_indexed(conn, record, blob, origin, outcome)
                     done += outcome is StoreOutcome.STORED
                 except Exception as exc:
                     report.failed.append((blob.blob_key, str(exc)))

@@ -138,12 +138,18 @@ def routes(rt: Any) -> list[BaseRoute]:
     async def get_record_html(request: Request) -> Response:
         return await _html(request, request.path_params["id"])
 
+    @_guard
+    async def devices(request: Request) -> Response:
+        params = {k: request.query_params[k] for k in ("from", "to", "device") if request.query_params.get(k)}
+        return _json(await run_in_threadpool(svc.device_clocks, params, _origin(request)))
+
     async def openapi(request: Request) -> Response:
         return _json(openapi_document())
 
     return [
         Route(f"{PREFIX}/openapi.json", openapi, methods=["GET"]),
         Route(f"{PREFIX}/records", list_records, methods=["GET"]),
+        Route(f"{PREFIX}/devices", devices, methods=["GET"]),
         Route(f"{PREFIX}/export.{{fmt:str}}", export, methods=["GET"]),
         Route(f"{PREFIX}/records/{{id}}.html", get_record_html, methods=["GET"]),
         Route(f"{PREFIX}/records/{{id}}", get_record, methods=["GET"]),
@@ -191,7 +197,15 @@ def openapi_document() -> dict[str, Any]:
         ),
         "required": ["id", "label", "device_timestamps", "ordering_checks"],
         "properties": {
-            "id": {"type": "string", "description": "Study Instance UID"},
+            "id": {
+                "type": "string",
+                "description": (
+                    "Service-line id: acc:<AccessionNumber>, rp:<RequestedProcedureID>, "
+                    "sps:<ScheduledProcedureStepID>, study:<StudyInstanceUID> or mpps:<SOP Instance UID> "
+                    "(<kind>64:<base64url> when the value is not URL-safe). A bare Study Instance UID "
+                    "is accepted as an alias of the line holding that study."
+                ),
+            },
             "label": label,
             "facility_code": {"type": ["string", "null"]},
             "service_line": {"type": "object"},
@@ -203,7 +217,7 @@ def openapi_document() -> dict[str, Any]:
                     for k in ("patient_id", "issuer_of_patient_id", "citizen_id", "insurance_card_code")
                 },
             },
-            "study": {"type": "object"},
+            "studies": {"type": "array", "items": {"type": "object"}},
             "series": {"type": "array", "items": {"type": "object"}},
             "procedure_steps": {"type": "array", "items": {"type": "object"}},
             "device_timestamps": {
@@ -309,6 +323,26 @@ def openapi_document() -> dict[str, Any]:
                             },
                         },
                         "404": problem,
+                    },
+                }
+            },
+            f"{PREFIX}/devices": {
+                "get": {
+                    "summary": "Observed device clock offsets per device over a window of receipt dates",
+                    "description": (
+                        "Facts only: per device the median and latest offset between the last image "
+                        "acquisition time written by the device and its arrival at the archive, the "
+                        "time-synchronised flag the device wrote, and whether offsets exceed the "
+                        "configured tolerance. Default window: the last 30 days."
+                    ),
+                    "parameters": [
+                        {"name": "from", "in": "query", "schema": {"type": "string"}},
+                        {"name": "to", "in": "query", "schema": {"type": "string"}},
+                        {"name": "device", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {"description": "Devices", "content": {"application/json": {}}},
+                        "400": problem,
                     },
                 }
             },

@@ -77,9 +77,11 @@ def test_mpps_and_storescu_through_pacs_serve(db_url: str, tmp_path: Path) -> No
         )
         assert run.returncode == 0, run.stderr
         with httpx.Client(base_url=srv.base_url, timeout=30) as http:
-            rec = http.get(f"/api/appraisal/v1/records/{study}").json()
+            rec = http.get("/api/appraisal/v1/records/acc:ACC777").json()
             listed = http.get("/api/appraisal/v1/records", params={"accession": "ACC777"}).json()
-        assert [r["id"] for r in listed["records"]] == [study]
+            by_study = http.get(f"/api/appraisal/v1/records/{study}").json()
+        assert [r["id"] for r in listed["records"]] == ["acc:ACC777"] and by_study == rec
+        assert rec["service_line"]["study_instance_uids"] == [study]
         assert rec["label"]["code"]
         [step] = rec["procedure_steps"]
         assert step["sop_instance_uid"] == uid and step["status"] == "COMPLETED"
@@ -90,6 +92,6 @@ def test_mpps_and_storescu_through_pacs_serve(db_url: str, tmp_path: Path) -> No
         assert rec["device_timestamps"]["last_acquisition"]["value"] == "2025-02-15T09:02:30+07:00"
         assert rec["device_acquisition_span"]["seconds"] == 150.0
         assert rec["claim_fields"]["NGAY_TH_YL"] == "202502151010"  # MPPS start 10:10
-        assert rec["study"]["number_of_instances"] == 2
+        assert rec["studies"][0]["number_of_instances"] == 2
         assert rec["people"]["operators"] == [{"dicom_name": "Phạm^Thu", "licence_code": None}]
         assert "N-SET refused" in srv.log()

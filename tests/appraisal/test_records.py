@@ -26,7 +26,7 @@ RECEIVED = datetime(2025, 1, 10, 3, 20, 30, tzinfo=UTC)  # 10:20:30 in Vietnam
 MODALITY = Origin(address="10.0.0.5", calling_ae="CT01AE", protocol="dimse")
 
 
-def _store_study(rt: Runtime, **extra: object) -> Dataset:
+def _store_study(rt: Runtime, accession: str = "ACC001", **extra: object) -> Dataset:
     """A 3-image CT study acquired 10:15:00-10:19:30 (device time, no offset) received at 10:20:30."""
     study, series = generate_uid(), generate_uid()
     rt.archive.clock = lambda: RECEIVED
@@ -36,6 +36,7 @@ def _store_study(rt: Runtime, **extra: object) -> Dataset:
             study_uid=study,
             series_uid=series,
             instance_number=n,
+            accession=accession,
             OtherPatientIDs=["079123456789", "HC4010123456789"],
             PerformingPhysicianName="Lê^Văn Cường",
             OperatorsName="Phạm^Thu",
@@ -93,20 +94,22 @@ def test_record_field_by_field(rt: Runtime, client: TestClient) -> None:
     uid = rt.appraisal.create_step(None, _mpps(ds.StudyInstanceUID), MODALITY)
     assert rt.appraisal.update_step(uid, _complete(ds.SeriesInstanceUID), MODALITY) == "COMPLETED"
 
-    r = client.get(f"/api/appraisal/v1/records/{ds.StudyInstanceUID}")
+    r = client.get("/api/appraisal/v1/records/acc:ACC001")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/json")
     rec = r.json()
-    assert rec["id"] == ds.StudyInstanceUID
+    assert rec["id"] == "acc:ACC001"
+    assert client.get(f"/api/appraisal/v1/records/{ds.StudyInstanceUID}").json() == rec  # alias
     assert rec["label"]["code"] == rt.settings.appraisal.label_code
     assert rec["label"]["vi"].startswith("Các mốc thời gian") and "2775/QĐ-BYT" in rec["label"]["vi"]
     assert rec["facility_code"] == FACILITY
     assert rec["service_line"] == {
         "key_source": "AccessionNumber",
         "accession_number": "ACC001",
-        "requested_procedure_id": None,
-        "study_instance_uid": ds.StudyInstanceUID,
-        "study_id": "1",
+        "requested_procedure_id": "RP1",  # from the MPPS scheduled step
+        "scheduled_procedure_step_id": None,
+        "study_instance_uids": [ds.StudyInstanceUID],
+        "images": "received",
     }
     assert rec["service"]["service_code"] == "18.0001.0001"
     assert rec["service"]["source"] == "ProcedureCodeSequence (MPPS)"
@@ -123,7 +126,8 @@ def test_record_field_by_field(rt: Runtime, client: TestClient) -> None:
     assert "assumed +0700" in first["timezone_source"]
     assert rec["device_acquisition_span"]["seconds"] == 270.0
     assert rec["archive_receipt"]["first_received"] == "2025-01-10T03:20:30+00:00"
-    assert rec["study"]["number_of_instances"] == 3
+    [study] = rec["studies"]
+    assert study["number_of_instances"] == 3 and study["study_id"] == "1"
     [series] = rec["series"]
     assert series["instance_count"] == 3 and series["modality"] == "CT"
     [dev] = rec["devices"]
@@ -159,14 +163,16 @@ def test_record_field_by_field(rt: Runtime, client: TestClient) -> None:
     assert claim["MA_MAY"] == "CL.1.SN-1234" and claim["MA_LK"] == ""
     assert claim["NGUOI_THUC_HIEN"] == "004567/HNO-CCHN"
 
-    html = client.get(f"/api/appraisal/v1/records/{ds.StudyInstanceUID}.html")
+    html = client.get("/api/appraisal/v1/records/acc:ACC001.html")
     assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
     assert rt.settings.appraisal.label_vi in html.text.replace("&#x27;", "'")
-    assert client.get(f"/api/appraisal/v1/records/{ds.StudyInstanceUID}?format=html").text == html.text
+    assert client.get("/api/appraisal/v1/records/acc:ACC001?format=html").text == html.text
 
 
 def test_list_filters_paging_and_audit(rt: Runtime, client: TestClient) -> None:
-    uids = [_store_study(rt).StudyInstanceUID for _ in range(5)]
+    for n in range(5):
+        _store_study(rt, accession=f"ACC{n}")
+    uids = [f"acc:ACC{n}" for n in range(5)]
     seen: list[str] = []
     cursor = None
     while True:
@@ -191,7 +197,9 @@ def test_list_filters_paging_and_audit(rt: Runtime, client: TestClient) -> None:
     assert get("/api/appraisal/v1/records", params={"facility": FACILITY}).json()["count"] == 5
     assert get("/api/appraisal/v1/records", params={"service_code": "18.0001.0001"}).json()["count"] == 5
     assert get("/api/appraisal/v1/records", params={"service_code": "18.0067.0028"}).json()["count"] == 0
-    assert get("/api/appraisal/v1/records", params={"accession": "ACC001"}).json()["count"] == 5
+    assert [
+        r["id"] for r in get("/api/appraisal/v1/records", params={"accession": "ACC3"}).json()["records"]
+    ] == ["acc:ACC3"]
     bad = get("/api/appraisal/v1/records", params={"from": "yesterday"})
     assert bad.status_code == 400 and "from" in bad.json()["detail"]
     assert get("/api/appraisal/v1/records", params={"cursor": "!!"}).status_code == 400
@@ -216,7 +224,7 @@ def test_exports_label_and_vietnamese(rt: Runtime, client: TestClient) -> None:
     assert any(rt.settings.appraisal.label_en in h for h in header)
     rows = list(csv.DictReader(io.StringIO("\n".join(x for x in text.splitlines() if not x.startswith("#")))))
     [row] = rows
-    assert row["PACS_STUDY_UID"] == ds.StudyInstanceUID
+    assert row["PACS_STUDY_UID"] == ds.StudyInstanceUID and row["PACS_MA_BAN_GHI"] == "acc:ACC001"
     assert row["TEN_DICH_VU"] == "Chụp CT sọ não không tiêm thuốc cản quang"
     assert row["TG_THIET_BI_BAT_DAU"] == "202501101015" and row["TG_THIET_BI_KET_THUC"] == "202501101019"
     assert row["MA_MAY"] == "CL.1.SN-1234" and row["PACS_MA_NHAN"] == rt.settings.appraisal.label_code
@@ -252,7 +260,7 @@ def test_drifting_clock_is_reported_as_fact(rt: Runtime, client: TestClient) -> 
     )
     late.AcquisitionTime = "113000"
     rt.archive.store_bytes(to_bytes(late), Origin(address="10.0.0.9", calling_ae="DR01AE"))
-    rec = client.get(f"/api/appraisal/v1/records/{ds.StudyInstanceUID}").json()
+    rec = client.get("/api/appraisal/v1/records/acc:ACC001").json()
     by_serial = {d["device_serial_number"]: d for d in rec["devices"]}
     ct, dr = by_serial["SN-1234"]["clock"], by_serial["XR-0001"]["clock"]
     assert ct["time_synchronised"] is False and ct["acquisition_time_synchronized"] == "N"
