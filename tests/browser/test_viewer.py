@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -458,6 +459,40 @@ def test_300_slice_ct_scrolls_from_cache_after_first_pass(server: Served, page: 
         f"300-slice CT: first image {first_image:.2f}s, first pass {first_pass:.2f}s, "
         f"cached slice change {result['ms']:.3f} ms"
     )
+
+
+def test_slow_link_small_shell_and_first_image_first(server: Served, page: Any) -> None:
+    # A 256 kbit/s line with 150 ms latency (a district hospital's share of a rural link).
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 150, "downloadThroughput": 32 * 1024, "uploadThroughput": 16 * 1024},
+    )
+    shell: dict[str, int] = {}
+    events: list[tuple[str, str]] = []
+
+    def on_response(r: Any) -> None:
+        if urlsplit(r.url).path in {"/", "/index.html", "/viewer.js", "/viewer.css"}:
+            shell[r.url] = len(r.body())
+
+    page.on("response", on_response)
+    page.on("request", lambda r: events.append(("start", r.url)) if "/rendered" in r.url else None)
+    page.on("requestfinished", lambda r: events.append(("end", r.url)) if "/rendered" in r.url else None)
+    t0 = time.monotonic()
+    page.goto(f"{server.base_url}/#/?PatientName=nguyen&ModalitiesInStudy=CT", timeout=60_000)
+    page.wait_for_selector("#studies tbody tr", timeout=60_000)
+    list_s = time.monotonic() - t0
+    total = sum(shell.values())
+    assert total < 80_000, f"the viewer's own files weigh {total} bytes: {shell}"
+    t1 = time.monotonic()
+    page.locator("#studies tbody a").first.click()
+    _wait_shown(page, 0)
+    first_s = time.monotonic() - t1
+    rendered = [u for kind, u in events if kind == "start"]
+    # The first image had the line to itself: no other rendered request started before it finished.
+    assert events[0][0] == "start" and events[1] == ("end", rendered[0]), events[:4]
+    print(f"256 kbit/s: viewer files {total} B, list shown {list_s:.2f}s, first image {first_s:.2f}s")
 
 
 def test_login_appears_only_behind_401_and_sends_bearer_token(server: Served, page: Any) -> None:

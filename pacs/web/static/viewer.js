@@ -602,11 +602,11 @@
         this.onShown = resolve;
       });
       this.setIndex(Math.min(Math.max(0, startIndex), stack.length - 1), { force: true });
-      this.prefetch();
-      // Metadata (WADO-RS, PS3.18 10.4.1.1.2) for the overlay and header windows, in the background
-      // and after the first image (it can be megabytes for a long series on a slow link).
+      // On a slow link the first image must not share the line: neighbours, then metadata (WADO-RS,
+      // PS3.18 10.4.1.1.2: overlay facts and header windows; megabytes for a long series) come after.
       await Promise.race([firstShown, new Promise((r) => setTimeout(r, 2000))]);
       if (token !== this.loadToken) return;
+      this.prefetch();
       getJson(`${base}/metadata`).then((all) => {
         if (token !== this.loadToken) return;
         for (const ds of all) this.meta.set(first(ds, "SOPInstanceUID"), ds);
