@@ -46,6 +46,7 @@ from pacs.errors import (
 )
 from pacs.index import appraisal as sql
 from pacs.index import repo
+from pacs.index.schema import appraisal_lines
 from pacs.model import InstanceRecord, Origin, StoreOutcome
 
 log = logging.getLogger("pacs.appraisal")
@@ -114,6 +115,9 @@ _SERIES_COLUMNS = (
     "operators_name",
     "performing_physician_name",
 )
+
+
+_LINE_COLUMNS = tuple(c.name for c in appraisal_lines.c)
 
 
 def line_key(kind: str, value: str) -> str:
@@ -600,12 +604,11 @@ class Appraisal:
                 lid = by_key.get(key)
                 if lid is None:
                     lid = by_key[key] = len(line_rows) + 1
-                    line_rows.append(
-                        {"id": lid, "line_key": key, **facts, "created_at": now, "updated_at": now}
-                    )
-                    line_rows[-1].setdefault("modalities", "")
-                    line_rows[-1]["modalities"] = line_rows[-1]["modalities"] or ""
-                    line_rows[-1]["devices"] = ""
+                    row = dict.fromkeys(_LINE_COLUMNS)
+                    row.update(id=lid, line_key=key, **facts, created_at=now, updated_at=now)
+                    row["modalities"] = _add_member("", facts.get("modalities"), 128)
+                    row["devices"] = ""
+                    line_rows.append(row)
                 else:
                     row = line_rows[lid - 1]
                     for k, val in facts.items():

@@ -52,20 +52,26 @@ def test_no_verdict_anywhere(
             series_uid=series,
             instance_number=n,
             study_date="20250301",
+            accession=study[-16:],
             StudyDescription=description,
             OperatorsName=operator,
             **extra,
         )
         ds.AcquisitionTime = (base + timedelta(seconds=s)).strftime("%H%M%S")
         rt.archive.store_bytes(to_bytes(ds), Origin(calling_ae="MOD"))
+    rt.appraisal.clock = lambda: datetime(2025, 3, 5, tzinfo=UTC)
+    record_id = client.get(f"/api/appraisal/v1/records/{study}").json()["id"]
     bodies = [
         client.get("/api/appraisal/v1/records", params={"from": "20250301"}),
-        client.get(f"/api/appraisal/v1/records/{study}"),
-        client.get(f"/api/appraisal/v1/records/{study}.html"),
+        client.get(f"/api/appraisal/v1/records/{record_id}"),
+        client.get(f"/api/appraisal/v1/records/{record_id}.html"),
+        client.get("/api/appraisal/v1/devices"),
         client.get("/api/appraisal/v1/export.csv", params={"from": "20250301"}),
         client.get("/api/appraisal/v1/export.xml", params={"from": "20250301"}),
         client.get("/api/appraisal/v1/openapi.json"),
     ]
+    devices = bodies[3].json()["devices"]
+    assert devices and all("clock_offset_beyond_tolerance" in d["clock"] for d in devices)
     label_code = rt.settings.appraisal.label_code
     for r in bodies:
         assert r.status_code == 200, r.text
