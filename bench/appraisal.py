@@ -186,6 +186,8 @@ def main() -> None:
     svc = Appraisal(engine, settings, regs)
     if not args.reuse:
         build_lines(svc, engine)
+    elif svc.rebuild_lines_if_needed():
+        print("service lines rebuilt from the existing index", flush=True)
     origin = Origin(address="127.0.0.1", protocol="bench")
     month = (
         {"from": "2025-02-01", "to": "2025-02-28"}
