@@ -131,7 +131,7 @@ EXPECTS_HTTP_ERRORS = {"test_login_appears_only_behind_401_and_sends_bearer_toke
 @pytest.fixture
 def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A fresh page at 1280x800; a script error, or a failed request the test did not expect, fails it."""
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, locale="vi-VN")
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US")
     pg = ctx.new_page()
     errors: list[str] = []
     console: list[str] = []
@@ -493,6 +493,36 @@ def test_slow_link_small_shell_and_first_image_first(server: Served, page: Any) 
     # The first image had the line to itself: no other rendered request started before it finished.
     assert events[0][0] == "start" and events[1] == ("end", rendered[0]), events[:4]
     print(f"256 kbit/s: viewer files {total} B, list shown {list_s:.2f}s, first image {first_s:.2f}s")
+
+
+def test_vietnamese_interface_follows_browser_language(server: Served, browser: Any) -> None:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, locale="vi-VN")
+    try:
+        pg = ctx.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.goto(f"{server.base_url}/#/?PatientName=nguyen")
+        pg.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 2")
+        assert pg.evaluate("document.documentElement.lang") == "vi"
+        head = pg.inner_text("#studies thead")
+        assert "Họ tên" in head and "Ngày chụp" in head and "Mã BN" in head
+        assert pg.inner_text("#search button[type=submit]") == "Tìm"
+        assert pg.inner_text("#status") == "2 ca chụp"
+        _shot(pg, "12-vietnamese-list")
+        pg.locator("#studies tbody tr", has_text="CT sọ não").locator("a").click()
+        _wait_shown(pg, 0)
+        assert "24 ảnh" in pg.inner_text(".series")
+        assert "3 Xương (300/1500)" in pg.locator("#preset option").all_inner_texts()
+        _shot(pg, "13-vietnamese-study")
+        # The reader can switch to English; the choice is remembered.
+        pg.go_back()
+        pg.select_option("#lang", "en")
+        pg.wait_for_function("document.documentElement.lang === 'en'")
+        pg.wait_for_selector("#studies tbody tr")
+        assert "Patient name" in pg.inner_text("#studies thead")
+        assert not errors, errors
+    finally:
+        ctx.close()
 
 
 def test_login_appears_only_behind_401_and_sends_bearer_token(server: Served, page: Any) -> None:

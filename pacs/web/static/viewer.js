@@ -68,6 +68,69 @@
     $("#status").textContent = msg || "";
   };
 
+  // ------------------------------------------------------------ Language: Vietnamese or English
+  // Static text is translated by walking the page once; messages go through t(). Keys are the English.
+  const VI = {
+    "Skip to content": "Bỏ qua, đến nội dung", "Sign out": "Đăng xuất", "Patient name": "Họ tên",
+    "Patient ID": "Mã BN", "Accession": "Mã chỉ định", "From": "Từ ngày", "To": "Đến ngày",
+    "Modality": "Loại máy", "Any": "Tất cả", "Search": "Tìm", "Today": "Hôm nay", "Last 7 days": "7 ngày qua",
+    "Any date": "Mọi ngày", "Clear": "Xoá", "Birth date": "Ngày sinh", "Sex": "Giới", "Study date": "Ngày chụp",
+    "Description": "Mô tả", "Series": "Loạt", "Images": "Ảnh", "← Previous": "← Trang trước",
+    "Next →": "Trang sau →", "← Studies": "← Danh sách", "Studies": "Danh sách ca chụp",
+    "Studies, newest first": "Ca chụp, mới nhất trước", "Pages": "Trang", "Study": "Ca chụp",
+    "Image tools": "Công cụ ảnh", "Mouse tool": "Công cụ chuột", "Pan": "Di chuyển", "Zoom": "Phóng to",
+    "Window": "Cửa sổ", "Window preset": "Cửa sổ mẫu", "Invert": "Đảo màu", "Fit": "Vừa khung",
+    "Reset": "Đặt lại", "▶ Cine": "▶ Phát", "❚❚ Pause": "❚❚ Dừng", "Lossless": "Ảnh gốc", "Slice": "Lát cắt",
+    "Sign in": "Đăng nhập", "User name": "Tên đăng nhập", "Password": "Mật khẩu", "Close": "Đóng",
+    "Keyboard and mouse": "Bàn phím và chuột", "previous / next slice": "lát trước / lát sau",
+    "Drag (W/L tool)": "Kéo (công cụ W/L)", "window: left-right width, up-down level":
+      "cửa sổ: trái-phải độ rộng, lên-xuống mức", "pan": "di chuyển", "zoom": "phóng to",
+    "CT presets brain, lung, bone, abdomen, soft tissue; 0 the header's window":
+      "cửa sổ CT não, phổi, xương, bụng, mô mềm; 0 cửa sổ theo ảnh", "Middle drag, P": "Kéo nút giữa, P",
+    "Right drag, Ctrl+wheel, + −": "Kéo nút phải, Ctrl+cuộn, + −", "fit, reset, invert": "vừa khung, đặt lại, đảo màu",
+    "cine play / pause": "phát / dừng", "Wheel, ↑ ↓, PgUp PgDn, Home End": "Cuộn, ↑ ↓, PgUp PgDn, Home End",
+    "Brain": "Não", "Lung": "Phổi", "Bone": "Xương", "Abdomen": "Bụng", "Soft tissue": "Mô mềm",
+    "Wrong user name or password.": "Sai tên đăng nhập hoặc mật khẩu.", "Sign-in failed: {0}": "Không đăng nhập được: {0}",
+    "Searching…": "Đang tìm…", "Search failed: {0}": "Không tìm được: {0}", "No studies match.": "Không có ca chụp nào phù hợp.",
+    "Page {0} · studies {1}–{2}": "Trang {0} · ca {1}–{2}", "Page {0}": "Trang {0}", "{0} studies": "{0} ca chụp",
+    "(no name)": "(không tên)", "Loading study…": "Đang tải ca chụp…", "This study has no series.": "Ca chụp không có loạt ảnh nào.",
+    "Cannot open the study: {0}": "Không mở được ca chụp: {0}", "(no description)": "(không mô tả)",
+    "{0} image": "{0} ảnh", "{0} images": "{0} ảnh", "{0} series: no images to display.": "Loạt {0}: không có ảnh để hiển thị.",
+    "Loading series…": "Đang tải loạt ảnh…", "Cannot list the images: {0}": "Không lấy được danh sách ảnh: {0}",
+    "This series has no images.": "Loạt này không có ảnh.", "Cannot show this image: {0}": "Không hiển thị được ảnh: {0}",
+    "Image {0}": "Ảnh {0}", "Loading {0}/{1}": "Đang tải {0}/{1}", "Default (header)": "Mặc định (theo ảnh)",
+    "Custom": "Tuỳ chỉnh", "W/L: as stored": "W/L: như ảnh gốc", "Inverted": "Đảo màu",
+    "Sign in to the archive": "Đăng nhập vào hệ thống",
+  };
+  const LANG = (localStorage.getItem("pacs.lang") || navigator.language || "en").toLowerCase().startsWith("vi")
+    ? "vi" : "en";
+  /** A message in the reader's language; {0}, {1}... are filled from args. */
+  function t(key, ...args) {
+    const s = (LANG === "vi" && VI[key]) || key;
+    return s.replace(/\{(\d)\}/g, (_, n) => String(args[+n]));
+  }
+  function translatePage() {
+    document.documentElement.lang = LANG;
+    if (LANG !== "vi") return;
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      const key = n.nodeValue.trim().replace(/\s+/g, " ");
+      if (key && VI[key]) n.nodeValue = n.nodeValue.replace(n.nodeValue.trim(), VI[key]);
+    }
+    for (const e of document.querySelectorAll("[title], [aria-label]")) {
+      for (const a of ["title", "aria-label"]) {
+        const v = e.getAttribute(a);
+        if (v && VI[v]) e.setAttribute(a, VI[v]);
+      }
+    }
+  }
+  translatePage();
+  $("#lang").value = LANG;
+  $("#lang").addEventListener("change", (ev) => {
+    localStorage.setItem("pacs.lang", ev.target.value);
+    location.reload();
+  });
+
   // ------------------------------------------------------------ HTTP, with bearer auth behind a 401
   class HttpError extends Error {
     constructor(status, message) {
@@ -142,7 +205,7 @@
           auth.pending = null;
           resolve();
         } catch (e) {
-          err.textContent = e.status === 401 || e.status === 403 ? "Wrong user name or password." : `Sign-in failed: ${e.message}`;
+          err.textContent = e.status === 401 || e.status === 403 ? t("Wrong user name or password.") : t("Sign-in failed: {0}", e.message);
           err.hidden = false;
         }
       };
@@ -349,7 +412,7 @@
 
   async function showList(params) {
     paramsToForm(params);
-    document.title = "Studies - PACS";
+    document.title = `${t("Studies")} - PACS`;
     const page = Math.max(1, parseInt(params.get("page"), 10) || 1);
     const q = new URLSearchParams();
     for (const k of SEARCH_KEYS) if (params.get(k)) q.set(k, params.get(k));
@@ -361,14 +424,14 @@
     const table = $("#studies");
     const tbody = table.tBodies[0];
     table.setAttribute("aria-busy", "true");
-    status("Searching…");
+    status(t("Searching…"));
     let rows;
     try {
       rows = await getJson(`${ROOT}studies?${q}`);
     } catch (e) {
       if (seq !== listSeq) return;
       tbody.replaceChildren();
-      $("#empty").textContent = `Search failed: ${e.message}`;
+      $("#empty").textContent = t("Search failed: {0}", e.message);
       $("#empty").hidden = false;
       status("");
       table.removeAttribute("aria-busy");
@@ -383,20 +446,20 @@
         `${first(a, "StudyDate") || ""}${first(a, "StudyTime") || ""}`));
     tbody.replaceChildren(...rows.map(studyRow));
     $("#empty").hidden = rows.length > 0;
-    $("#empty").textContent = rows.length ? "" : "No studies match.";
+    $("#empty").textContent = rows.length ? "" : t("No studies match.");
     $("#prev").disabled = page <= 1;
     $("#next").disabled = !more;
     $("#page-info").textContent = rows.length
-      ? `Page ${page} · studies ${(page - 1) * PAGE_SIZE + 1}–${(page - 1) * PAGE_SIZE + rows.length}`
-      : `Page ${page}`;
+      ? t("Page {0} · studies {1}–{2}", page, (page - 1) * PAGE_SIZE + 1, (page - 1) * PAGE_SIZE + rows.length)
+      : t("Page {0}", page);
     table.removeAttribute("aria-busy");
-    status(`${rows.length}${more ? "+" : ""} studies`);
+    status(t("{0} studies", `${rows.length}${more ? "+" : ""}`));
   }
 
   function studyRow(ds) {
     const uid = first(ds, "StudyInstanceUID");
     const href = `#/study/${uid}`;
-    const name = text(ds, "PatientName") || "(no name)";
+    const name = text(ds, "PatientName") || t("(no name)");
     const tr = el("tr", { "data-study": uid },
       el("td", {}, el("a", { href }, name)),
       el("td", {}, text(ds, "PatientID")),
@@ -427,8 +490,8 @@
     viewer.close();
     viewer.study = { uid: studyUid, ds: null };
     $("#series-list").replaceChildren();
-    viewer.message("Loading study…");
-    status("Loading study…");
+    viewer.message(t("Loading study…"));
+    status(t("Loading study…"));
     try {
       const studyQ = new URLSearchParams({ StudyInstanceUID: studyUid, includefield: INCLUDE.join(",") });
       const [studies, series] = await Promise.all([
@@ -445,7 +508,7 @@
       renderStrip();
       status("");
       if (!series.length) {
-        viewer.message("This study has no series.");
+        viewer.message(t("This study has no series."));
         return;
       }
       const want = params.get("series");
@@ -454,7 +517,7 @@
       await viewer.selectSeries(pick.uid, parseInt(params.get("i"), 10) || 0);
     } catch (e) {
       if (seq !== studySeq) return;
-      viewer.message(`Cannot open the study: ${e.message}`);
+      viewer.message(t("Cannot open the study: {0}", e.message));
       status("");
     }
   }
@@ -474,8 +537,8 @@
       el("span", { class: "thumb" }, img),
       el("span", { class: "series-text" },
         el("strong", {}, `${s.modality} ${text(s.ds, "SeriesNumber")}`.trim()),
-        el("span", { class: "desc" }, text(s.ds, "SeriesDescription") || "(no description)"),
-        el("span", { class: "count" }, count ? `${count} image${count === "1" ? "" : "s"}` : "")));
+        el("span", { class: "desc" }, text(s.ds, "SeriesDescription") || t("(no description)")),
+        el("span", { class: "count" }, count ? t(count === "1" ? "{0} image" : "{0} images", count) : "")));
       if (!NON_IMAGE.has(s.modality)) {
         const url = `${ROOT}studies/${viewer.study.uid}/series/${s.uid}/thumbnail?viewport=128,128`;
         thumbs.load(url, url).then((e) => {
@@ -560,17 +623,17 @@
       this.renderPresets(false);
       if (NON_IMAGE.has(s.modality)) {
         imgEl.hidden = true;
-        this.message(`${s.modality} series: no images to display.`);
+        this.message(t("{0} series: no images to display.", s.modality));
         this.renderOverlay();
         return;
       }
-      this.message("Loading series…");
+      this.message(t("Loading series…"));
       const base = `${ROOT}studies/${this.study.uid}/series/${uid}`;
       let instances;
       try {
         instances = await getJson(`${base}/instances?includefield=PhotometricInterpretation`);
       } catch (e) {
-        if (token === this.loadToken) this.message(`Cannot list the images: ${e.message}`);
+        if (token === this.loadToken) this.message(t("Cannot list the images: {0}", e.message));
         return;
       }
       if (token !== this.loadToken) return;
@@ -589,7 +652,7 @@
       this.stack = stack;
       this.renderPresets();
       if (!stack.length) {
-        this.message("This series has no images.");
+        this.message(t("This series has no images."));
         return;
       }
       this.message("");
@@ -681,7 +744,7 @@
           if (i === this.index && this.series && seq > this.shown.seq) this.display(e, key, i, seq);
           this.renderProgress();
         }, (e) => {
-          if (e.message !== "dropped" && i === this.index) this.message(`Cannot show this image: ${e.message}`);
+          if (e.message !== "dropped" && i === this.index) this.message(t("Cannot show this image: {0}", e.message));
         });
     },
 
@@ -697,7 +760,7 @@
       imgEl.dataset.frame = String(it.frame);
       imgEl.dataset.window = key.split("|")[2];
       imgEl.dataset.format = key.split("|")[3];
-      imgEl.alt = `Image ${it.number ?? i + 1}${it.frames > 1 ? `, frame ${it.frame}` : ""}`;
+      imgEl.alt = t("Image {0}", `${it.number ?? i + 1}${it.frames > 1 ? ` / ${it.frame}` : ""}`);
       imgEl.hidden = false;
       this.message("");
       const dims = `${it.cols}x${it.rows}`;
@@ -725,7 +788,7 @@
       if (!this.series || !this.stack.length) return;
       let n = 0;
       for (let i = 0; i < this.stack.length; i++) if (images.has(this.keyOf(i))) n++;
-      $("#progress").textContent = n < this.stack.length ? `Loading ${n}/${this.stack.length}` : "";
+      $("#progress").textContent = n < this.stack.length ? t("Loading {0}/{1}", n, this.stack.length) : "";
     },
 
     currentMeta() {
@@ -758,12 +821,12 @@
     renderPresets(enabled = true) {
       const sel = $("#preset");
       sel.disabled = !enabled || this.isColor();
-      const opts = [el("option", { value: "" }, "Default (header)")];
+      const opts = [el("option", { value: "" }, t("Default (header)"))];
       if (this.series && this.series.modality === "CT") {
         CT_PRESETS.forEach(([id, label, c, w], n) =>
-          opts.push(el("option", { value: id }, `${n + 1} ${label} (${c}/${w})`)));
+          opts.push(el("option", { value: id }, `${n + 1} ${t(label)} (${c}/${w})`)));
       }
-      opts.push(el("option", { value: "custom", disabled: true }, "Custom"));
+      opts.push(el("option", { value: "custom", disabled: true }, t("Custom")));
       sel.replaceChildren(...opts);
       sel.value = this.preset || (this.window ? "custom" : "");
     },
@@ -805,12 +868,12 @@
         loc !== undefined && `Loc: ${loc.toFixed(1)} mm${thick ? `  Thk: ${thick} mm` : ""}`,
       ]);
       const win = this.effectiveWindow();
-      const label = this.preset ? ` ${CT_PRESETS.find((p) => p[0] === this.preset)?.[1] || ""}` : "";
+      const label = this.preset ? ` ${t(CT_PRESETS.find((p) => p[0] === this.preset)?.[1] || "")}` : "";
       lines("#ov-br", [
-        win ? `W: ${Math.round(win.w)} L: ${Math.round(win.c)}${label}` : "W/L: as stored",
-        this.lossless ? "Lossless" : "JPEG",
+        win ? `W: ${Math.round(win.w)} L: ${Math.round(win.c)}${label}` : t("W/L: as stored"),
+        this.lossless ? t("Lossless") : "JPEG",
         `Zoom: ${Math.round(this.view.scale * 100)}%`,
-        this.invert && "Inverted",
+        this.invert && t("Inverted"),
       ]);
     },
 
@@ -849,7 +912,7 @@
     startCine() {
       if (this.stack.length < 2) return;
       $("#cine").setAttribute("aria-pressed", "true");
-      $("#cine").textContent = "❚❚ Pause";
+      $("#cine").textContent = t("❚❚ Pause");
       let last = performance.now();
       const tick = (now) => {
         if (!this.cine) return;
@@ -872,7 +935,7 @@
       if (this.cine) cancelAnimationFrame(this.cine);
       this.cine = null;
       $("#cine").setAttribute("aria-pressed", "false");
-      $("#cine").textContent = "▶ Cine";
+      $("#cine").textContent = t("▶ Cine");
     },
   };
 
