@@ -265,6 +265,15 @@ def test_search_fields_dates_paging_and_shareable_url(server: Served, page: Any)
     page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 5")
     assert "page=" not in page.url
 
+    # Impatient reader: open a study and leave before it loads; late answers must not break the page.
+    for _ in range(3):
+        page.locator("#studies tbody a").first.click()
+        page.go_back()
+    page.wait_for_selector("#list-view:not([hidden])")
+    page.locator("#studies tbody a").nth(1).click()
+    _wait_shown(page, 0)
+    assert "/study/" in page.url and page.is_hidden("#list-view")
+
 
 def test_study_view_scroll_window_presets_and_overlay(server: Served, page: Any) -> None:
     _search(page, server.base_url, PatientName="nguyen", ModalitiesInStudy="CT")

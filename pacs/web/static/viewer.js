@@ -342,6 +342,7 @@
       $("#study-view").hidden = false;
       openStudy(m[1], params);
     } else {
+      studySeq++;
       viewer.close();
       $("#back").href = location.hash || "#/"; // "Studies" returns to this search
       $("#study-view").hidden = true;
@@ -349,6 +350,7 @@
       showList(params);
     }
   }
+  let studySeq = 0; // bumps whenever the study on screen changes; late answers for older ones are dropped
   window.addEventListener("hashchange", route);
 
   // ------------------------------------------------------------ Study list (QIDO-RS search for studies)
@@ -479,7 +481,6 @@
   }
 
   // ------------------------------------------------------------ Study view
-  let studySeq = 0;
   async function openStudy(studyUid, params) {
     if (viewer.study && viewer.study.uid === studyUid) {
       const want = params.get("series");
@@ -586,6 +587,8 @@
     loadToken: 0,
 
     close() {
+      this.loadToken++; // work still in flight for the previous study is dropped when it lands
+      clearTimeout(this.urlTimer);
       this.stopCine();
       this.study = null;
       this.series = null;
@@ -609,6 +612,7 @@
       const s = this.seriesList.find((x) => x.uid === uid);
       if (!s || !this.study) return;
       this.stopCine();
+      clearTimeout(this.urlTimer);
       const token = ++this.loadToken;
       this.series = s;
       this.stack = [];
