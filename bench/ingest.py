@@ -172,8 +172,8 @@ class Target:
 
 
 @contextmanager
-def pacs_archive(run: Path, workers: int) -> Iterator[Target]:
-    """``pacs serve`` on fresh storage with a SQLite index."""
+def pacs_archive(run: Path, workers: int, fsync: bool = True) -> Iterator[Target]:
+    """``pacs serve`` on fresh storage with a SQLite index (``fsync=False``: to measure its cost)."""
     storage = run / "storage"
     cfg = run / "config.toml"
     cfg.write_text(
@@ -188,6 +188,7 @@ max_pdu = 262144
 port = 0
 [storage]
 path = "{storage}"
+fsync = {str(fsync).lower()}
 [log]
 level = "WARNING"
 """,
@@ -203,7 +204,7 @@ level = "WARNING"
         if not line.startswith("READY"):
             raise RuntimeError(f"pacs serve did not start: {(run / 'serve.log').read_text()[-2000:]}")
         port = int(line.split()[1].rsplit(":", 1)[1])
-        yield Target("pacs", port, "PACS", proc.pid)
+        yield Target("pacs" if fsync else "pacs-nofsync", port, "PACS", proc.pid)
     finally:
         proc.terminate()
         try:
@@ -321,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="pacs listener processes")
     parser.add_argument("--associations", default="1,4", help="comma-separated association counts")
     parser.add_argument("--no-orthanc", action="store_true", help="measure pacs only")
+    parser.add_argument(
+        "--also-no-fsync",
+        action="store_true",
+        help="also measure pacs with [storage] fsync = false (NOT safe; shows what durability costs)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
@@ -332,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"study: {len(files)} instances, {total_mb:.0f} MB in {out / 'data'} (ready in {took:.0f}s)")
     print(f"host: {os.cpu_count()} CPUs; pacs workers={args.workers}")
     archives = [("pacs", lambda run: pacs_archive(run, args.workers))]
+    if args.also_no_fsync:
+        archives.append(("pacs-nofsync", lambda run: pacs_archive(run, args.workers, fsync=False)))
     if not args.no_orthanc:
         archives.append(("orthanc", orthanc_archive))
     results: list[Result] = []
@@ -350,10 +358,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"in {r.seconds:.1f}s, peak RSS {r.peak_rss / 2**20:.0f} MiB"
             )
             shutil.rmtree(run, ignore_errors=True)
-    print("\narchive  assoc  instances/s   MB/s  seconds  peak RSS MiB")
+    print("\narchive       assoc  instances/s   MB/s  seconds  peak RSS MiB")
     for r in results:
         print(
-            f"{r.archive:8} {r.associations:5}  {r.per_second:11.1f} {r.mb_per_second:6.1f} "
+            f"{r.archive:13} {r.associations:5}  {r.per_second:11.1f} {r.mb_per_second:6.1f} "
             f"{r.seconds:8.1f} {r.peak_rss / 2**20:13.0f}"
         )
     by = {(r.archive, r.associations): r for r in results}
