@@ -501,7 +501,25 @@ def test_slow_link_small_shell_and_first_image_first(server: Served, page: Any) 
     rendered = [u for kind, u in events if kind == "start"]
     # The first image had the line to itself: no other rendered request started before it finished.
     assert events[0][0] == "start" and events[1] == ("end", rendered[0]), events[:4]
-    print(f"256 kbit/s: viewer files {total} B, list shown {list_s:.2f}s, first image {first_s:.2f}s")
+    # Dragging the window over a slow line: not one render per mouse move, and the last one wins.
+    sop = page.get_attribute("#image", "data-sop")
+    before = len(events)
+    box = page.locator("#viewport").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 150, y - 100, steps=40)
+    page.mouse.up()
+    br = page.inner_text("#ov-br")
+    w, lvl = br.split("W: ")[1].split(" L: ")
+    final = f"{lvl.split()[0]},{w.strip()}"
+    _wait_shown(page, 0, final)
+    during = [u for kind, u in events[before:] if kind == "start" and sop in u]
+    assert 1 <= len(during) <= 8, f"{len(during)} renders of one image for one drag"
+    print(
+        f"256 kbit/s: viewer files {total} B, list shown {list_s:.2f}s, first image {first_s:.2f}s, "
+        f"{len(during)} renders for a 40-step window drag"
+    )
 
 
 def test_vietnamese_interface_follows_browser_language(server: Served, browser: Any) -> None:

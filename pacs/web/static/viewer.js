@@ -613,6 +613,8 @@
       if (!s || !this.study) return;
       this.stopCine();
       clearTimeout(this.urlTimer);
+      this.drawing = 0;
+      this.redraw = false;
       const token = ++this.loadToken;
       this.series = s;
       this.stack = [];
@@ -743,12 +745,26 @@
         this.display(hit, key, i, seq);
         return;
       }
+      // Latest wins: one uncached image on its way at a time, so dragging the window or scrolling
+      // fast on a slow link does not queue a render per mouse move; the newest state follows it.
+      if (this.drawing && performance.now() - this.drawing < 5000) {
+        this.redraw = true;
+        return;
+      }
+      this.drawing = performance.now();
       this.load(i)
         .then((e) => {
           if (i === this.index && this.series && seq > this.shown.seq) this.display(e, key, i, seq);
           this.renderProgress();
         }, (e) => {
           if (e.message !== "dropped" && i === this.index) this.message(t("Cannot show this image: {0}", e.message));
+        })
+        .finally(() => {
+          this.drawing = 0;
+          if (this.redraw) {
+            this.redraw = false;
+            if (this.series && this.stack.length) this.draw();
+          }
         });
     },
 
@@ -1031,8 +1047,9 @@
       const win = { c: drag.win.c + dy * k, w: Math.max(1, drag.win.w + dx * k) };
       if (!drag.frame) {
         drag.frame = requestAnimationFrame(() => {
-          drag && (drag.frame = 0);
-          viewer.setWindow(win, "");
+          if (!drag) return;
+          drag.frame = 0;
+          viewer.setWindow(drag.pending, ""); // the latest position, not the first of this frame
         });
       }
       drag.pending = win;
