@@ -17,23 +17,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from pacs.errors import InvalidQuery, NotFound, PacsError, StorageUnavailable
-from pacs.model import Origin
+from pacs.web.origin import origin_of
 
 log = logging.getLogger("pacs.web.appraisal")
 
 PREFIX = "/api/appraisal/v1"
 FILTERS = ("from", "to", "facility", "modality", "device", "accession", "patient_id", "service_code")
-
-
-def _origin(request: Request) -> Origin:
-    user = ""
-    if "user" in request.scope:
-        user = str(getattr(request.scope["user"], "display_name", "") or "")
-    return Origin(
-        address=request.client.host if request.client else "",
-        user=user,
-        protocol="http",
-    )
 
 
 def _problem(status: int, detail: str) -> JSONResponse:
@@ -88,7 +77,11 @@ def routes(rt: Any) -> list[BaseRoute]:
         if fmt != "json":
             raise InvalidQuery("format must be json, csv or xml")
         page = await run_in_threadpool(
-            svc.list_records, params, _origin(request), cursor=request.query_params.get("cursor"), limit=limit
+            svc.list_records,
+            params,
+            origin_of(request),
+            cursor=request.query_params.get("cursor"),
+            limit=limit,
         )
         return _json(
             {
@@ -102,13 +95,13 @@ def routes(rt: Any) -> list[BaseRoute]:
     async def _export(request: Request, fmt: str) -> Response:
         params = _filters(request)
         if fmt == "csv":
-            text = await run_in_threadpool(svc.export_csv, params, _origin(request))
+            text = await run_in_threadpool(svc.export_csv, params, origin_of(request))
             return Response(
                 text.encode("utf-8"),
                 media_type="text/csv; charset=utf-8",
                 headers={"Content-Disposition": 'attachment; filename="pacs-extract.csv"'},
             )
-        body = await run_in_threadpool(svc.export_xml, params, _origin(request))
+        body = await run_in_threadpool(svc.export_xml, params, origin_of(request))
         return Response(
             body,
             media_type="application/xml; charset=utf-8",
@@ -127,11 +120,11 @@ def routes(rt: Any) -> list[BaseRoute]:
         record_id = request.path_params["id"]
         if request.query_params.get("format") == "html":
             return await _html(request, record_id)
-        record = await run_in_threadpool(svc.get_record, record_id, _origin(request))
+        record = await run_in_threadpool(svc.get_record, record_id, origin_of(request))
         return _json(record)
 
     async def _html(request: Request, record_id: str) -> Response:
-        text = await run_in_threadpool(svc.record_html, record_id, _origin(request))
+        text = await run_in_threadpool(svc.record_html, record_id, origin_of(request))
         return HTMLResponse(text)
 
     @_guard
@@ -141,7 +134,7 @@ def routes(rt: Any) -> list[BaseRoute]:
     @_guard
     async def devices(request: Request) -> Response:
         params = {k: request.query_params[k] for k in ("from", "to", "device") if request.query_params.get(k)}
-        return _json(await run_in_threadpool(svc.device_clocks, params, _origin(request)))
+        return _json(await run_in_threadpool(svc.device_clocks, params, origin_of(request)))
 
     async def openapi(request: Request) -> Response:
         return _json(openapi_document())

@@ -25,7 +25,7 @@ from pacs import query as q
 from pacs.dicom import pixels
 from pacs.dicom.text import is_valid_uid
 from pacs.errors import DuplicateInstance, NotAcceptable, StorageUnavailable
-from pacs.model import Level, Origin, StoredInstance, StoreOutcome
+from pacs.model import Level, StoredInstance, StoreOutcome
 from pacs.services.dicomweb import ANY, DicomWeb, StowOutcome
 from pacs.services.render import Renderer, RenderParams
 from pacs.web.errors import HttpProblem
@@ -38,6 +38,7 @@ from pacs.web.multipart import (
     parse_accept,
     split_parts,
 )
+from pacs.web.origin import origin_of
 
 DICOM_JSON = "application/dicom+json"
 _GZIP_MIN = 1024
@@ -412,7 +413,13 @@ def _not_modified(request: Request, etag: str) -> bool:
 
 
 def _image_response(content: bytes, media_type: str, etag: str, cache: str) -> Response:
-    return Response(content, media_type=media_type, headers={"ETag": f'"{etag}"', "Cache-Control": cache})
+    # One URL can answer JPEG or PNG by Accept: caches must key on it (Vary), or a cached JPEG
+    # would be served to a client asking for PNG.
+    return Response(
+        content,
+        media_type=media_type,
+        headers={"ETag": f'"{etag}"', "Cache-Control": cache, "Vary": "Accept"},
+    )
 
 
 async def rendered(request: Request) -> Response:
@@ -427,7 +434,7 @@ async def rendered(request: Request) -> Response:
         number = frame or 1
         etag = renderer.key([inst], number, params, "rendered")
         if _not_modified(request, etag):
-            return Response(status_code=304, headers={"ETag": f'"{etag}"'})
+            return Response(status_code=304, headers={"ETag": f'"{etag}"', "Vary": "Accept"})
         out = await run_in_threadpool(renderer.render, inst, number, params)
         return _image_response(out.content, out.media_type, out.etag, "private, max-age=3600")
     boundary = new_boundary()
@@ -535,8 +542,7 @@ async def store_instances(request: Request) -> Response:
             raise HttpProblem(400, f"malformed multipart body: {exc}") from exc
         if not parts:
             raise HttpProblem(400, "the request holds no body parts")
-        client = request.client
-        origin = Origin(address=client.host if client else "", protocol="http")
+        origin = origin_of(request)
         outcomes: list[StowOutcome] = []
         readable = []
         for part in parts:
