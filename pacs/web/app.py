@@ -14,6 +14,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
@@ -85,7 +86,9 @@ def routes(rt: Any) -> list[BaseRoute]:
         *auth.routes(),
     ]
     if STATIC_DIR.is_dir():
-        out.append(Mount("/", app=StaticFiles(directory=STATIC_DIR, html=True), name="viewer"))
+        # The viewer's own files are text: gzip them (pixel data elsewhere is never gzipped).
+        viewer = GZipMiddleware(StaticFiles(directory=STATIC_DIR, html=True), minimum_size=1024)
+        out.append(Mount("/", app=viewer, name="viewer"))
     return out
 
 
