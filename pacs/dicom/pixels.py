@@ -23,6 +23,7 @@ from pydicom.pixels import pixel_array
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID
 
+from pacs import limits
 from pacs.errors import InvalidInstance, NoPixelData
 
 #: Largest decoded frame we agree to produce (bytes); bigger ones are refused, not attempted.
@@ -217,6 +218,8 @@ def decode_frame(fh: BinaryIO, info: PixelInfo, number: int) -> np.ndarray:
         if info.value_offset < 0:
             arr = info.header.pixel_array
             return arr[number - 1] if info.number_of_frames > 1 else arr
+        if info.encapsulated:  # decoders allocate what the codestream claims: check it first
+            limits.check_codestream(raw_frame(fh, info, number), info.rows, info.columns)
         fh.seek(0)
         return pixel_array(fh, index=number - 1)
     except NotImplementedError as exc:

@@ -28,6 +28,7 @@ from pydicom.uid import UID
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from pacs import limits
 from pacs.blobstore import BlobStore
 from pacs.dicom.extract import extract, read_header
 from pacs.errors import InvalidInstance, NotFound, StorageUnavailable
@@ -137,6 +138,8 @@ class Archive:
         ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
         if not ts:
             raise InvalidInstance("file meta has no Transfer Syntax UID")
+        if ts == limits.DEFLATED:
+            limits.check_deflated(stream, offset)
         stream.seek(0)
         header = read_header(stream)
         record = extract(header, ts)

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import pydicom
 from pydicom.dataset import Dataset
 
+from pacs import limits
 from pacs.dicom import pixels
 from pacs.dicom.json import dataset_to_json, search_result_json, tag_hex
 from pacs.errors import (
@@ -225,6 +226,7 @@ class DicomWeb:
         sop_class = sop_instance = ""
         try:
             part = _as_part10(part)
+            _check_deflated(part)
             head = pydicom.dcmread(
                 part,
                 stop_before_pixels=True,
@@ -247,6 +249,16 @@ class DicomWeb:
             return StowOutcome(sop_class, sop_instance, result=self.archive.store(part, origin))
         except (InvalidInstance, DuplicateInstance, StorageUnavailable) as exc:
             return StowOutcome(sop_class, sop_instance, error=exc)
+
+
+def _check_deflated(part: BinaryIO) -> None:
+    """Refuse a deflated dataset that would inflate beyond the limit, before pydicom inflates it."""
+    part.seek(0)
+    pydicom.filereader.read_preamble(part, force=False)  # type: ignore[arg-type]
+    meta = pydicom.filereader._read_file_meta_info(part)  # type: ignore[arg-type]
+    if str(meta.get("TransferSyntaxUID", "")) == limits.DEFLATED:
+        limits.check_deflated(part, part.tell())
+    part.seek(0)
 
 
 def _as_part10(part: BinaryIO) -> BinaryIO:
