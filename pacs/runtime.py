@@ -27,6 +27,8 @@ class Runtime:
     appraisal: Any = None  # pacs.services.appraisal.Appraisal, built by build()
     auth: Any = None  # pacs.services.auth.Auth
     audit: Any = None  # pacs.services.audit.Audit
+    dicomweb: Any = None  # pacs.services.dicomweb.DicomWeb
+    renderer: Any = None  # pacs.services.render.Renderer
 
     def close(self) -> None:
         """Flush the audit trail and release database connections."""
@@ -56,7 +58,17 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
     archive.index_hooks.append(rt.appraisal)  # service lines kept in step in the store transaction
     rt.appraisal.rebuild_lines_if_needed()
     rt.auth, rt.audit = _security(settings, engine)
+    rt.dicomweb, rt.renderer = _web_services(settings, archive)
     return rt
+
+
+def _web_services(settings: Settings, archive: Archive) -> tuple[Any, Any]:
+    """DICOMweb metadata/frames and rendering, with their caches under the storage root."""
+    from pacs.services.dicomweb import DicomWeb
+    from pacs.services.render import Renderer
+
+    cache = settings.storage.path / "cache"
+    return DicomWeb(archive, cache), Renderer(archive, cache)
 
 
 def _security(settings: Settings, engine: Engine) -> tuple[Any, Any]:

@@ -21,8 +21,6 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pacs.services.dicomweb import DicomWeb
-from pacs.services.render import Renderer
 from pacs.web import appraisal, auth, dicomweb
 from pacs.web.errors import EXCEPTION_HANDLERS
 
@@ -112,9 +110,8 @@ def create_app(rt: Any) -> Starlette:
     )
     app = Starlette(routes=routes(rt), middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
     auth.install(app, rt)
-    cache = settings.storage.path / "cache"
     app.state.settings = settings
     app.state.archive = rt.archive
-    app.state.dicomweb = DicomWeb(rt.archive, cache)
-    app.state.renderer = Renderer(rt.archive, cache)
+    app.state.dicomweb = rt.dicomweb
+    app.state.renderer = rt.renderer
     return app
