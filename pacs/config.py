@@ -92,6 +92,7 @@ class DatabaseSettings:
 
     url: str = ""
     echo: bool = False
+    busy_timeout: float = 60.0  # SQLite: seconds a write waits for the writer lock before giving up
 
 
 @dataclass(frozen=True)

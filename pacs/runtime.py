@@ -44,7 +44,9 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
     the storage at start-up (``pacs serve``) may do that.
     """
     settings.storage.path.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url, echo=settings.database.echo)
+    engine = make_engine(
+        settings.database_url, echo=settings.database.echo, busy_timeout=settings.database.busy_timeout
+    )
     if run_migrations:
         migrate(engine)
     blobs = FileBlobStore(settings.storage.path, fsync=settings.storage.fsync)

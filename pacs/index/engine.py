@@ -29,7 +29,7 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
+def make_engine(url: str, *, echo: bool = False, busy_timeout: float = 60.0) -> Engine:
     """Create an engine with the per-backend settings described in the module docstring."""
     url = normalise_url(url)
     parsed = make_url(url)
@@ -39,22 +39,22 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         engine = create_engine(
             url,
             echo=echo,
-            connect_args={"timeout": 60, "check_same_thread": False, "isolation_level": None},
+            connect_args={"timeout": busy_timeout, "check_same_thread": False, "isolation_level": None},
             pool_size=8,
             max_overflow=16,
         )
-        _sqlite_setup(engine)
+        _sqlite_setup(engine, int(busy_timeout * 1000))
         return engine
     return create_engine(url, echo=echo, pool_size=8, max_overflow=16, pool_pre_ping=True)
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, busy_timeout_ms: int = 60000) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA case_sensitive_like=ON")
         cur.close()

@@ -171,8 +171,11 @@ class Archive:
                 facts = dict(
                     size=writer.size, sha256=whole.hexdigest(), dataset_sha256=dataset_hash.hexdigest()
                 )
-                with self.read() as conn:
-                    existing = repo.existing_instance(conn, record.sop_instance_uid)
+                try:
+                    with self.read() as conn:
+                        existing = repo.existing_instance(conn, record.sop_instance_uid)
+                except DBAPIError as exc:  # OperationalError included: database down or locked
+                    raise StorageUnavailable(f"the index is not available: {exc.orig or exc}") from exc
                 if existing is not None and existing["dataset_sha256"] == facts["dataset_sha256"]:
                     log.info(
                         "duplicate instance sop=%s study=%s from=%s: already stored, nothing written",
