@@ -26,7 +26,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from pacs import limits
 from pacs.blobstore import BlobStore
@@ -113,9 +113,15 @@ class Archive:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A read-only connection (a consistent snapshot for the duration of the block)."""
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
+        """A read-only connection (a consistent snapshot for the duration of the block).
+
+        A database that cannot be reached is :class:`StorageUnavailable` (C-FIND 0xA700, HTTP 503).
+        """
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except (OperationalError, InterfaceError) as exc:
+            raise StorageUnavailable(f"the index is not available: {exc.orig or exc}") from exc
 
     # ------------------------------------------------------------------ store
 

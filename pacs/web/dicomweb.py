@@ -610,7 +610,10 @@ def _stow_response(request: Request, outcomes: list[StowOutcome]) -> Response:
     request.state.detail = f"stored={len(referenced)} failed={len(failed)}" + (
         f" ({reasons})" if reasons else ""
     )
-    return dicom_json(request, body, status=status)
+    response = dicom_json(request, body, status=status)
+    if status == 503:
+        response.headers["Retry-After"] = "30"  # the store can be sent again (RFC 9110 10.2.3)
+    return response
 
 
 # ---------------------------------------------------------------- routes
