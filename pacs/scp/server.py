@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
@@ -112,6 +112,50 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class _ReceiveFile:
+    """The spool file pynetdicom writes an incoming C-STORE data set to (chunked receive).
+
+    A write error (disk full) raised inside pynetdicom's state machine aborts the association;
+    here it is remembered instead, the bytes already written are released, the rest of the data
+    set is read and dropped, and :meth:`DicomServer.handle_store` answers 0xA700 Out of
+    Resources (PS3.4 B.2.3), so the modality keeps the instance and sends it again later.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._fh = tempfile.NamedTemporaryFile(**kwargs)  # noqa: SIM115 - closed by pynetdicom
+        self.name = self._fh.name
+        self.file = self  # pynetdicom calls ``.file.flush()``
+        self.error: OSError | None = None
+
+    def _failed(self, exc: OSError) -> None:
+        self.error = exc
+        try:
+            os.truncate(self.name, 0)
+        except OSError:
+            pass
+
+    def write(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                self._fh.write(data)
+            except OSError as exc:
+                self._failed(exc)
+        return len(data)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self._fh.flush()
+            except OSError as exc:
+                self._failed(exc)
+
+    def close(self) -> None:
+        try:
+            self._fh.close()
+        except OSError:
+            pass
+
+
 class _Listener(ThreadedAssociationServer):
     """Adds SO_REUSEPORT (several processes on one port) and TCP_NODELAY on accepted sockets."""
 
@@ -158,6 +202,7 @@ class DicomServer:
         """The application entity with every presentation context we accept."""
         d = self.settings.dicom
         _config.STORE_RECV_CHUNKED_DATASET = True  # stream each instance to disk, never whole in memory
+        dimse_messages.NamedTemporaryFile = _ReceiveFile  # a full disk answers 0xA700, not an abort
         ae = AE(ae_title=d.ae_title)
         ae.maximum_pdu_size = d.max_pdu
         ae.maximum_associations = d.max_associations
@@ -291,6 +336,16 @@ class DicomServer:
         """C-STORE: store the received file through the archive, success only once durable and indexed."""
         req = event.request
         origin = origin_of(event)
+        spool_error = getattr(getattr(req, "_dataset_file", None), "error", None)
+        if spool_error is not None:
+            log.warning(
+                "C-STORE refused sop=%s from %s@%s: 0xA700 cannot spool the instance: %s",
+                req.AffectedSOPInstanceUID,
+                origin.calling_ae,
+                origin.address,
+                spool_error,
+            )
+            return status.dataset(status.OUT_OF_RESOURCES_STORE, f"cannot receive: {spool_error.strerror}")
         try:
             with open(Path(event.dataset_path), "rb") as fh:
                 result = self.archive.store(

@@ -515,6 +515,9 @@ async def _spool(request: Request, limit: int) -> Any:
                 raise HttpProblem(413, f"the request body exceeds the {limit >> 20} MiB upload limit")
             fh.write(chunk)
         fh.flush()
+    except OSError as exc:  # disk full while spooling: retry later (503), like C-STORE 0xA700
+        fh.close()
+        raise StorageUnavailable(f"cannot receive the request body: {exc.strerror}") from exc
     except BaseException:
         fh.close()
         raise
