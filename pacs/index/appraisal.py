@@ -9,7 +9,6 @@ acquisition facts, one UPDATE per stored instance). A page of records is then a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,9 +174,51 @@ def _member_pattern(value: str) -> str:
     return "%" + _like_escape("\\" + value + "\\") + "%"
 
 
-def list_lines(conn: Connection, flt: LineFilter, after_id: int, limit: int) -> list[dict[str, Any]]:
-    """Line rows matching ``flt`` with ``id > after_id``, by id, at most ``limit``."""
-    stmt = select(L).where(L.c.id > after_id).order_by(L.c.id).limit(limit)
+#: Line columns a record is built from (not the filter-only columns nor the timestamps).
+_LINE_READ = (
+    L.c.id,
+    L.c.line_key,
+    L.c.key_source,
+    L.c.accession_number,
+    L.c.requested_procedure_id,
+    L.c.scheduled_procedure_step_id,
+    L.c.patient_id,
+    L.c.issuer_of_patient_id,
+    L.c.other_patient_ids,
+    L.c.procedure_code,
+    L.c.procedure_coding_scheme,
+    L.c.procedure_code_meaning,
+    L.c.procedure_code_source,
+    L.c.description,
+)
+#: Study + patient columns a record shows.
+_STUDY_READ = (
+    studies.c.study_instance_uid,
+    studies.c.study_date,
+    studies.c.study_time,
+    studies.c.accession_number,
+    studies.c.study_id,
+    studies.c.study_description,
+    studies.c.requested_procedure_id,
+    studies.c.referring_physician_name,
+    studies.c.requesting_physician,
+    studies.c.name_of_physicians_reading_study,
+    studies.c.number_of_study_related_series,
+    studies.c.number_of_study_related_instances,
+    patients.c.patient_id,
+    patients.c.issuer_of_patient_id,
+    patients.c.other_patient_ids,
+)
+
+
+def _dicts(result: Any) -> list[dict[str, Any]]:
+    """Rows as plain dicts (one ``zip`` per row: cheaper than ``RowMapping`` copies)."""
+    keys = list(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result.fetchall()]
+
+
+def _filtered(stmt: Any, flt: LineFilter) -> Any:
+    """``stmt`` (over ``appraisal_lines``) restricted by ``flt``."""
     if flt.line_keys:
         stmt = stmt.where(L.c.line_key.in_(flt.line_keys))
     if flt.date_from:
@@ -204,7 +245,13 @@ def list_lines(conn: Connection, flt: LineFilter, after_id: int, limit: int) -> 
         if flt.procedure_codes:
             conds.append(L.c.procedure_code.in_(flt.procedure_codes))
         stmt = stmt.where(or_(*conds) if conds else L.c.id < 0)
-    return [dict(r) for r in conn.execute(stmt).mappings()]
+    return stmt
+
+
+def list_lines(conn: Connection, flt: LineFilter, after_id: int, limit: int) -> list[dict[str, Any]]:
+    """Line rows matching ``flt`` with ``id > after_id``, by id, at most ``limit``."""
+    stmt = _filtered(select(*_LINE_READ).where(L.c.id > after_id), flt).order_by(L.c.id).limit(limit)
+    return _dicts(conn.execute(stmt))
 
 
 def line_id_of_study(conn: Connection, study_instance_uid: str) -> str | None:
@@ -217,57 +264,44 @@ def line_id_of_study(conn: Connection, study_instance_uid: str) -> str | None:
     return conn.execute(stmt).scalar()
 
 
-def members_of(conn: Connection, line_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Member rows of the given lines."""
-    if not line_ids:
-        return []
-    stmt = select(M.c.line_fk, M.c.kind, M.c.uid).where(M.c.line_fk.in_(list(line_ids))).order_by(M.c.id)
-    return [dict(r) for r in conn.execute(stmt).mappings()]
+@dataclass(frozen=True)
+class PageRows:
+    """Everything the records of one page are built from, grouped by line id (member order)."""
+
+    studies: dict[int, list[dict[str, Any]]]
+    series: dict[int, list[dict[str, Any]]]
+    steps: dict[int, list[dict[str, Any]]]
 
 
-def studies_by_uid(conn: Connection, uids: Sequence[str]) -> list[dict[str, Any]]:
-    """Study + patient rows of the given Study Instance UIDs."""
-    if not uids:
-        return []
-    stmt = (
-        select(
-            studies.c.study_instance_uid,
-            studies.c.study_date,
-            studies.c.study_time,
-            studies.c.accession_number,
-            studies.c.study_id,
-            studies.c.study_description,
-            studies.c.requested_procedure_id,
-            studies.c.referring_physician_name,
-            studies.c.requesting_physician,
-            studies.c.name_of_physicians_reading_study,
-            studies.c.number_of_study_related_series,
-            studies.c.number_of_study_related_instances,
-            patients.c.patient_id,
-            patients.c.issuer_of_patient_id,
-            patients.c.other_patient_ids,
-        )
+def page_rows(conn: Connection, flt: LineFilter, after_id: int, last_id: int) -> PageRows:
+    """Studies, series and MPPS steps of the lines of a page: ``flt`` and ``after_id < id <= last_id``.
+
+    Three set-based statements whatever the page size; the page's lines are named by the same
+    filter and id range as :func:`list_lines` (no list of ids is bound).
+    """
+    page = _filtered(select(L.c.id).where(L.c.id > after_id, L.c.id <= last_id), flt)
+    members = select(M.c.line_fk, M.c.id.label("member_id"), M.c.uid).where(M.c.line_fk.in_(page))
+    study_members = members.where(M.c.kind == "study").subquery()
+    step_members = members.where(M.c.kind == "mpps").subquery()
+    study_stmt = (
+        select(study_members.c.line_fk, *_STUDY_READ)
+        .join(studies, studies.c.study_instance_uid == study_members.c.uid)
         .join(patients, studies.c.patient_fk == patients.c.id)
-        .where(studies.c.study_instance_uid.in_(list(uids)))
-        .order_by(studies.c.id)
+        .order_by(study_members.c.member_id)
     )
-    return [dict(r) for r in conn.execute(stmt).mappings()]
-
-
-def series_of_lines(conn: Connection, line_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Per-series acquisition facts of the given lines."""
-    if not line_ids:
-        return []
-    stmt = select(S).where(S.c.line_fk.in_(list(line_ids))).order_by(S.c.line_fk, S.c.series_number, S.c.id)
-    return [dict(r) for r in conn.execute(stmt).mappings()]
-
-
-def mpps_by_uid(conn: Connection, uids: Sequence[str]) -> list[dict[str, Any]]:
-    """MPPS rows by SOP Instance UID."""
-    if not uids:
-        return []
-    stmt = select(mpps).where(mpps.c.sop_instance_uid.in_(list(uids))).order_by(mpps.c.id)
-    return [dict(r) for r in conn.execute(stmt).mappings()]
+    step_stmt = (
+        select(step_members.c.line_fk, mpps)
+        .join(mpps, mpps.c.sop_instance_uid == step_members.c.uid)
+        .order_by(step_members.c.member_id)
+    )
+    series_stmt = (
+        select(S).where(S.c.line_fk.in_(page)).order_by(S.c.line_fk, S.c.series_number, S.c.id)
+    )
+    out = PageRows({}, {}, {})
+    for stmt, group in ((study_stmt, out.studies), (step_stmt, out.steps), (series_stmt, out.series)):
+        for row in _dicts(conn.execute(stmt)):
+            group.setdefault(row["line_fk"], []).append(row)
+    return out
 
 
 def device_series(

@@ -14,11 +14,13 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import gc
 import io
 import json
 import logging
 import re
 import statistics
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -215,6 +217,20 @@ def parse_offset(text: str | None) -> timezone | None:
 @lru_cache(maxsize=65536)
 def parse_dicom_datetime(text: str | None, default_tz: timezone) -> tuple[datetime, bool] | None:
     """A DICOM DT (or DA+TM concatenation) -> (aware datetime, whether it carried its own offset)."""
+    if text and len(text) == 14 and text.isascii() and text.isdigit():  # YYYYMMDDHHMMSS: most values
+        try:
+            value = datetime(
+                int(text[:4]),
+                int(text[4:6]),
+                int(text[6:8]),
+                int(text[8:10]),
+                int(text[10:12]),
+                int(text[12:]),
+                tzinfo=default_tz,
+            )
+        except ValueError:
+            return None
+        return value, False
     text = (text or "").strip().replace(":", "").replace("-", "", 2) if text else ""
     if not text:
         return None
@@ -254,7 +270,12 @@ def iso(value: datetime | None) -> str | None:
 
 def claim_time(value: datetime | None) -> str:
     """``yyyymmddHHMM`` in Vietnam time (UTC+7), truncated to the minute, as the claim tables use."""
-    return value.astimezone(VIETNAM).strftime("%Y%m%d%H%M") if value else ""
+    if not value:
+        return ""
+    v = value.astimezone(VIETNAM)
+    if v.year < 1000:
+        return v.strftime("%Y%m%d%H%M")
+    return f"{v.year}{v.month:02d}{v.day:02d}{v.hour:02d}{v.minute:02d}"
 
 
 def _names(*values: str | None) -> list[str]:
@@ -266,10 +287,14 @@ def _names(*values: str | None) -> list[str]:
     return out
 
 
+_CITIZEN_ID = re.compile(r"\d{12}")
+_CARD_CODE = re.compile(r"[A-Z]{2}\d{13}")
+
+
 def _patient_ids(patient_id: str | None, issuer: str | None, others: str | None) -> dict[str, Any]:
     candidates = [p for p in [patient_id or "", *(others or "").split("\\")] if p.strip()]
-    citizen = next((p.strip() for p in candidates if re.fullmatch(r"\d{12}", p.strip())), None)
-    card = next((p.strip() for p in candidates if re.fullmatch(r"[A-Z]{2}\d{13}", p.strip())), None)
+    citizen = next((p.strip() for p in candidates if _CITIZEN_ID.fullmatch(p.strip())), None)
+    card = next((p.strip() for p in candidates if _CARD_CODE.fullmatch(p.strip())), None)
     return {
         "patient_id": patient_id,
         "issuer_of_patient_id": issuer,
@@ -782,312 +807,30 @@ class Appraisal:
             count,
         )
 
-    def _page(self, flt: sql.LineFilter, after: int, limit: int) -> tuple[list[dict[str, Any]], str | None]:
-        with self._read() as conn:
+    def _page(
+        self, flt: sql.LineFilter, after: int, limit: int, builder: _Builder | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        with _gc_paused(), self._read() as conn:
             lines = sql.list_lines(conn, flt, after, limit + 1)
             more = len(lines) > limit
             lines = lines[:limit]
-            ids = [ln["id"] for ln in lines]
-            members = sql.members_of(conn, ids)
-            study_rows = sql.studies_by_uid(conn, [m["uid"] for m in members if m["kind"] == "study"])
-            series_rows = sql.series_of_lines(conn, ids)
-            steps = sql.mpps_by_uid(conn, [m["uid"] for m in members if m["kind"] == "mpps"])
-        by_uid = {s["study_instance_uid"]: s for s in study_rows}
-        step_by_uid = {s["sop_instance_uid"]: s for s in steps}
-        studies_of: dict[int, list[dict[str, Any]]] = {}
-        steps_of: dict[int, list[dict[str, Any]]] = {}
-        for m in members:
-            if m["kind"] == "study" and m["uid"] in by_uid:
-                studies_of.setdefault(m["line_fk"], []).append(by_uid[m["uid"]])
-            elif m["kind"] == "mpps" and m["uid"] in step_by_uid:
-                steps_of.setdefault(m["line_fk"], []).append(step_by_uid[m["uid"]])
-        series_of: dict[int, list[dict[str, Any]]] = {}
-        for s in series_rows:
-            series_of.setdefault(s["line_fk"], []).append(s)
-        records = [
-            self._record(
-                ln, studies_of.get(ln["id"], []), series_of.get(ln["id"], []), steps_of.get(ln["id"], [])
-            )
-            for ln in lines
-        ]
-        return records, (_encode_cursor(lines[-1]["id"]) if more and lines else None)
-
-    # ------------------------------------------------------------------ one record
-
-    def _record(
-        self,
-        line: dict[str, Any],
-        study_rows: list[dict[str, Any]],
-        series_rows: list[dict[str, Any]],
-        steps: list[dict[str, Any]],
-    ) -> dict[str, Any]:
-        notes: list[str] = []
-        regs = self.registers
-        tol = self.settings.clock_tolerance_seconds
-        study = study_rows[0] if study_rows else None
-
-        # --- service (procedure code from the images or the MPPS, else the study description)
-        procedure_code = line["procedure_code"]
-        code_source = line["procedure_code_source"]
-        if not procedure_code:
-            step_code = next((s for s in steps if s["procedure_code"]), None)
-            if step_code:
-                procedure_code, code_source = step_code["procedure_code"], "ProcedureCodeSequence (MPPS)"
-        descriptions = [s["study_description"] for s in study_rows if s["study_description"]]
-        description = descriptions[0] if descriptions else line["description"]
-        service = regs.service(procedure_code, None)
-        service_source = code_source if service else None
-        if service is None:
-            service = regs.service(None, description)
-            service_source = "StudyDescription" if service else None
-        if service is None:
-            notes.append("service code not found in the service register: MA_DICH_VU left empty")
-
-        # --- acquisition times per series
-        series_out: list[dict[str, Any]] = []
-        devices: dict[tuple[Any, ...], dict[str, Any]] = {}
-        firsts: list[tuple[datetime, str, str]] = []
-        lasts: list[tuple[datetime, str, str]] = []
-        received: list[datetime] = []
-        for s in series_rows:
-            first, last, source, tz_source = self._series_times(s)
-            r_first, r_last = _as_utc(s["first_received"]), _as_utc(s["last_received"])
-            if r_first:
-                received.append(r_first)
-            if r_last:
-                received.append(r_last)
-            if first and last:
-                firsts.append((first, source, tz_source))  # type: ignore[arg-type]
-                lasts.append((last, source, tz_source))  # type: ignore[arg-type]
-            series_out.append(
-                {
-                    "series_instance_uid": s["series_instance_uid"],
-                    "study_instance_uid": s["study_instance_uid"],
-                    "modality": s["modality"],
-                    "series_date": s["series_date"],
-                    "series_time": s["series_time"],
-                    "instance_count": s["instance_count"],
-                    "first_acquisition": iso(first),
-                    "last_acquisition": iso(last),
-                    "acquisition_time_source": source,
-                    "received_first": iso(r_first),
-                    "received_last": iso(r_last),
-                }
-            )
-            sending = _names(s["ae_min"], s["ae_max"])
-            key = (
-                s["modality"],
-                s["manufacturer"],
-                s["manufacturer_model_name"],
-                s["device_serial_number"],
-                s["station_name"],
-                tuple(sending),
-            )
-            dev = devices.get(key)
-            if dev is None:
-                dev = devices[key] = self._device(s, sending, tz_source, notes)
-            dev["series"].append(s["series_instance_uid"])
-            _clock_facts(dev["clock"], s, last, r_last, tol)
-        first_acq = min(firsts, key=lambda t: t[0]) if firsts else None
-        last_acq = max(lasts, key=lambda t: t[0]) if lasts else None
-        if not series_rows:
-            notes.append("images: none yet (no image of this service line is in the archive)")
-
-        # --- procedure steps
-        steps_out = [self._step(s) for s in steps]
-        step_start = min((s["_start"] for s in steps_out if s["_start"]), default=None)
-        for s in steps_out:
-            s.pop("_start")
-
-        # --- people
-        performing = _names(*(s["performing_physician_name"] for s in series_rows))
-        operators = _names(*(s["operators_name"] for s in series_rows))
-        for step in steps:
-            attrs = json.loads(step["attributes"] or "{}")
-            performing = _names("\\".join(performing), *attrs.get("performing_physicians", []))
-            operators = _names("\\".join(operators), *attrs.get("operators", []))
-        people = {
-            "referring": self._people(
-                _names(
-                    *(
-                        n
-                        for s in study_rows
-                        for n in (s["referring_physician_name"], s["requesting_physician"])
-                    )
+            rows = sql.page_rows(conn, flt, after, lines[-1]["id"]) if lines else None
+        if rows is None:
+            return [], None
+        build = (builder or _Builder(self)).record
+        empty: list[dict[str, Any]] = []
+        studies_of, series_of, steps_of = rows.studies, rows.series, rows.steps
+        with _gc_paused():
+            records = [
+                build(
+                    ln,
+                    studies_of.get(ln["id"], empty),
+                    series_of.get(ln["id"], empty),
+                    steps_of.get(ln["id"], empty),
                 )
-            ),
-            "performing": self._people(performing),
-            "operators": self._people(operators),
-            "reading": self._people(_names(*(s["name_of_physicians_reading_study"] for s in study_rows))),
-        }
-        unknown_staff = [p["dicom_name"] for group in people.values() for p in group if not p["licence_code"]]
-        if unknown_staff:
-            notes.append("not in the staff register (licence code left empty): " + "; ".join(unknown_staff))
-
-        # --- ordering checks (facts only; order and result times are not known to the PACS)
-        fa = first_acq[0] if first_acq else None
-        la = last_acq[0] if last_acq else None
-        first_received = min(received) if received else None
-        last_received = max(received) if received else None
-        checks = [
-            _check("order_time <= first_acquisition", ("order_time", None), ("first_acquisition", fa)),
-            _check(
-                "first_acquisition <= last_acquisition", ("first_acquisition", fa), ("last_acquisition", la)
-            ),
-            _check("last_acquisition <= result_time", ("last_acquisition", la), ("result_time", None)),
-            _check(
-                "first_acquisition <= first_received_at_archive",
-                ("first_acquisition", fa),
-                ("first_received_at_archive", first_received),
-            ),
-        ]
-        if step_start is not None:
-            checks.append(
-                _check(
-                    "procedure_step_start <= first_acquisition",
-                    ("procedure_step_start", step_start),
-                    ("first_acquisition", fa),
-                )
-            )
-
-        code = service.service_code if service else None
-        refs = [
-            {
-                "service_code": ref.service_code,
-                "reference_minutes": ref.reference_minutes,
-                "source": ref.source,
-                "note": ref.note,
-                "reference_only": True,
-            }
-            for ref in (regs.reference_times.get(code, []) if code else [])
-        ]
-        machine_codes = [d["machine_code"] for d in devices.values()]
-        span = None
-        if fa and la:
-            span = {
-                "from": iso(fa),
-                "to": iso(la),
-                "seconds": round((la - fa).total_seconds(), 1),
-                "basis": "first to last image acquisition time written by the device",
-            }
-        device_start = step_start or fa
-        performer_codes = [
-            p["licence_code"] for p in people["performing"] + people["operators"] if p["licence_code"]
-        ]
-        orderer_codes = [p["licence_code"] for p in people["referring"] if p["licence_code"]]
-        if study is not None:
-            pids = _patient_ids(
-                study["patient_id"], study["issuer_of_patient_id"], study["other_patient_ids"]
-            )
-        else:
-            pids = _patient_ids(line["patient_id"], line["issuer_of_patient_id"], line["other_patient_ids"])
-        notes.append("MA_LK (episode key) comes from the HIS and is not known to the PACS")
-        return {
-            "id": line["line_key"],
-            "label": self.label,
-            "facility_code": self.settings.facility_code or None,
-            "service_line": {
-                "key_source": line["key_source"],
-                "accession_number": line["accession_number"],
-                "requested_procedure_id": line["requested_procedure_id"],
-                "scheduled_procedure_step_id": line["scheduled_procedure_step_id"],
-                "study_instance_uids": [s["study_instance_uid"] for s in study_rows],
-                "images": "received" if series_rows else "none yet",
-            },
-            "service": {
-                "service_code": code,
-                "service_name": service.service_name if service else None,
-                "source": service_source,
-                "procedure_code": procedure_code,
-                "procedure_coding_scheme": line["procedure_coding_scheme"]
-                if line["procedure_code"]
-                else None,
-                "procedure_code_meaning": line["procedure_code_meaning"] if line["procedure_code"] else None,
-                "procedure_code_source": code_source,
-                "study_description": description,
-            },
-            "patient": pids,
-            "studies": [
-                {
-                    "study_instance_uid": s["study_instance_uid"],
-                    "study_id": s["study_id"],
-                    "study_date": s["study_date"],
-                    "study_time": s["study_time"],
-                    "study_description": s["study_description"],
-                    "accession_number": s["accession_number"],
-                    "number_of_series": s["number_of_study_related_series"],
-                    "number_of_instances": s["number_of_study_related_instances"],
-                }
-                for s in study_rows
-            ],
-            "series": series_out,
-            "procedure_steps": steps_out,
-            "device_timestamps": {
-                "first_acquisition": _stamp(first_acq),
-                "last_acquisition": _stamp(last_acq),
-                "procedure_step_start": iso(step_start),
-            },
-            "device_acquisition_span": span,
-            "archive_receipt": {
-                "first_received": iso(first_received),
-                "last_received": iso(last_received),
-                "source": "archive receive log (instances received_at, events instance.stored)",
-            },
-            "devices": list(devices.values()),
-            "people": people,
-            "ordering_checks": checks,
-            "reference_times": refs,
-            "claim_fields": {
-                "MA_LK": "",
-                "MA_DICH_VU": code or "",
-                "TEN_DICH_VU": service.service_name if service else "",
-                "MA_BAC_SI": ";".join(orderer_codes),
-                "NGUOI_THUC_HIEN": ";".join(performer_codes),
-                "NGAY_YL": "",
-                "NGAY_TH_YL": claim_time(device_start),
-                "NGAY_KQ": "",
-                "MA_MAY": ";".join(m["current"] for m in machine_codes if m["current"]),
-                "PACS_MA_MAY_4750": ";".join(m["previous"] for m in machine_codes if m["previous"]),
-                "TG_THIET_BI_BAT_DAU": claim_time(fa),
-                "TG_THIET_BI_KET_THUC": claim_time(la),
-            },
-            "notes": notes,
-        }
-
-    def _device(
-        self, s: dict[str, Any], sending: list[str], tz_source: str | None, notes: list[str]
-    ) -> dict[str, Any]:
-        code = self.registers.machine_code(s["device_serial_number"], s["station_name"])
-        notes.extend(n for n in code.notes if n not in notes)
-        return {
-            "modality": s["modality"],
-            "manufacturer": s["manufacturer"],
-            "manufacturer_model_name": s["manufacturer_model_name"],
-            "device_serial_number": s["device_serial_number"],
-            "station_name": s["station_name"],
-            "software_versions": s.get("software_versions"),
-            "sending_ae_titles": sending,
-            "machine_code": {
-                "current": code.current or None,
-                "current_format": "3176/QĐ-BYT XX.n.Z",
-                "previous": code.previous or None,
-                "previous_format": "4750/QĐ-BYT XX.n.YYYYY.Z",
-                "in_device_register": code.registered,
-            },
-            "clock": {
-                "timezone_offset_from_utc": None,
-                "timezone_source": tz_source,
-                "acquisition_time_synchronized": None,
-                "time_synchronised": None,
-                "time_source": s["time_source"],
-                "clock_offset_seconds": None,
-                "clock_offset_basis": OFFSET_BASIS,
-                "tolerance_seconds": self.settings.clock_tolerance_seconds,
-                "clock_offset_beyond_tolerance": None,
-                "device_clock_ahead_of_archive": None,
-            },
-            "series": [],
-        }
+                for ln in lines
+            ]
+        return records, (_encode_cursor(lines[-1]["id"]) if more else None)
 
     # ------------------------------------------------------------------ device clocks
 
@@ -1111,6 +854,7 @@ class Appraisal:
         with self._read() as conn:
             rows = sql.device_series(conn, lo.astimezone(UTC), hi.astimezone(UTC) if hi else None)
         tol = self.settings.clock_tolerance_seconds
+        assumed = _assumed(self.settings)
         device_filter = (params.get("device") or "").strip()
         out: dict[tuple[Any, ...], dict[str, Any]] = {}
         for s in rows:
@@ -1143,7 +887,7 @@ class Appraisal:
             d["_sync"].update(v for v in (s["sync_min"], s["sync_max"]) if v)
             d["_tz"].update(v for v in (s["tz_min"], s["tz_max"]) if v)
             d["time_source"] = d["time_source"] or s["time_source"]
-            _first, last, _src, _tzs = self._series_times(s)
+            _first, last, _src, _tzs = series_times(s, self.device_tz, assumed)
             r_last = _as_utc(s["last_received"])
             if last and r_last:
                 d["_offsets"].append((r_last, round((last - r_last).total_seconds(), 1)))
@@ -1186,67 +930,6 @@ class Appraisal:
             "count": len(devices),
             "devices": devices,
         }
-
-    def _series_times(
-        self, s: dict[str, Any]
-    ) -> tuple[datetime | None, datetime | None, str | None, str | None]:
-        """First/last acquisition of a series from the best source present (domain notes table)."""
-        sources = (
-            ("AcquisitionDateTime", s["min_adt"], s["max_adt"]),
-            ("AcquisitionDate+AcquisitionTime", s["min_ad_at"], s["max_ad_at"]),
-            ("ContentDate+ContentTime", s["min_cd_ct"], s["max_cd_ct"]),
-            (
-                "SeriesDate+SeriesTime",
-                (s["series_date"] or "") + (s["series_time"] or "") if s["series_date"] else None,
-                (s["series_date"] or "") + (s["series_time"] or "") if s["series_date"] else None,
-            ),
-        )
-        tz = parse_offset(s["tz_min"]) if s["tz_min"] and s["tz_min"] == s["tz_max"] else None
-        default = tz or self.device_tz
-        for name, lo, hi in sources:
-            first = parse_dicom_datetime(lo, default)
-            last = parse_dicom_datetime(hi, default)
-            if first and last:
-                if first[1]:
-                    tz_source = "offset in AcquisitionDateTime"
-                elif tz:
-                    tz_source = "TimezoneOffsetFromUTC"
-                else:
-                    tz_source = f"assumed {self.settings.device_utc_offset} ([appraisal] device_utc_offset)"
-                return first[0], last[0], name, tz_source
-        return None, None, None, None
-
-    def _step(self, row: dict[str, Any]) -> dict[str, Any]:
-        attrs = json.loads(row["attributes"] or "{}")
-        start = parse_dicom_datetime((row["start_date"] or "") + (row["start_time"] or ""), self.device_tz)
-        end = (
-            parse_dicom_datetime((row["end_date"] or "") + (row["end_time"] or ""), self.device_tz)
-            if row["end_date"]
-            else None
-        )
-        return {
-            "sop_instance_uid": row["sop_instance_uid"],
-            "status": row["status"],
-            "start": iso(start[0]) if start else None,
-            "start_source": "PerformedProcedureStepStartDate/Time (0040,0244/0245)",
-            "end": iso(end[0]) if end else None,
-            "end_source": "PerformedProcedureStepEndDate/Time (0040,0250/0251)",
-            "performed_station_ae_title": row["performed_station_ae_title"],
-            "performed_station_name": row["performed_station_name"],
-            "modality": row["modality"],
-            "accession_number": row["accession_number"],
-            "requested_procedure_id": row["requested_procedure_id"],
-            "scheduled_procedure_step_id": row["scheduled_procedure_step_id"],
-            "procedure_code": row["procedure_code"],
-            "performed_series": attrs.get("performed_series", []),
-            "sending_ae_title": row["calling_ae"],
-            "received_at": iso(_as_utc(row["created_at"])),
-            "updated_at": iso(_as_utc(row["updated_at"])),
-            "_start": start[0] if start else None,
-        }
-
-    def _people(self, names: list[str]) -> list[dict[str, Any]]:
-        return [{"dicom_name": n, "licence_code": self.registers.licence(n)} for n in names]
 
     # ------------------------------------------------------------------ exports
 
@@ -1300,6 +983,447 @@ class Appraisal:
         """A printable HTML view of one record (no images, no full header)."""
         rec = self.get_record(record_id, origin, what="records.html")
         return render_html(rec)
+
+
+# ---------------------------------------------------------------------- records
+
+
+_NO_SERVICE = "service code not found in the service register: MA_DICH_VU left empty"
+_NO_IMAGES = "images: none yet (no image of this service line is in the archive)"
+_NO_MA_LK = "MA_LK (episode key) comes from the HIS and is not known to the PACS"
+_MPPS_CODE = "ProcedureCodeSequence (MPPS)"
+_SPAN_BASIS = "first to last image acquisition time written by the device"
+_RECEIPT_SOURCE = "archive receive log (instances received_at, events instance.stored)"
+_STEP_START_SOURCE = "PerformedProcedureStepStartDate/Time (0040,0244/0245)"
+_STEP_END_SOURCE = "PerformedProcedureStepEndDate/Time (0040,0250/0251)"
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_resume = False
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a page of records is fetched and built.
+
+    A page allocates tens of thousands of small dicts and lists without reference cycles; each
+    700 allocations would otherwise start a collection, and the older generations scan the whole
+    heap (half the build time of a page of 1,000). Reference counting still frees everything;
+    collection resumes when the last concurrent page is done.
+    """
+    global _gc_pauses, _gc_resume
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_resume = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_resume:
+                gc.enable()
+
+
+def _assumed(settings: AppraisalSettings) -> str:
+    return f"assumed {settings.device_utc_offset} ([appraisal] device_utc_offset)"
+
+
+def series_times(
+    s: dict[str, Any], device_tz: timezone, assumed: str
+) -> tuple[datetime | None, datetime | None, str | None, str | None]:
+    """First/last acquisition of a series from the best source present (domain notes table).
+
+    Returns (first, last, attribute used, where the offset came from); ``assumed`` names the
+    configured device offset used when the images carry none.
+    """
+    tz = parse_offset(s["tz_min"]) if s["tz_min"] and s["tz_min"] == s["tz_max"] else None
+    default = tz or device_tz
+    series_dt = (s["series_date"] or "") + (s["series_time"] or "") if s["series_date"] else None
+    for name, lo, hi in (
+        ("AcquisitionDateTime", s["min_adt"], s["max_adt"]),
+        ("AcquisitionDate+AcquisitionTime", s["min_ad_at"], s["max_ad_at"]),
+        ("ContentDate+ContentTime", s["min_cd_ct"], s["max_cd_ct"]),
+        ("SeriesDate+SeriesTime", series_dt, series_dt),
+    ):
+        if not lo or not hi:
+            continue
+        first = parse_dicom_datetime(lo, default)
+        last = parse_dicom_datetime(hi, default)
+        if first and last:
+            if first[1]:
+                tz_source = "offset in AcquisitionDateTime"
+            elif tz:
+                tz_source = "TimezoneOffsetFromUTC"
+            else:
+                tz_source = assumed
+            return first[0], last[0], name, tz_source
+    return None, None, None, None
+
+
+class _Builder:
+    """Builds the records of one request (a page, one record or an export).
+
+    Register look-ups (service, machine code, staff licence, reference times) are made once per
+    distinct key for the whole request; everything else is a straight pass over the rows.
+    """
+
+    def __init__(self, svc: Appraisal) -> None:
+        self.regs = svc.registers
+        self.settings = svc.settings
+        self.tol = svc.settings.clock_tolerance_seconds
+        self.device_tz = svc.device_tz
+        self.assumed = _assumed(svc.settings)
+        self.label = svc.label
+        self.facility = svc.settings.facility_code or None
+        self._services: dict[tuple[str | None, str | None], tuple[Any, bool]] = {}
+        self._machines: dict[tuple[str | None, str | None], Any] = {}
+        self._licences: dict[str, str | None] = {}
+        self._refs: dict[str, list[Any]] = {}
+
+    # ------------------------------------------------------------------ cached look-ups
+
+    def service(self, procedure_code: str | None, description: str | None) -> tuple[Any, bool]:
+        """(service entry or None, whether it was found by procedure code)."""
+        key = (procedure_code, description)
+        got = self._services.get(key)
+        if got is None:
+            entry = self.regs.service(procedure_code, None)
+            got = (entry, True) if entry is not None else (self.regs.service(None, description), False)
+            self._services[key] = got
+        return got
+
+    def machine_code(self, serial: str | None, station: str | None) -> Any:
+        key = (serial, station)
+        code = self._machines.get(key)
+        if code is None:
+            code = self._machines[key] = self.regs.machine_code(serial, station)
+        return code
+
+    def people(self, names: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for n in names:
+            if n in self._licences:
+                code = self._licences[n]
+            else:
+                code = self._licences[n] = self.regs.licence(n)
+            out.append({"dicom_name": n, "licence_code": code})
+        return out
+
+    def references(self, code: str | None) -> list[dict[str, Any]]:
+        if not code:
+            return []
+        refs = self._refs.get(code)
+        if refs is None:
+            refs = self._refs[code] = self.regs.reference_times.get(code, [])
+        return [
+            {
+                "service_code": ref.service_code,
+                "reference_minutes": ref.reference_minutes,
+                "source": ref.source,
+                "note": ref.note,
+                "reference_only": True,
+            }
+            for ref in refs
+        ]
+
+    # ------------------------------------------------------------------ parts
+
+    def step(self, row: dict[str, Any]) -> tuple[dict[str, Any], datetime | None, dict[str, Any]]:
+        """One procedure step: (its record entry, its start, its stored attributes)."""
+        attrs = json.loads(row["attributes"] or "{}")
+        start = parse_dicom_datetime((row["start_date"] or "") + (row["start_time"] or ""), self.device_tz)
+        end = (
+            parse_dicom_datetime((row["end_date"] or "") + (row["end_time"] or ""), self.device_tz)
+            if row["end_date"]
+            else None
+        )
+        entry = {
+            "sop_instance_uid": row["sop_instance_uid"],
+            "status": row["status"],
+            "start": iso(start[0]) if start else None,
+            "start_source": _STEP_START_SOURCE,
+            "end": iso(end[0]) if end else None,
+            "end_source": _STEP_END_SOURCE,
+            "performed_station_ae_title": row["performed_station_ae_title"],
+            "performed_station_name": row["performed_station_name"],
+            "modality": row["modality"],
+            "accession_number": row["accession_number"],
+            "requested_procedure_id": row["requested_procedure_id"],
+            "scheduled_procedure_step_id": row["scheduled_procedure_step_id"],
+            "procedure_code": row["procedure_code"],
+            "performed_series": attrs.get("performed_series", []),
+            "sending_ae_title": row["calling_ae"],
+            "received_at": iso(_as_utc(row["created_at"])),
+            "updated_at": iso(_as_utc(row["updated_at"])),
+        }
+        return entry, (start[0] if start else None), attrs
+
+    def device(
+        self, s: dict[str, Any], sending: list[str], tz_source: str | None, notes: list[str]
+    ) -> dict[str, Any]:
+        code = self.machine_code(s["device_serial_number"], s["station_name"])
+        notes.extend(n for n in code.notes if n not in notes)
+        return {
+            "modality": s["modality"],
+            "manufacturer": s["manufacturer"],
+            "manufacturer_model_name": s["manufacturer_model_name"],
+            "device_serial_number": s["device_serial_number"],
+            "station_name": s["station_name"],
+            "software_versions": s.get("software_versions"),
+            "sending_ae_titles": sending,
+            "machine_code": {
+                "current": code.current or None,
+                "current_format": "3176/QĐ-BYT XX.n.Z",
+                "previous": code.previous or None,
+                "previous_format": "4750/QĐ-BYT XX.n.YYYYY.Z",
+                "in_device_register": code.registered,
+            },
+            "clock": {
+                "timezone_offset_from_utc": None,
+                "timezone_source": tz_source,
+                "acquisition_time_synchronized": None,
+                "time_synchronised": None,
+                "time_source": s["time_source"],
+                "clock_offset_seconds": None,
+                "clock_offset_basis": OFFSET_BASIS,
+                "tolerance_seconds": self.tol,
+                "clock_offset_beyond_tolerance": None,
+                "device_clock_ahead_of_archive": None,
+            },
+            "series": [],
+        }
+
+    # ------------------------------------------------------------------ one record
+
+    def record(
+        self,
+        line: dict[str, Any],
+        study_rows: list[dict[str, Any]],
+        series_rows: list[dict[str, Any]],
+        steps: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """The record of one service line from its line, study, series and MPPS rows."""
+        notes: list[str] = []
+        tol = self.tol
+        study = study_rows[0] if study_rows else None
+
+        # --- service (procedure code from the images or the MPPS, else the study description)
+        procedure_code = line["procedure_code"]
+        code_source = line["procedure_code_source"]
+        if not procedure_code:
+            for st in steps:
+                if st["procedure_code"]:
+                    procedure_code, code_source = st["procedure_code"], _MPPS_CODE
+                    break
+        description = (
+            next((s["study_description"] for s in study_rows if s["study_description"]), None)
+            or line["description"]
+        )
+        service, by_code = self.service(procedure_code, description)
+        service_source = code_source if by_code else ("StudyDescription" if service else None)
+        if service is None:
+            notes.append(_NO_SERVICE)
+
+        # --- acquisition times per series
+        series_out: list[dict[str, Any]] = []
+        devices: dict[tuple[Any, ...], dict[str, Any]] = {}
+        first_acq: tuple[datetime, str, str] | None = None
+        last_acq: tuple[datetime, str, str] | None = None
+        first_received: datetime | None = None
+        last_received: datetime | None = None
+        for s in series_rows:
+            first, last, source, tz_source = series_times(s, self.device_tz, self.assumed)
+            r_first, r_last = _as_utc(s["first_received"]), _as_utc(s["last_received"])
+            for r in (r_first, r_last):
+                if r:
+                    if first_received is None or r < first_received:
+                        first_received = r
+                    if last_received is None or r > last_received:
+                        last_received = r
+            if first and last:
+                if first_acq is None or first < first_acq[0]:
+                    first_acq = (first, source, tz_source)  # type: ignore[assignment]
+                if last_acq is None or last > last_acq[0]:
+                    last_acq = (last, source, tz_source)  # type: ignore[assignment]
+            series_out.append(
+                {
+                    "series_instance_uid": s["series_instance_uid"],
+                    "study_instance_uid": s["study_instance_uid"],
+                    "modality": s["modality"],
+                    "series_date": s["series_date"],
+                    "series_time": s["series_time"],
+                    "instance_count": s["instance_count"],
+                    "first_acquisition": iso(first),
+                    "last_acquisition": iso(last),
+                    "acquisition_time_source": source,
+                    "received_first": iso(r_first),
+                    "received_last": iso(r_last),
+                }
+            )
+            sending = _names(s["ae_min"], s["ae_max"])
+            key = (
+                s["modality"],
+                s["manufacturer"],
+                s["manufacturer_model_name"],
+                s["device_serial_number"],
+                s["station_name"],
+                tuple(sending),
+            )
+            dev = devices.get(key)
+            if dev is None:
+                dev = devices[key] = self.device(s, sending, tz_source, notes)
+            dev["series"].append(s["series_instance_uid"])
+            _clock_facts(dev["clock"], s, last, r_last, tol)
+        if not series_rows:
+            notes.append(_NO_IMAGES)
+
+        # --- procedure steps
+        steps_out = []
+        step_start: datetime | None = None
+        performing = _names(*(s["performing_physician_name"] for s in series_rows))
+        operators = _names(*(s["operators_name"] for s in series_rows))
+        for row in steps:
+            entry, start, attrs = self.step(row)
+            steps_out.append(entry)
+            if start and (step_start is None or start < step_start):
+                step_start = start
+            performing = _names("\\".join(performing), *attrs.get("performing_physicians", []))
+            operators = _names("\\".join(operators), *attrs.get("operators", []))
+
+        # --- people
+        people = {
+            "referring": self.people(
+                _names(
+                    *(
+                        n
+                        for s in study_rows
+                        for n in (s["referring_physician_name"], s["requesting_physician"])
+                    )
+                )
+            ),
+            "performing": self.people(performing),
+            "operators": self.people(operators),
+            "reading": self.people(_names(*(s["name_of_physicians_reading_study"] for s in study_rows))),
+        }
+        unknown_staff = [p["dicom_name"] for group in people.values() for p in group if not p["licence_code"]]
+        if unknown_staff:
+            notes.append("not in the staff register (licence code left empty): " + "; ".join(unknown_staff))
+
+        # --- ordering checks (facts only; order and result times are not known to the PACS)
+        fa = first_acq[0] if first_acq else None
+        la = last_acq[0] if last_acq else None
+        checks = [
+            _check("order_time <= first_acquisition", ("order_time", None), ("first_acquisition", fa)),
+            _check(
+                "first_acquisition <= last_acquisition", ("first_acquisition", fa), ("last_acquisition", la)
+            ),
+            _check("last_acquisition <= result_time", ("last_acquisition", la), ("result_time", None)),
+            _check(
+                "first_acquisition <= first_received_at_archive",
+                ("first_acquisition", fa),
+                ("first_received_at_archive", first_received),
+            ),
+        ]
+        if step_start is not None:
+            checks.append(
+                _check(
+                    "procedure_step_start <= first_acquisition",
+                    ("procedure_step_start", step_start),
+                    ("first_acquisition", fa),
+                )
+            )
+
+        code = service.service_code if service else None
+        machine_codes = [d["machine_code"] for d in devices.values()]
+        span = None
+        if fa and la:
+            span = {
+                "from": iso(fa),
+                "to": iso(la),
+                "seconds": round((la - fa).total_seconds(), 1),
+                "basis": _SPAN_BASIS,
+            }
+        device_start = step_start or fa
+        performer_codes = [
+            p["licence_code"] for p in people["performing"] + people["operators"] if p["licence_code"]
+        ]
+        orderer_codes = [p["licence_code"] for p in people["referring"] if p["licence_code"]]
+        src = study if study is not None else line
+        pids = _patient_ids(src["patient_id"], src["issuer_of_patient_id"], src["other_patient_ids"])
+        notes.append(_NO_MA_LK)
+        has_code = bool(line["procedure_code"])
+        return {
+            "id": line["line_key"],
+            "label": dict(self.label),
+            "facility_code": self.facility,
+            "service_line": {
+                "key_source": line["key_source"],
+                "accession_number": line["accession_number"],
+                "requested_procedure_id": line["requested_procedure_id"],
+                "scheduled_procedure_step_id": line["scheduled_procedure_step_id"],
+                "study_instance_uids": [s["study_instance_uid"] for s in study_rows],
+                "images": "received" if series_rows else "none yet",
+            },
+            "service": {
+                "service_code": code,
+                "service_name": service.service_name if service else None,
+                "source": service_source,
+                "procedure_code": procedure_code,
+                "procedure_coding_scheme": line["procedure_coding_scheme"] if has_code else None,
+                "procedure_code_meaning": line["procedure_code_meaning"] if has_code else None,
+                "procedure_code_source": code_source,
+                "study_description": description,
+            },
+            "patient": pids,
+            "studies": [
+                {
+                    "study_instance_uid": s["study_instance_uid"],
+                    "study_id": s["study_id"],
+                    "study_date": s["study_date"],
+                    "study_time": s["study_time"],
+                    "study_description": s["study_description"],
+                    "accession_number": s["accession_number"],
+                    "number_of_series": s["number_of_study_related_series"],
+                    "number_of_instances": s["number_of_study_related_instances"],
+                }
+                for s in study_rows
+            ],
+            "series": series_out,
+            "procedure_steps": steps_out,
+            "device_timestamps": {
+                "first_acquisition": _stamp(first_acq),
+                "last_acquisition": _stamp(last_acq),
+                "procedure_step_start": iso(step_start),
+            },
+            "device_acquisition_span": span,
+            "archive_receipt": {
+                "first_received": iso(first_received),
+                "last_received": iso(last_received),
+                "source": _RECEIPT_SOURCE,
+            },
+            "devices": list(devices.values()),
+            "people": people,
+            "ordering_checks": checks,
+            "reference_times": self.references(code),
+            "claim_fields": {
+                "MA_LK": "",
+                "MA_DICH_VU": code or "",
+                "TEN_DICH_VU": service.service_name if service else "",
+                "MA_BAC_SI": ";".join(orderer_codes),
+                "NGUOI_THUC_HIEN": ";".join(performer_codes),
+                "NGAY_YL": "",
+                "NGAY_TH_YL": claim_time(device_start),
+                "NGAY_KQ": "",
+                "MA_MAY": ";".join(m["current"] for m in machine_codes if m["current"]),
+                "PACS_MA_MAY_4750": ";".join(m["previous"] for m in machine_codes if m["previous"]),
+                "TG_THIET_BI_BAT_DAU": claim_time(fa),
+                "TG_THIET_BI_KET_THUC": claim_time(la),
+            },
+            "notes": notes,
+        }
 
 
 # ---------------------------------------------------------------------- helpers
