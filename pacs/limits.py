@@ -34,7 +34,7 @@ def check_deflated(stream: BinaryIO, offset: int, limit: int = MAX_INFLATED_BYTE
     try:
         while chunk := stream.read(_CHUNK):
             data = chunk
-            while data:
+            while data and not inflater.eof:  # bytes after the end of the stream: stop
                 out = inflater.decompress(data, _CHUNK)
                 total += len(out)
                 if total > limit:
