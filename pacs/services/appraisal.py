@@ -16,6 +16,7 @@ import binascii
 import csv
 import gc
 import io
+import itertools
 import json
 import logging
 import re
@@ -29,6 +30,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from html import escape
 from typing import Any
+from xml.sax.saxutils import escape as xml_escape
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -56,6 +58,9 @@ log = logging.getLogger("pacs.appraisal")
 VIETNAM = timezone(timedelta(hours=7))
 IN_PROGRESS, COMPLETED, DISCONTINUED = "IN PROGRESS", "COMPLETED", "DISCONTINUED"
 MPPS_STATUSES = (IN_PROGRESS, COMPLETED, DISCONTINUED)
+#: Records per page read by an export, and rows per chunk it writes.
+EXPORT_PAGE = 1000
+EXPORT_CHUNK = 500
 CSV_FIELDS = (
     "STT",
     "MA_LK",
@@ -769,13 +774,20 @@ class Appraisal:
         return records[0]
 
     def iter_records(self, params: dict[str, str]) -> Iterator[dict[str, Any]]:
-        """Every record matching the parameters (for exports), page by page."""
+        """Every record matching the parameters (for exports), page by page.
+
+        The parameters are checked at once (InvalidQuery); records are built as they are read.
+        """
         flt, possible = self.parse_filter(params)
+        return self._records(flt, possible)
+
+    def _records(self, flt: sql.LineFilter, possible: bool) -> Iterator[dict[str, Any]]:
         if not possible:
             return
+        builder = _Builder(self)
         after = 0
         while True:
-            records, cursor = self._page(flt, after, 1000)
+            records, cursor = self._page(flt, after, EXPORT_PAGE, builder)
             yield from records
             if cursor is None:
                 return
@@ -788,23 +800,24 @@ class Appraisal:
             raise InvalidQuery("limit must be a positive integer")
         return min(limit, self.settings.max_limit)
 
-    def _audit(self, origin: Origin, what: str, params: dict[str, Any], count: int) -> None:
+    def _audit(
+        self, origin: Origin, what: str, params: dict[str, Any], count: int, *, complete: bool = True
+    ) -> None:
+        """Record an access event; ``complete=False`` marks an export the client did not take in full."""
         filters = {k: v for k, v in params.items() if v not in (None, "")}
+        details: dict[str, Any] = {"request": what, "filters": filters, "count": count}
+        if not complete:
+            details["complete"] = False
         with self._write() as conn:
-            repo.add_event(
-                conn,
-                "appraisal.access",
-                self.clock(),
-                origin,
-                details={"request": what, "filters": filters, "count": count},
-            )
+            repo.add_event(conn, "appraisal.access", self.clock(), origin, details=details)
         log.info(
-            "appraisal %s by %s@%s filters=%s count=%d",
+            "appraisal %s by %s@%s filters=%s count=%d%s",
             what,
             origin.user or "-",
             origin.address,
             json.dumps(filters, ensure_ascii=False),
             count,
+            "" if complete else " (incomplete)",
         )
 
     def _page(
@@ -948,22 +961,62 @@ class Appraisal:
 
     def export_csv(self, params: dict[str, str], origin: Origin) -> str:
         """XML3-shaped CSV (one row per record), the label and extract notice in ``#`` header lines."""
-        out = io.StringIO()
-        now = self.clock()
-        for key, value in self._header(params, now).items():
-            out.write(f"# {key}: {value}\n")
-        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        n = 0
-        for n, rec in enumerate(self.iter_records(params), 1):
-            writer.writerow(_claim_row(rec, n))
-        self._audit(origin, "export.csv", params, n)
-        return out.getvalue()
+        return b"".join(self.stream_csv(params, origin)).decode("utf-8")
 
     def export_xml(self, params: dict[str, str], origin: Origin) -> bytes:
         """XML3-shaped fragment (``CHI_TIET_DVKT`` per record) under a root marked as a PACS extract."""
-        now = self.clock()
-        header = self._header(params, now)
+        return b"".join(self.stream_xml(params, origin))
+
+    def stream_csv(self, params: dict[str, str], origin: Origin) -> Iterator[bytes]:
+        """:meth:`export_csv` as UTF-8 chunks written while the records are read.
+
+        The parameters are checked now (InvalidQuery); the first chunk comes after the first page
+        of records, so an index failure surfaces before anything is sent. The access is audited
+        when the stream ends, with the number of rows sent (and ``complete: false`` if cut short).
+        """
+        flt, possible = self.parse_filter(params)
+        header = self._header(params, self.clock())
+        return self._csv_chunks(params, origin, header, self._records(flt, possible))
+
+    def stream_xml(self, params: dict[str, str], origin: Origin) -> Iterator[bytes]:
+        """:meth:`export_xml` as UTF-8 chunks written while the records are read (as :meth:`stream_csv`)."""
+        flt, possible = self.parse_filter(params)
+        header = self._header(params, self.clock())
+        return self._xml_chunks(params, origin, header, self._records(flt, possible))
+
+    def _csv_chunks(
+        self,
+        params: dict[str, str],
+        origin: Origin,
+        header: dict[str, str],
+        records: Iterator[dict[str, Any]],
+    ) -> Iterator[bytes]:
+        out = io.StringIO()
+        for key, value in header.items():
+            out.write(f"# {key}: {value}\n")
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_FIELDS)
+        n, done = 0, False
+        try:
+            for n, rec in enumerate(records, 1):
+                row = _claim_row(rec, n)
+                writer.writerow([row[k] for k in CSV_FIELDS])
+                if n % EXPORT_CHUNK == 0:
+                    yield out.getvalue().encode("utf-8")
+                    out.seek(0)
+                    out.truncate()
+            yield out.getvalue().encode("utf-8")
+            done = True
+        finally:
+            self._audit(origin, "export.csv", params, n, complete=done)
+
+    def _xml_chunks(
+        self,
+        params: dict[str, str],
+        origin: Origin,
+        header: dict[str, str],
+        records: Iterator[dict[str, Any]],
+    ) -> Iterator[bytes]:
         root = ET.Element(
             "PACS_TRICH_XUAT", {k: v for k, v in header.items() if k not in ("nhan_vi", "nhan_en")}
         )
@@ -971,13 +1024,27 @@ class Appraisal:
         ET.SubElement(label, "VI").text = self.settings.label_vi
         ET.SubElement(label, "EN").text = self.settings.label_en
         body = ET.SubElement(ET.SubElement(root, "CHITIEU_CHITIET_DVKT_VTYT"), "DSACH_CHI_TIET_DVKT")
-        n = 0
-        for n, rec in enumerate(self.iter_records(params), 1):
-            item = ET.SubElement(body, "CHI_TIET_DVKT")
-            for k, v in _claim_row(rec, n).items():
-                ET.SubElement(item, k).text = str(v)
-        self._audit(origin, "export.xml", params, n)
-        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        n, done = 0, False
+        try:
+            first = next(records, None)
+            if first is None:
+                yield ET.tostring(root, encoding="utf-8", xml_declaration=True)
+                done = True
+                return
+            # the root, label and list elements as ElementTree writes them, records spliced in
+            ET.SubElement(body, _XML_SLOT)
+            head, tail = ET.tostring(root, encoding="unicode").split(f"<{_XML_SLOT} />")
+            parts = [_XML_DECLARATION, head]
+            for n, rec in enumerate(itertools.chain((first,), records), 1):
+                parts.append(_xml_item(_claim_row(rec, n)))
+                if n % EXPORT_CHUNK == 0:
+                    yield "".join(parts).encode("utf-8", "xmlcharrefreplace")
+                    parts = []
+            parts.append(tail)
+            yield "".join(parts).encode("utf-8", "xmlcharrefreplace")
+            done = True
+        finally:
+            self._audit(origin, "export.xml", params, n, complete=done)
 
     def record_html(self, record_id: str, origin: Origin) -> str:
         """A printable HTML view of one record (no images, no full header)."""
@@ -1532,6 +1599,20 @@ def _claim_row(rec: dict[str, Any], n: int) -> dict[str, Any]:
         "PACS_MA_NHAN": rec["label"]["code"],
         "PACS_GHI_CHU": " | ".join(rec["notes"]),
     }
+
+
+_XML_DECLARATION = "<?xml version='1.0' encoding='utf-8'?>\n"
+_XML_SLOT = "PACS_RECORDS_HERE"
+
+
+def _xml_item(row: dict[str, Any]) -> str:
+    """One ``CHI_TIET_DVKT`` element, byte for byte as ElementTree serialises it."""
+    out = ["<CHI_TIET_DVKT>"]
+    for k, v in row.items():
+        text = str(v)
+        out.append(f"<{k}>{xml_escape(text)}</{k}>" if text else f"<{k} />")
+    out.append("</CHI_TIET_DVKT>")
+    return "".join(out)
 
 
 def _encode_cursor(last_id: int) -> str:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from pacs.errors import InvalidQuery, NotFound, PacsError, StorageUnavailable
@@ -55,6 +55,17 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json; charset=utf-8")
 
 
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    """``first``, then the rest of an export stream (closing it closes the export, which audits)."""
+    try:
+        yield first
+        yield from rest
+    finally:
+        close = getattr(rest, "close", None)
+        if close is not None:
+            close()
+
+
 def _filters(request: Request) -> dict[str, str]:
     return {k: request.query_params[k] for k in FILTERS if request.query_params.get(k)}
 
@@ -94,18 +105,15 @@ def routes(rt: Any) -> list[BaseRoute]:
 
     async def _export(request: Request, fmt: str) -> Response:
         params = _filters(request)
-        if fmt == "csv":
-            text = await run_in_threadpool(svc.export_csv, params, origin_of(request))
-            return Response(
-                text.encode("utf-8"),
-                media_type="text/csv; charset=utf-8",
-                headers={"Content-Disposition": 'attachment; filename="pacs-extract.csv"'},
-            )
-        body = await run_in_threadpool(svc.export_xml, params, origin_of(request))
-        return Response(
-            body,
-            media_type="application/xml; charset=utf-8",
-            headers={"Content-Disposition": 'attachment; filename="pacs-extract.xml"'},
+        stream = svc.stream_csv if fmt == "csv" else svc.stream_xml
+        chunks = stream(params, origin_of(request))  # InvalidQuery here -> 400
+        # the first chunk waits for the first page of records: an index failure is still a 503
+        first = await run_in_threadpool(next, chunks, b"")
+        media = "text/csv; charset=utf-8" if fmt == "csv" else "application/xml; charset=utf-8"
+        return StreamingResponse(
+            _prepend(first, chunks),
+            media_type=media,
+            headers={"Content-Disposition": f'attachment; filename="pacs-extract.{fmt}"'},
         )
 
     @_guard
