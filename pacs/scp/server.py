@@ -171,6 +171,9 @@ class _Listener(ThreadedAssociationServer):
         # Accept here, but leave the TLS handshake to the association's own thread (first read),
         # so a slow or hostile TLS client cannot hold up the accept loop.
         sock, addr = self.socket.accept()  # type: ignore[union-attr]
+        # Accepted sockets block forever by default: a peer that sends half a PDU (or announces
+        # a 4 GB one) would hold its association slot for good. network_timeout bounds each read.
+        sock.settimeout(self.ae.network_timeout)
         if self.nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context is not None:
