@@ -18,8 +18,11 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,6 +32,7 @@ from pacs.index.engine import make_engine, migrate
 from pacs.index.schema import instances, metadata, mpps, patients, series, studies
 from pacs.model import Origin
 from pacs.services.appraisal import Appraisal
+from pacs.web.appraisal import routes
 
 REG = Path(__file__).resolve().parents[1] / "registers"
 
@@ -206,24 +210,57 @@ def main() -> None:
             if not cursor:
                 return total, lat
 
+    # a patient with a study in the middle of the measured month
+    mid = (args.per_month * 3 // 2 if args.months > 1 else args.per_month // 2) // 2 + 1
     for name, params in (
         ("month", month),
         ("month+modality=CT+device=SN-1234", {**month, "modality": "CT", "device": "SN-1234"}),
         ("month+service_code=18.0001.0001", {**month, "service_code": "18.0001.0001"}),
-        ("month+patient_id", {**month, "patient_id": "HC4000000010001"}),
+        ("month+patient_id", {**month, "patient_id": f"HC40{mid:011d}"}),
     ):
         page_through(params)  # warm
         total, lat = page_through(params)
         print(
             f"list {name}: {total} records in {len(lat)} pages of {args.limit}; "
             f"median page {statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms, "
-            f"total {sum(lat):.2f} s"
+            f"total {sum(lat):.2f} s",
+            flush=True,
         )
+    # the same month through the HTTP route (service + JSON encoding + in-process ASGI client)
+    with TestClient(Starlette(routes=routes(SimpleNamespace(appraisal=svc)))) as client:
+        lat, total, cursor = [], 0, None
+        for _ in range(2):  # warm, then measure
+            lat, total, cursor = [], 0, None
+            while True:
+                q = {**month, "limit": str(args.limit), **({"cursor": cursor} if cursor else {})}
+                t = time.perf_counter()
+                r = client.get("/api/appraisal/v1/records", params=q)
+                lat.append(time.perf_counter() - t)  # the response received, not yet parsed
+                body = r.json()
+                total += body["count"]
+                cursor = body["next_cursor"]
+                if not cursor:
+                    break
+        print(
+            f"HTTP GET /records month: {total} records in {len(lat)} pages of {args.limit} "
+            f"({len(r.content) / 1e6:.1f} MB last page); median page {statistics.median(lat) * 1000:.0f} ms, "
+            f"max {max(lat) * 1000:.0f} ms, total {sum(lat):.2f} s",
+            flush=True,
+        )
+        for fmt in ("csv", "xml"):
+            t = time.perf_counter()
+            size = 0
+            with client.stream("GET", f"/api/appraisal/v1/export.{fmt}", params=month) as resp:
+                for chunk in resp.iter_bytes():
+                    size += len(chunk)
+            print(
+                f"HTTP export.{fmt} month (streamed): {size / 1e6:.1f} MB in {time.perf_counter() - t:.2f} s"
+            )
     t = time.perf_counter()
     devices = svc.device_clocks({"from": month["from"], "to": month["to"]}, origin)
     print(f"devices month: {devices['count']} devices in {(time.perf_counter() - t) * 1000:.0f} ms")
     t = time.perf_counter()
-    out = svc.export_csv(month, origin)
+    out = svc.export_csv(month, origin)  # joined in memory (the service API)
     print(
         f"export CSV month: {out.count(chr(10))} lines, {len(out) / 1e6:.1f} MB "
         f"in {time.perf_counter() - t:.2f} s"
