@@ -170,6 +170,8 @@ def parse_value(attr: Attribute, raw: str, *, fuzzy: bool = False, fold_names: b
 
     Raises :class:`InvalidQuery` for values that the attribute's matching kind does not allow.
     """
+    if "\x00" in raw or (not raw.isprintable() and not _encodable(raw)):
+        raise InvalidQuery(f"{attr.keyword}: the value holds a NUL or a character that is not Unicode")
     text = raw.strip()
     if text == "" or text == "*":
         return None
@@ -448,7 +450,18 @@ def _non_negative(name: str, value: str) -> int:
         raise InvalidQuery(f"{name} must be a whole number, got {value[:40]!r}") from None
     if n < 0:
         raise InvalidQuery(f"{name} must not be negative")
+    if n > 2**31 - 1:
+        raise InvalidQuery(f"{name} is too large")
     return n
+
+
+def _encodable(text: str) -> bool:
+    """True when ``text`` is valid Unicode (no lone surrogates), as SQL drivers require."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _known_dicom_key(item: str) -> bool:
