@@ -264,6 +264,12 @@ def line_id_of_study(conn: Connection, study_instance_uid: str) -> str | None:
     return conn.execute(stmt).scalar()
 
 
+def _not_indexed(col: Any) -> Any:
+    """``col`` as an expression no index serves (SQLite's ``+col``): the page's line ids, not the
+    two-valued member kind, must drive the look-up."""
+    return col.op("||")("")
+
+
 @dataclass(frozen=True)
 class PageRows:
     """Everything the records of one page are built from, grouped by line id (member order)."""
@@ -277,25 +283,34 @@ def page_rows(conn: Connection, flt: LineFilter, after_id: int, last_id: int) ->
     """Studies, series and MPPS steps of the lines of a page: ``flt`` and ``after_id < id <= last_id``.
 
     Three set-based statements whatever the page size; the page's lines are named by the same
-    filter and id range as :func:`list_lines` (no list of ids is bound).
+    filter and id range as :func:`list_lines` (no list of ids is bound), and the id range also
+    bounds the member and series index scans.
     """
-    page = _filtered(select(L.c.id).where(L.c.id > after_id, L.c.id <= last_id), flt)
-    members = select(M.c.line_fk, M.c.id.label("member_id"), M.c.uid).where(M.c.line_fk.in_(page))
-    study_members = members.where(M.c.kind == "study").subquery()
-    step_members = members.where(M.c.kind == "mpps").subquery()
+    page = _filtered(select(L.c.id).where(L.c.id > after_id, L.c.id <= last_id), flt).subquery()
+    members = (
+        select(M.c.line_fk, M.c.id.label("member_id"), M.c.kind, M.c.uid)
+        .join(page, M.c.line_fk == page.c.id)
+        .where(M.c.line_fk > after_id, M.c.line_fk <= last_id)
+        .subquery()
+    )
     study_stmt = (
-        select(study_members.c.line_fk, *_STUDY_READ)
-        .join(studies, studies.c.study_instance_uid == study_members.c.uid)
+        select(members.c.line_fk, *_STUDY_READ)
+        .join(studies, studies.c.study_instance_uid == members.c.uid)
         .join(patients, studies.c.patient_fk == patients.c.id)
-        .order_by(study_members.c.member_id)
+        .where(_not_indexed(members.c.kind) == "study")
+        .order_by(members.c.member_id)
     )
     step_stmt = (
-        select(step_members.c.line_fk, mpps)
-        .join(mpps, mpps.c.sop_instance_uid == step_members.c.uid)
-        .order_by(step_members.c.member_id)
+        select(members.c.line_fk, mpps)
+        .join(mpps, mpps.c.sop_instance_uid == members.c.uid)
+        .where(_not_indexed(members.c.kind) == "mpps")
+        .order_by(members.c.member_id)
     )
     series_stmt = (
-        select(S).where(S.c.line_fk.in_(page)).order_by(S.c.line_fk, S.c.series_number, S.c.id)
+        select(S)
+        .join(page, S.c.line_fk == page.c.id)
+        .where(S.c.line_fk > after_id, S.c.line_fk <= last_id)
+        .order_by(S.c.line_fk, S.c.series_number, S.c.id)
     )
     out = PageRows({}, {}, {})
     for stmt, group in ((study_stmt, out.studies), (step_stmt, out.steps), (series_stmt, out.series)):

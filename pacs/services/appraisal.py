@@ -827,7 +827,7 @@ class Appraisal:
             lines = sql.list_lines(conn, flt, after, limit + 1)
             more = len(lines) > limit
             lines = lines[:limit]
-            rows = sql.page_rows(conn, flt, after, lines[-1]["id"]) if lines else None
+            rows = sql.page_rows(conn, flt, lines[0]["id"] - 1, lines[-1]["id"]) if lines else None
         if rows is None:
             return [], None
         build = (builder or _Builder(self)).record
