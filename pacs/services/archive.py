@@ -419,6 +419,8 @@ def _split_part10(stream: BinaryIO) -> tuple[FileMetaDataset, int]:
     try:
         read_preamble(stream, force=False)  # type: ignore[arg-type]
         meta = _read_file_meta_info(stream)  # type: ignore[arg-type]
+        for elem in meta:  # decode now: a bad value or VR fails here, not later (lazily)
+            str(elem.value)
     except Exception as exc:
         raise InvalidInstance(f"not a DICOM Part-10 stream: {exc}") from exc
     return meta, stream.tell()
