@@ -106,6 +106,9 @@ def extract(ds: Dataset, transfer_syntax_uid: str | None = None) -> InstanceReco
         other_ids = _other_patient_ids(ds)
         values["other_patient_ids"] = "\\".join(other_ids)[:512] or None
         values.update(request_facts(ds, values.get("requested_procedure_id")))
+        for key, value in values.items():  # NUL cannot be stored in SQL text (PostgreSQL refuses it)
+            if isinstance(value, str) and "\x00" in value:
+                values[key] = value.replace("\x00", "").strip() or None
     except InvalidInstance:
         raise
     except Exception as exc:  # bad values in a header we parsed lazily

@@ -26,7 +26,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from pacs import limits
 from pacs.blobstore import BlobStore
@@ -229,6 +229,9 @@ class Archive:
                 if attempt == 2:
                     self.blobs.delete(blob.blob_key)
                     raise
+            except DataError as exc:  # a value the database refuses: the instance's fault, not ours
+                self.blobs.delete(blob.blob_key)
+                raise InvalidInstance(f"a header value cannot be indexed: {exc.orig or exc}") from exc
             except (OperationalError, DBAPIError) as exc:
                 self.blobs.delete(blob.blob_key)
                 raise StorageUnavailable(f"the index is not available: {exc.orig or exc}") from exc
