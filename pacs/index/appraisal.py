@@ -210,6 +210,30 @@ _STUDY_READ = (
     patients.c.other_patient_ids,
 )
 
+#: MPPS columns a record shows.
+_STEP_READ = tuple(
+    mpps.c[name]
+    for name in (
+        "sop_instance_uid",
+        "status",
+        "start_date",
+        "start_time",
+        "end_date",
+        "end_time",
+        "performed_station_ae_title",
+        "performed_station_name",
+        "modality",
+        "accession_number",
+        "requested_procedure_id",
+        "scheduled_procedure_step_id",
+        "procedure_code",
+        "attributes",
+        "calling_ae",
+        "created_at",
+        "updated_at",
+    )
+)
+
 
 def _dicts(result: Any) -> list[dict[str, Any]]:
     """Rows as plain dicts (one ``zip`` per row: cheaper than ``RowMapping`` copies)."""
@@ -301,7 +325,7 @@ def page_rows(conn: Connection, flt: LineFilter, after_id: int, last_id: int) ->
         .order_by(members.c.member_id)
     )
     step_stmt = (
-        select(members.c.line_fk, mpps)
+        select(members.c.line_fk, *_STEP_READ)
         .join(mpps, mpps.c.sop_instance_uid == members.c.uid)
         .where(_not_indexed(members.c.kind) == "mpps")
         .order_by(members.c.member_id)

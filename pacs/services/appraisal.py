@@ -284,11 +284,15 @@ def claim_time(value: datetime | None) -> str:
 
 
 def _names(*values: str | None) -> list[str]:
+    """Distinct, stripped names of backslash-separated person-name values, in order of appearance."""
     out: list[str] = []
     for v in values:
-        for name in (v or "").split("\\"):
-            if name.strip() and name.strip() not in out:
-                out.append(name.strip())
+        if not v:
+            continue
+        for name in v.split("\\") if "\\" in v else (v,):
+            name = name.strip()
+            if name and name not in out:
+                out.append(name)
     return out
 
 
@@ -1149,6 +1153,7 @@ class _Builder:
         self._machines: dict[tuple[str | None, str | None], Any] = {}
         self._licences: dict[str, str | None] = {}
         self._refs: dict[str, list[Any]] = {}
+        self._patients: dict[tuple[str | None, ...], dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ cached look-ups
 
@@ -1178,6 +1183,13 @@ class _Builder:
                 code = self._licences[n] = self.regs.licence(n)
             out.append({"dicom_name": n, "licence_code": code})
         return out
+
+    def patient(self, patient_id: str | None, issuer: str | None, others: str | None) -> dict[str, Any]:
+        key = (patient_id, issuer, others)
+        got = self._patients.get(key)
+        if got is None:
+            got = self._patients[key] = _patient_ids(patient_id, issuer, others)
+        return dict(got)
 
     def references(self, code: str | None) -> list[dict[str, Any]]:
         if not code:
@@ -1419,7 +1431,7 @@ class _Builder:
         ]
         orderer_codes = [p["licence_code"] for p in people["referring"] if p["licence_code"]]
         src = study if study is not None else line
-        pids = _patient_ids(src["patient_id"], src["issuer_of_patient_id"], src["other_patient_ids"])
+        pids = self.patient(src["patient_id"], src["issuer_of_patient_id"], src["other_patient_ids"])
         notes.append(_NO_MA_LK)
         has_code = bool(line["procedure_code"])
         return {
