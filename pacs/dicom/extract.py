@@ -24,6 +24,7 @@ def read_header(fp: BinaryIO | str) -> Dataset:
     """
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=4096, force=False)
+        stopped_at = 0 if isinstance(fp, str) else fp.tell()  # reading deferred values moves it
         # Touch every element now so that a truncated or malformed body fails here, not later.
         for _elem in ds.iterall():
             pass
@@ -34,6 +35,7 @@ def read_header(fp: BinaryIO | str) -> Dataset:
     except Exception as exc:  # pydicom raises a wide variety on hostile input
         raise InvalidInstance(f"unparsable DICOM header: {type(exc).__name__}: {exc}") from exc
     if not isinstance(fp, str):
+        fp.seek(stopped_at)
         _check_trailing_element(fp, ds)
     return ds
 
@@ -55,6 +57,8 @@ def _check_trailing_element(fp: BinaryIO, ds: Dataset) -> None:
     start = fp.tell()
     end = fp.seek(0, 2)
     fp.seek(start)
+    if start > end:  # a deferred (large) element claimed more bytes than the stream holds
+        raise InvalidInstance(f"truncated DICOM stream: elements need {start} bytes, only {end} are there")
     head = fp.read(8)
     if len(head) < 8:
         if head.strip(b"\x00"):
