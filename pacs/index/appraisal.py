@@ -374,7 +374,7 @@ def device_series(
         stmt = stmt.where(S.c.last_received >= received_from)
     if received_to is not None:
         stmt = stmt.where(S.c.last_received < received_to)
-    return [dict(r) for r in conn.execute(stmt).mappings()]
+    return _dicts(conn.execute(stmt))
 
 
 def rebuild_sources(

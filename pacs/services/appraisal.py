@@ -868,7 +868,7 @@ class Appraisal:
             if flt.date_to
             else None
         )
-        with self._read() as conn:
+        with _gc_paused(), self._read() as conn:
             rows = sql.device_series(conn, lo.astimezone(UTC), hi.astimezone(UTC) if hi else None)
         tol = self.settings.clock_tolerance_seconds
         assumed = _assumed(self.settings)
