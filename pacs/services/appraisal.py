@@ -22,6 +22,7 @@ import logging
 import re
 import statistics
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -1072,6 +1073,11 @@ _STEP_END_SOURCE = "PerformedProcedureStepEndDate/Time (0040,0250/0251)"
 _gc_lock = threading.Lock()
 _gc_pauses = 0
 _gc_resume = False
+_gc_since = 0.0
+#: Longest stretch without a collection while overlapping requests keep the collector paused.
+GC_PAUSE_LIMIT = 5.0
+_monotonic = time.monotonic
+_collect = gc.collect
 
 
 @contextmanager
@@ -1081,21 +1087,30 @@ def _gc_paused() -> Iterator[None]:
     A page allocates tens of thousands of small dicts and lists without reference cycles; each
     700 allocations would otherwise start a collection, and the older generations scan the whole
     heap (half the build time of a page of 1,000). Reference counting still frees everything;
-    collection resumes when the last concurrent page is done.
+    collection resumes when the last concurrent page is done, and if overlapping requests keep
+    it paused longer than :data:`GC_PAUSE_LIMIT` seconds, the one finishing then collects.
     """
-    global _gc_pauses, _gc_resume
+    global _gc_pauses, _gc_resume, _gc_since
     with _gc_lock:
         if _gc_pauses == 0:
             _gc_resume = gc.isenabled()
+            _gc_since = _monotonic()
             gc.disable()
         _gc_pauses += 1
     try:
         yield
     finally:
+        collect = False
         with _gc_lock:
             _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_resume:
-                gc.enable()
+            if _gc_pauses == 0:
+                if _gc_resume:
+                    gc.enable()
+            elif _gc_resume and _monotonic() - _gc_since > GC_PAUSE_LIMIT:
+                _gc_since = _monotonic()
+                collect = True
+        if collect:
+            _collect()
 
 
 def _assumed(settings: AppraisalSettings) -> str:

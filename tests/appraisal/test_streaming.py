@@ -145,3 +145,32 @@ def test_bad_export_filter_is_400_before_streaming(client: TestClient) -> None:
     r = client.get(f"{EXPORT}.csv", params={"from": "yesterday"})
     assert r.status_code == 400 and "from" in r.json()["detail"]
     assert client.get(f"{EXPORT}.xml", params={"to": "2025-13-99x"}).status_code == 400
+
+
+def test_gc_pause_nests_and_collects_under_sustained_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert gc.isenabled()
+    now = [100.0]
+    monkeypatch.setattr(svc_mod, "_monotonic", lambda: now[0])
+    collected: list[int] = []
+    monkeypatch.setattr(svc_mod, "_collect", lambda: collected.append(1))
+    outer = svc_mod._gc_paused()
+    outer.__enter__()
+    try:
+        assert not gc.isenabled()
+        with svc_mod._gc_paused():  # overlapping request, short
+            assert not gc.isenabled()
+        assert not gc.isenabled() and collected == []  # still paused by the outer one
+        now[0] += svc_mod.GC_PAUSE_LIMIT + 1
+        with svc_mod._gc_paused():  # overlapping request after the limit: it collects
+            pass
+        assert collected == [1] and not gc.isenabled()
+    finally:
+        outer.__exit__(None, None, None)
+    assert gc.isenabled()
+    gc.disable()  # a collector the application disabled stays disabled
+    try:
+        with svc_mod._gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
