@@ -9,7 +9,6 @@ place (:mod:`pacs.web.errors`).
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import re
 import tempfile
@@ -555,7 +554,9 @@ async def store_instances(request: Request) -> Response:
                     StowOutcome("", "", error=NotAcceptable(f"part of type {pt} is not application/dicom"))
                 )
                 continue
-            readable.append(io.BufferedReader(FileSlice(fh, part.start, part.end), buffer_size=1 << 16))
+            # Not wrapped in io.BufferedReader: pydicom reopens a BufferedReader by its name to read
+            # deferred (large) header values, which fails for a part of a spooled body.
+            readable.append(FileSlice(fh, part.start, part.end))
         outcomes += await run_in_threadpool(_service(request).store_instances, iter(readable), study, origin)
     finally:
         fh.close()
