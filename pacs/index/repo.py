@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, func, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pacs.dicom.attributes import at_level
@@ -114,6 +114,68 @@ def store_instance(
         return StoreOutcome.REPLACED, existing["blob_key"]
 
     now = blob.received_at
+    parents = conn.execute(_SERIES_PARENTS, {"_uid": record.series_instance_uid}).first()
+    if parents is not None:
+        # The common case: the 2nd..nth instance of a series. No upserts needed.
+        series_id, study_id, pid, study_uid = parents
+        if study_uid != record.study_instance_uid:
+            raise InvalidInstance(
+                f"Series Instance UID {record.series_instance_uid} already belongs to another study"
+            )
+        new_series = new_study = False
+    else:
+        series_id, study_id, pid, new_series, new_study = _upsert_parents(conn, record, now)
+
+    conn.execute(instances.insert(), {"series_fk": series_id, **_instance_values(record, blob, origin)})
+    conn.execute(_COUNT_SERIES, {"_id": series_id})
+    conn.execute(_COUNT_STUDY, {"_id": study_id, "_series": int(new_series), "_now": now})
+    conn.execute(_COUNT_PATIENT, {"_id": pid, "_series": int(new_series), "_studies": int(new_study)})
+    if event:
+        _event(conn, "instance.stored", record, origin, now, {"size": blob.size, "new_study": new_study})
+    return StoreOutcome.STORED, None
+
+
+# Statements built once (SQLAlchemy then compiles each once): the store path runs them per instance.
+_SERIES_PARENTS = (
+    select(series.c.id, series.c.study_fk, studies.c.patient_fk, studies.c.study_instance_uid)
+    .join(studies, series.c.study_fk == studies.c.id)
+    .where(series.c.series_instance_uid == bindparam("_uid"))
+)
+_COUNT_SERIES = (
+    update(series)
+    .where(series.c.id == bindparam("_id"))
+    .values(number_of_series_related_instances=series.c.number_of_series_related_instances + 1)
+)
+_COUNT_STUDY = (
+    update(studies)
+    .where(studies.c.id == bindparam("_id"))
+    .values(
+        number_of_study_related_instances=studies.c.number_of_study_related_instances + 1,
+        number_of_study_related_series=studies.c.number_of_study_related_series + bindparam("_series"),
+        updated_at=bindparam("_now"),
+    )
+)
+_COUNT_PATIENT = (
+    update(patients)
+    .where(patients.c.id == bindparam("_id"))
+    .values(
+        number_of_patient_related_instances=patients.c.number_of_patient_related_instances + 1,
+        number_of_patient_related_series=patients.c.number_of_patient_related_series + bindparam("_series"),
+        number_of_patient_related_studies=(
+            patients.c.number_of_patient_related_studies + bindparam("_studies")
+        ),
+    )
+)
+
+
+def _upsert_parents(
+    conn: Connection, record: InstanceRecord, now: datetime
+) -> tuple[int, int, int, bool, bool]:
+    """Insert (or find) the patient, study and series of the first instance of a series.
+
+    Returns ``(series_id, study_id, patient_id, new_series, new_study)``. ``ON CONFLICT DO
+    NOTHING`` makes concurrent first instances of the same study or series safe.
+    """
     pvals = _level_values(record, Level.PATIENT)
     identity = patient_identity(pvals)
     # Values go as execution parameters, not ``.values(...)``: the statement then has one cache
@@ -158,34 +220,7 @@ def store_instance(
             raise InvalidInstance(
                 f"Series Instance UID {record.series_instance_uid} already belongs to another study"
             )
-
-    conn.execute(instances.insert(), {"series_fk": series_id, **_instance_values(record, blob, origin)})
-    conn.execute(
-        update(series)
-        .where(series.c.id == series_id)
-        .values(number_of_series_related_instances=series.c.number_of_series_related_instances + 1)
-    )
-    conn.execute(
-        update(studies)
-        .where(studies.c.id == study_id)
-        .values(
-            number_of_study_related_instances=studies.c.number_of_study_related_instances + 1,
-            number_of_study_related_series=studies.c.number_of_study_related_series + int(new_series),
-            updated_at=now,
-        )
-    )
-    conn.execute(
-        update(patients)
-        .where(patients.c.id == pid)
-        .values(
-            number_of_patient_related_instances=patients.c.number_of_patient_related_instances + 1,
-            number_of_patient_related_series=patients.c.number_of_patient_related_series + int(new_series),
-            number_of_patient_related_studies=patients.c.number_of_patient_related_studies + int(new_study),
-        )
-    )
-    if event:
-        _event(conn, "instance.stored", record, origin, now, {"size": blob.size, "new_study": new_study})
-    return StoreOutcome.STORED, None
+    return series_id, study_id, pid, new_series, new_study
 
 
 def _instance_values(record: InstanceRecord, blob: BlobFacts, origin: Origin) -> dict[str, Any]:
@@ -213,17 +248,18 @@ def _event(
     details: dict[str, Any],
 ) -> None:
     conn.execute(
-        events.insert().values(
-            at=at,
-            kind=kind,
-            study_instance_uid=record.study_instance_uid,
-            series_instance_uid=record.series_instance_uid,
-            sop_instance_uid=record.sop_instance_uid,
-            calling_ae=origin.calling_ae[:16] or None,
-            peer_address=origin.address[:64] or None,
-            user_name=origin.user[:64] or None,
-            details=json.dumps(details, default=str) if details else None,
-        )
+        events.insert(),
+        {
+            "at": at,
+            "kind": kind,
+            "study_instance_uid": record.study_instance_uid,
+            "series_instance_uid": record.series_instance_uid,
+            "sop_instance_uid": record.sop_instance_uid,
+            "calling_ae": origin.calling_ae[:16] or None,
+            "peer_address": origin.address[:64] or None,
+            "user_name": origin.user[:64] or None,
+            "details": json.dumps(details, default=str) if details else None,
+        },
     )
 
 
