@@ -1,0 +1,284 @@
+"""Load run: concurrent storescu senders and web readers against one ``pacs serve``, then verify.
+
+Starts ``pacs serve`` on loopback (ports picked by the OS, fresh storage under ``--out``), then for
+``--seconds`` runs ``--senders`` threads that each generate a small CT study (``--per-study``
+slices of 256x256, Vietnamese names) and send it with DCMTK ``storescu`` (one association per
+study), and ``--readers`` threads that loop over QIDO-RS (studies, series, instances), WADO-RS
+metadata and a rendered PNG of an instance. Stops by itself; then compares the SOP Instance
+UIDs sent with those indexed and runs ``pacs verify``. Prints errors, counts and latencies.
+
+    .venv/bin/python bench/load.py [--seconds 120] [--senders 8] [--readers 8]
+                                   [--database-url URL] [--workers N] [--out bench/out/load]
+
+Not run by the test suite. Loopback only; bounded in time and in the number of studies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_STUDIES_PER_SENDER = 2000
+
+
+@dataclass
+class Stats:
+    """What the threads observed (guarded by ``lock``)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    sent: set[str] = field(default_factory=set)
+    acknowledged_runs: int = 0
+    failed_runs: list[str] = field(default_factory=list)
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    statuses: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+
+def make_study(folder: Path, n: int, sender: int, k: int) -> list[str]:
+    """Write one study of ``n`` CT slices; returns their SOP Instance UIDs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    rng = np.random.default_rng(sender * 100_000 + k)
+    uids = []
+    for i in range(n):
+        ds = Dataset()
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.PatientName = f"Nguyễn^Văn Tải {sender}-{k}"
+        ds.PatientID = f"LOAD{sender:02d}{k:05d}"
+        ds.StudyDate, ds.StudyTime = "20250110", f"{10 + sender % 8:02d}{k % 60:02d}00"
+        ds.AccessionNumber = f"L{sender}{k}"
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, i + 1
+        ds.StudyDescription = "CT tải thử"
+        ds.Rows = ds.Columns = 256
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit, ds.PixelRepresentation = 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.PixelData = rng.integers(0, 2000, (256, 256), dtype=np.int16).tobytes()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        ds.save_as(folder / f"{i:04d}.dcm", enforce_file_format=True)
+        uids.append(str(ds.SOPInstanceUID))
+    return uids
+
+
+def sender(idx: int, port: int, work: Path, per_study: int, deadline: float, stats: Stats) -> None:
+    """Generate and send studies with storescu until the deadline."""
+    for k in range(MAX_STUDIES_PER_SENDER):
+        if time.monotonic() >= deadline:
+            return
+        folder = work / f"s{idx}" / f"study{k}"
+        uids = make_study(folder, per_study, idx, k)
+        with stats.lock:
+            stats.sent.update(uids)
+        cmd = [
+            "storescu",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "PACS",
+            "+sd",
+            "-nh",
+            "127.0.0.1",
+            str(port),
+            str(folder),
+        ]
+        t0 = time.monotonic()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        elapsed = time.monotonic() - t0
+        with stats.lock:
+            stats.latencies["storescu study"].append(elapsed)
+            if done.returncode == 0 and "E:" not in done.stderr:
+                stats.acknowledged_runs += 1
+            else:
+                stats.failed_runs.append(f"sender {idx} study {k}: rc={done.returncode} {done.stderr[-300:]}")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def reader(idx: int, base: str, deadline: float, stats: Stats) -> None:
+    """QIDO + metadata + rendered in a loop until the deadline."""
+    rnd = random.Random(idx)
+    with httpx.Client(base_url=base, timeout=60) as client:
+
+        def get(kind: str, url: str, **kw: object) -> httpx.Response | None:
+            t0 = time.monotonic()
+            try:
+                r = client.get(url, **kw)  # type: ignore[arg-type]
+            except httpx.HTTPError as exc:
+                with stats.lock:
+                    stats.errors.append(f"{kind} {url}: {type(exc).__name__} {exc}")
+                return None
+            with stats.lock:
+                stats.latencies[kind].append(time.monotonic() - t0)
+                stats.statuses[f"{kind} {r.status_code}"] += 1
+                if r.status_code >= 400:
+                    stats.errors.append(f"{kind} {url}: {r.status_code} {r.text[:200]}")
+            return r
+
+        while time.monotonic() < deadline:
+            r = get("qido studies", "/dicom-web/studies", params={"limit": "50", "PatientName": "nguyen*"})
+            if r is None or r.status_code != 200 or not r.json():
+                time.sleep(0.2)
+                continue
+            study = rnd.choice(r.json())["0020000D"]["Value"][0]
+            r = get("qido series", f"/dicom-web/studies/{study}/series")
+            if r is None or r.status_code != 200 or not r.json():
+                continue
+            series = r.json()[0]["0020000E"]["Value"][0]
+            r = get("qido instances", f"/dicom-web/studies/{study}/series/{series}/instances")
+            if r is None or r.status_code != 200 or not r.json():
+                continue
+            sop = rnd.choice(r.json())["00080018"]["Value"][0]
+            get("metadata", f"/dicom-web/studies/{study}/metadata")
+            get(
+                "rendered",
+                f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/rendered",
+                headers={"Accept": "image/png"},
+            )
+
+
+def start_server(run: Path, database_url: str, workers: int) -> tuple[subprocess.Popen[str], int, int, Path]:
+    """``pacs serve`` on loopback with fresh storage; returns (process, dicom port, http port, config)."""
+    storage = run / "storage"
+    storage.mkdir(parents=True)
+    cfg = run / "config.toml"
+    cfg.write_text(
+        f"""
+[dicom]
+ae_title = "PACS"
+host = "127.0.0.1"
+port = 0
+allowed_aes = ["STORESCU"]
+workers = {workers}
+[http]
+host = "127.0.0.1"
+port = 0
+[storage]
+path = "{storage}"
+[database]
+url = "{database_url}"
+""",
+        encoding="utf-8",
+    )
+    cmd = [sys.executable, "-m", "pacs.cli", "serve", "--config", str(cfg)]
+    print("$", " ".join(cmd), flush=True)
+    log = open(run / "serve.log", "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("READY "):
+            fields = dict(p.split("=", 1) for p in line.split()[1:])
+            return proc, int(fields["dicom"].rsplit(":", 1)[1]), int(fields["http"].rsplit(":", 1)[1]), cfg
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise SystemExit(f"pacs serve did not start; see {run / 'serve.log'}")
+
+
+def _pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p * len(values)))] if values else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the load and print the figures; exit 1 if anything was lost or an error occurred."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=120)
+    ap.add_argument("--senders", type=int, default=8)
+    ap.add_argument("--readers", type=int, default=8)
+    ap.add_argument("--per-study", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=0, help="DIMSE listener processes (0 = one per core)")
+    ap.add_argument("--database-url", default="", help="default: SQLite under the run's storage")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "load")
+    args = ap.parse_args(argv)
+    if shutil.which("storescu") is None:
+        raise SystemExit("storescu (DCMTK) is required")
+    print("$", " ".join([Path(sys.executable).name, *sys.argv]), flush=True)
+    run = args.out / time.strftime("%Y%m%d-%H%M%S")
+    db = args.database_url or f"sqlite:///{run / 'storage' / 'index.sqlite'}"
+    proc, dport, hport, cfg = start_server(run, db, args.workers)
+    stats = Stats()
+    t_start = time.monotonic()
+    deadline = t_start + args.seconds
+    threads = [
+        threading.Thread(target=sender, args=(i, dport, run / "work", args.per_study, deadline, stats))
+        for i in range(args.senders)
+    ] + [
+        threading.Thread(target=reader, args=(i, f"http://127.0.0.1:{hport}", deadline, stats))
+        for i in range(args.readers)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t_start
+    # What the archive holds, compared with what was sent.
+    indexed: set[str] = set()
+    with httpx.Client(base_url=f"http://127.0.0.1:{hport}", timeout=120) as client:
+        offset = 0
+        while True:
+            r = client.get("/dicom-web/instances", params={"limit": "1000", "offset": str(offset)})
+            rows = r.json() if r.status_code == 200 else []
+            indexed.update(row["00080018"]["Value"][0] for row in rows)
+            if len(rows) < 1000:
+                break
+            offset += 1000
+    proc.terminate()
+    proc.wait(30)
+    verify_cmd = [sys.executable, "-m", "pacs.cli", "verify", "--config", str(cfg)]
+    print("$", " ".join(verify_cmd), flush=True)
+    verify = subprocess.run(verify_cmd, capture_output=True, text=True, cwd=ROOT)
+    lost = stats.sent - indexed
+    print(
+        f"\nload run: {wall:.0f} s, {args.senders} storescu senders + {args.readers} web readers, "
+        f"database {'PostgreSQL' if db.startswith('postgres') else 'SQLite'}"
+    )
+    print(
+        f"instances sent {len(stats.sent)}, indexed {len(indexed)}, lost {len(lost)}; "
+        f"storescu runs ok {stats.acknowledged_runs}, failed {len(stats.failed_runs)}"
+    )
+    print(f"store throughput {len(indexed) / wall:.1f} instances/s")
+    print(
+        f"verify: exit {verify.returncode}: {verify.stdout.strip().splitlines()[0] if verify.stdout else ''} "
+        f"{verify.stdout.strip().splitlines()[-1] if verify.stdout else verify.stderr[-200:]}"
+    )
+    print(f"{'request':18} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+    for kind, values in sorted(stats.latencies.items()):
+        print(
+            f"{kind:18} {len(values):6d} {statistics.median(values) * 1000:8.0f} "
+            f"{_pct(values, 0.95) * 1000:8.0f} {max(values) * 1000:8.0f}"
+        )
+    print("HTTP statuses:", dict(sorted(stats.statuses.items())))
+    print(f"errors: {len(stats.errors) + len(stats.failed_runs)}")
+    for line in (stats.failed_runs + stats.errors)[:20]:
+        print("  ", line)
+    bad = lost or stats.errors or stats.failed_runs or verify.returncode != 0
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
