@@ -268,9 +268,19 @@ def _as_utc(value: datetime | str | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-@lru_cache(maxsize=65536)
+def _utc_iso(value: datetime | str | None) -> str | None:
+    """ISO-8601 in UTC of an archive time (naive values are UTC, as the index stores them)."""
+    if type(value) is datetime and value.tzinfo is None:
+        return value.isoformat() + "+00:00"
+    return iso(_as_utc(value))
+
+
 def iso(value: datetime | None) -> str | None:
-    """ISO-8601 with offset (device times in their own offset, archive times in UTC)."""
+    """ISO-8601 with offset (device times in their own offset, archive times in UTC).
+
+    Not memoised: aware datetimes of the same instant in different offsets are equal and hash
+    alike, so a cache would print a device time with the offset of an archive time.
+    """
     return value.isoformat() if value else None
 
 
@@ -1250,8 +1260,8 @@ class _Builder:
             "procedure_code": row["procedure_code"],
             "performed_series": attrs.get("performed_series", []),
             "sending_ae_title": row["calling_ae"],
-            "received_at": iso(_as_utc(row["created_at"])),
-            "updated_at": iso(_as_utc(row["updated_at"])),
+            "received_at": _utc_iso(row["created_at"]),
+            "updated_at": _utc_iso(row["updated_at"]),
         }
         return entry, (start[0] if start else None), attrs
 
@@ -1330,7 +1340,11 @@ class _Builder:
         last_received: datetime | None = None
         for s in series_rows:
             first, last, source, tz_source = series_times(s, self.device_tz, self.assumed)
-            r_first, r_last = _as_utc(s["first_received"]), _as_utc(s["last_received"])
+            r_first, r_last = s["first_received"], s["last_received"]
+            if r_first is not None and (type(r_first) is not datetime or r_first.tzinfo is not UTC):
+                r_first = _as_utc(r_first)
+            if r_last is not None and (type(r_last) is not datetime or r_last.tzinfo is not UTC):
+                r_last = _as_utc(r_last)
             for r in (r_first, r_last):
                 if r:
                     if first_received is None or r < first_received:
@@ -1409,24 +1423,37 @@ class _Builder:
         # --- ordering checks (facts only; order and result times are not known to the PACS)
         fa = first_acq[0] if first_acq else None
         la = last_acq[0] if last_acq else None
+        # each instant formatted once (then shown in the stamps, span, receipt and checks)
+        fa_iso, la_iso, ss_iso = iso(fa), iso(la), iso(step_start)
+        fr_iso, lr_iso = iso(first_received), iso(last_received)
         checks = [
-            _check("order_time <= first_acquisition", ("order_time", None), ("first_acquisition", fa)),
             _check(
-                "first_acquisition <= last_acquisition", ("first_acquisition", fa), ("last_acquisition", la)
+                "order_time <= first_acquisition",
+                ("order_time", None, None),
+                ("first_acquisition", fa, fa_iso),
             ),
-            _check("last_acquisition <= result_time", ("last_acquisition", la), ("result_time", None)),
+            _check(
+                "first_acquisition <= last_acquisition",
+                ("first_acquisition", fa, fa_iso),
+                ("last_acquisition", la, la_iso),
+            ),
+            _check(
+                "last_acquisition <= result_time",
+                ("last_acquisition", la, la_iso),
+                ("result_time", None, None),
+            ),
             _check(
                 "first_acquisition <= first_received_at_archive",
-                ("first_acquisition", fa),
-                ("first_received_at_archive", first_received),
+                ("first_acquisition", fa, fa_iso),
+                ("first_received_at_archive", first_received, fr_iso),
             ),
         ]
         if step_start is not None:
             checks.append(
                 _check(
                     "procedure_step_start <= first_acquisition",
-                    ("procedure_step_start", step_start),
-                    ("first_acquisition", fa),
+                    ("procedure_step_start", step_start, ss_iso),
+                    ("first_acquisition", fa, fa_iso),
                 )
             )
 
@@ -1435,8 +1462,8 @@ class _Builder:
         span = None
         if fa and la:
             span = {
-                "from": iso(fa),
-                "to": iso(la),
+                "from": fa_iso,
+                "to": la_iso,
                 "seconds": round((la - fa).total_seconds(), 1),
                 "basis": _SPAN_BASIS,
             }
@@ -1488,14 +1515,14 @@ class _Builder:
             "series": series_out,
             "procedure_steps": steps_out,
             "device_timestamps": {
-                "first_acquisition": _stamp(first_acq),
-                "last_acquisition": _stamp(last_acq),
-                "procedure_step_start": iso(step_start),
+                "first_acquisition": _stamp(first_acq, fa_iso),
+                "last_acquisition": _stamp(last_acq, la_iso),
+                "procedure_step_start": ss_iso,
             },
             "device_acquisition_span": span,
             "archive_receipt": {
-                "first_received": iso(first_received),
-                "last_received": iso(last_received),
+                "first_received": fr_iso,
+                "last_received": lr_iso,
                 "source": _RECEIPT_SOURCE,
             },
             "devices": list(devices.values()),
@@ -1595,19 +1622,25 @@ def _step_values(ds: Dataset, *, create: bool, previous: dict[str, Any] | None =
     return values
 
 
-def _stamp(value: tuple[datetime, str, str] | None) -> dict[str, Any] | None:
+def _stamp(value: tuple[datetime, str, str] | None, text: str | None) -> dict[str, Any] | None:
+    """A device timestamp (``text`` is its ISO form) with the attribute and offset it came from."""
     if value is None:
         return None
-    return {"value": iso(value[0]), "source": value[1], "timezone_source": value[2]}
+    return {"value": text, "source": value[1], "timezone_source": value[2]}
 
 
 def _check(
-    name: str, left: tuple[str, datetime | None], right: tuple[str, datetime | None]
+    name: str,
+    left: tuple[str, datetime | None, str | None],
+    right: tuple[str, datetime | None, str | None],
 ) -> dict[str, Any]:
-    """An ordering check: consistent / inconsistent / unknown, with the timestamps compared."""
+    """An ordering check: consistent / inconsistent / unknown, with the timestamps compared.
+
+    Each side is (name, instant, its ISO form).
+    """
     a, b = left[1], right[1]
     result = "unknown" if a is None or b is None else ("consistent" if a <= b else "inconsistent")
-    return {"check": name, "result": result, "timestamps": {left[0]: iso(a), right[0]: iso(b)}}
+    return {"check": name, "result": result, "timestamps": {left[0]: left[2], right[0]: right[2]}}
 
 
 def _claim_row(rec: dict[str, Any], n: int) -> dict[str, Any]:

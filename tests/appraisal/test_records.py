@@ -301,3 +301,26 @@ def test_openapi(client: TestClient) -> None:
     assert doc["openapi"].startswith("3.")
     assert "/api/appraisal/v1/records" in doc["paths"] and "/api/appraisal/v1/records/{id}" in doc["paths"]
     assert "Record" in doc["components"]["schemas"]
+
+
+def test_same_instant_keeps_each_offset(rt: Runtime, client: TestClient) -> None:
+    # device time 10:20:30 (+07:00) is the very instant the archive received the image (03:20:30 UTC):
+    # each is still printed in its own offset (equal aware datetimes must not share a formatted form)
+    rt.archive.clock = lambda: RECEIVED
+    ds = make_dataset(accession="ACC-SAME")
+    ds.AcquisitionTime = "102030"
+    rt.archive.store_bytes(to_bytes(ds), MODALITY)
+    for _ in range(2):
+        rec = client.get("/api/appraisal/v1/records/acc:ACC-SAME").json()
+        assert rec["device_timestamps"]["first_acquisition"]["value"] == "2025-01-10T10:20:30+07:00"
+        assert rec["archive_receipt"]["first_received"] == "2025-01-10T03:20:30+00:00"
+        [series] = rec["series"]
+        assert series["first_acquisition"] == "2025-01-10T10:20:30+07:00"
+        assert series["received_first"] == "2025-01-10T03:20:30+00:00"
+        checks = {c["check"]: c for c in rec["ordering_checks"]}
+        stamps = checks["first_acquisition <= first_received_at_archive"]["timestamps"]
+        assert stamps == {
+            "first_acquisition": "2025-01-10T10:20:30+07:00",
+            "first_received_at_archive": "2025-01-10T03:20:30+00:00",
+        }
+        assert checks["first_acquisition <= first_received_at_archive"]["result"] == "consistent"
