@@ -94,6 +94,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     hhost, hport = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     config.load()
+    from pacs.web.timeouts import with_header_timeout  # slow-loris clients are dropped
+
+    config.http_protocol_class = with_header_timeout(config.http_protocol_class, settings.http.header_timeout)
     https = str(settings.http.tls_cert) not in ("", ".")
     if https:
         from pacs import tls

@@ -70,6 +70,7 @@ class HttpSettings:
     port: int = 8042
     cors_origins: tuple[str, ...] = ()
     max_upload_mb: int = 2048
+    header_timeout: float = 10.0  # seconds a new connection has to send its request headers
     max_query_limit: int = 1000
     default_query_limit: int = 1000
     # HTTPS: PEM files; an empty tls_cert means plain HTTP.

@@ -44,6 +44,8 @@ SQL_PAYLOADS = [
     "*' --",
     "1) OR (1=1",
 ]
+#: C-FIND runs one DIMSE exchange per key and payload: the payloads that reach SQL differently.
+FIND_PAYLOADS = ["' OR '1'='1", "'; DROP TABLE instance; --", "%", "_", "%_\\"]
 STORE_OK, STORE_DUPLICATE = 0x0000, 0x0111
 FIND_FAILURES = {0xA900, 0xC000, 0xA700}
 
@@ -149,7 +151,7 @@ def _c_find_sweep(srv: Served, tally: collections.Counter[str]) -> None:
             if attr.vr in ("US", "UL", "SS", "SL", "FD", "FL"):
                 continue
             level = "STUDY" if attr.level in (Level.PATIENT, Level.STUDY) else attr.level.value
-            for payload in SQL_PAYLOADS:
+            for payload in FIND_PAYLOADS:
                 ds = Dataset()
                 ds.QueryRetrieveLevel = level
                 ds.SpecificCharacterSet = "ISO_IR 192"
