@@ -52,13 +52,13 @@ def corpus() -> list[tuple[str, bytes, str]]:
 
     small = dict(pixels=np.zeros((8, 8), np.int16))
     # Oversized elements.
-    add("oversized PatientName (8 MB LO)", make_dataset(**small, PatientName="A" * (8 << 20)))
+    add("oversized PatientName (4 MB LO)", make_dataset(**small, PatientName="A" * (4 << 20)))
     add(
         "oversized StudyDescription (1 MB, 10k values)",
         make_dataset(**small, StudyDescription="\\".join(["x" * 100] * 10_000)),
     )
     ds = make_dataset(**small)
-    add("16 MB private OB element", ds, elem(0x00091010, "OB", bytes(16 << 20)), with_pixels=False)
+    add("8 MB private OB element", ds, elem(0x00091010, "OB", bytes(8 << 20)), with_pixels=False)
     # Deep sequences.
     for depth in (50, 500, 5000):
         ds = make_dataset(**small)

@@ -116,7 +116,7 @@ def test_database_unavailable_then_back(db_url: str, tmp_path: Path) -> None:
     storage = tmp_path / "storage"
     first, second = _study(3), _study(3)
     try:
-        with serve(tmp_path, served_url, storage=storage, env={"PACS_DATABASE_BUSY_TIMEOUT": "0.5"}) as srv:
+        with serve(tmp_path, served_url, storage=storage, env={"PACS_DATABASE_BUSY_TIMEOUT": "0.2"}) as srv:
             with _database_down(db_url, tmp_path, proxy):
                 statuses = c_store(srv.dicom_port, first)
                 r = _stow(srv.base_url, second)
