@@ -175,3 +175,11 @@ def test_codestream_size_parsers() -> None:
     assert limits.codestream_size(j2k) == (480, 640)
     assert limits.codestream_size(b"RLE-or-garbage") is None
     limits.check_codestream(b"\xff\xd8\xff\xc0\x00\x0b\x08\x00\x00\x00\x10", 16, 16)  # rows 0 = DNL
+
+
+@pytest.mark.timeout(10)
+def test_check_deflated_stops_at_the_end_of_the_deflate_stream() -> None:
+    """Bytes after the end of the deflate stream (padding, garbage) end the check; they once
+    made it loop forever inside the C-STORE thread."""
+    data = deflated(make_dataset()) + b"\x00\x00trailing garbage" * 100
+    assert limits.check_deflated(io.BytesIO(data), _dataset_offset(data)) > 0
