@@ -181,5 +181,12 @@ def test_codestream_size_parsers() -> None:
 def test_check_deflated_stops_at_the_end_of_the_deflate_stream() -> None:
     """Bytes after the end of the deflate stream (padding, garbage) end the check; they once
     made it loop forever inside the C-STORE thread."""
-    data = deflated(make_dataset()) + b"\x00\x00trailing garbage" * 100
-    assert limits.check_deflated(io.BytesIO(data), _dataset_offset(data)) > 0
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("image_dfl.dcm")  # a real deflated file with bytes after the stream
+    assert path is not None
+    with open(path, "rb") as fh:
+        real = fh.read()
+    big = deflated(make_dataset(pixels=np.zeros((512, 512), np.int16))) + b"trailing garbage" * 100
+    for data in (real, big):
+        assert limits.check_deflated(io.BytesIO(data), _dataset_offset(data)) > 0
