@@ -204,11 +204,11 @@ class DicomServer:
     def build_ae(self) -> AE:
         """The application entity with every presentation context we accept."""
         d = self.settings.dicom
-        _config.STORE_RECV_CHUNKED_DATASET = True
+        _config.STORE_RECV_CHUNKED_DATASET = True  # stream each instance to disk, never whole in memory
         if self.settings.log.level.upper() != "DEBUG":
             # pynetdicom's own PDU/DIMSE dump handlers cost ~1/4 of a C-FIND response; our log has
             # one line per association and per instance. At DEBUG they stay on for peer debugging.
-            _config.LOG_HANDLER_LEVEL = "none"  # stream each instance to disk, never whole in memory
+            _config.LOG_HANDLER_LEVEL = "none"
         dimse_messages.NamedTemporaryFile = _ReceiveFile  # a full disk answers 0xA700, not an abort
         ae = AE(ae_title=d.ae_title)
         ae.maximum_pdu_size = d.max_pdu
