@@ -60,9 +60,18 @@ def _dicom_worker(settings: Settings, port: int) -> None:
     _logging(settings)
     rt = runtime.build(settings, run_migrations=False)
     server = DicomServer(settings, rt.archive, extensions=runtime.dimse_extensions(rt), reuse_port=True)
+    parent = os.getppid()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start()
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    # Exit with the parent, even when it was killed without a chance to stop us (SIGKILL, OOM).
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            log.warning("pacs serve (pid %d) is gone: this listener stops too", parent)
+            break
     server.stop()
+    rt.close()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
