@@ -49,7 +49,7 @@ def _logging(settings: Settings) -> None:
 # ---------------------------------------------------------------------- serve
 
 
-def _dicom_worker(settings: Settings, port: int) -> None:
+def _dicom_worker(settings: Settings, port: int, parent: int) -> None:
     """A further DIMSE listener process sharing the port (SO_REUSEPORT)."""
     import dataclasses
 
@@ -60,14 +60,13 @@ def _dicom_worker(settings: Settings, port: int) -> None:
     _logging(settings)
     rt = runtime.build(settings, run_migrations=False)
     server = DicomServer(settings, rt.archive, extensions=runtime.dimse_extensions(rt), reuse_port=True)
-    parent = os.getppid()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start()
     # Exit with the parent, even when it was killed without a chance to stop us (SIGKILL, OOM).
     while not stop.wait(1.0):
-        if os.getppid() != parent:
+        if os.getppid() != parent:  # reparented: serve died (maybe even before we got here)
             log.warning("pacs serve (pid %d) is gone: this listener stops too", parent)
             break
     server.stop()
@@ -89,7 +88,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     dhost, dport = dicom.start()
     ctx = multiprocessing.get_context("spawn")
     children = [
-        ctx.Process(target=_dicom_worker, args=(settings, dport), daemon=True) for _ in range(workers - 1)
+        ctx.Process(target=_dicom_worker, args=(settings, dport, os.getpid()), daemon=True)
+        for _ in range(workers - 1)
     ]
     for child in children:
         child.start()
