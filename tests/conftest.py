@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from pacs import config, runtime
 from pacs.blobstore import FileBlobStore
 from pacs.index.engine import make_engine, migrate
 from pacs.services.archive import Archive
@@ -96,3 +97,22 @@ def archive(db_url: str, storage_dir: Path) -> Iterator[Archive]:
         yield Archive(engine, FileBlobStore(storage_dir))
     finally:
         engine.dispose()
+
+
+def settings_for(db_url: str, storage: Path, **http: object) -> config.Settings:
+    """Settings for an in-process app under test (no fsync: tests do not need durability)."""
+    return config.Settings(
+        storage=config.StorageSettings(path=storage, fsync=False),
+        database=config.DatabaseSettings(url=db_url),
+        http=config.HttpSettings(**http),  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def rt(db_url: str, tmp_path: Path) -> Iterator[runtime.Runtime]:
+    """A whole runtime (archive, services) on SQLite and PostgreSQL."""
+    r = runtime.build(settings_for(db_url, tmp_path / "storage"))
+    try:
+        yield r
+    finally:
+        r.close()

@@ -12,8 +12,9 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from pacs import config, runtime
+from pacs import runtime
 from pacs.model import Origin
+from tests.conftest import settings_for
 from tests.factories import to_bytes
 
 with warnings.catch_warnings():
@@ -23,25 +24,6 @@ with warnings.catch_warnings():
 ORIGIN = Origin(address="127.0.0.1", calling_ae="FUZZ", protocol="test")
 BOUNDARY = "robustness-boundary"
 STOW_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
-
-
-def settings_for(db_url: str, storage: Path, **http: object) -> config.Settings:
-    """Settings for an in-process app (no fsync: tests do not need durability)."""
-    return config.Settings(
-        storage=config.StorageSettings(path=storage, fsync=False),
-        database=config.DatabaseSettings(url=db_url),
-        http=config.HttpSettings(**http),  # type: ignore[arg-type]
-    )
-
-
-@pytest.fixture
-def rt(db_url: str, tmp_path: Path) -> Iterator[runtime.Runtime]:
-    """A runtime on SQLite and PostgreSQL."""
-    r = runtime.build(settings_for(db_url, tmp_path / "storage"))
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture

@@ -13,31 +13,13 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from pacs import config, runtime
+from pacs import runtime
 from pacs.model import Origin, StoreResult
+from tests.conftest import settings_for
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
-
-
-def settings_for(db_url: str, storage: Path, **http: object) -> config.Settings:
-    """Settings for an app under test (no fsync: tests do not need durability)."""
-    return config.Settings(
-        storage=config.StorageSettings(path=storage, fsync=False),
-        database=config.DatabaseSettings(url=db_url),
-        http=config.HttpSettings(**http),  # type: ignore[arg-type]
-    )
-
-
-@pytest.fixture
-def rt(db_url: str, tmp_path: Path) -> Iterator[runtime.Runtime]:
-    """A runtime on SQLite and PostgreSQL."""
-    r = runtime.build(settings_for(db_url, tmp_path / "storage"))
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture

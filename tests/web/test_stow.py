@@ -9,8 +9,9 @@ import pytest
 from pydicom.uid import generate_uid
 
 from pacs import runtime
+from tests.conftest import settings_for
 from tests.factories import make_dataset, to_bytes
-from tests.web.conftest import TestClient, settings_for
+from tests.web.conftest import TestClient
 
 B = "stow-test-boundary"
 CT = f'multipart/related; type="application/dicom"; boundary={B}'
