@@ -6,9 +6,7 @@ from pydicom.dataset import Dataset
 
 from pacs.errors import (
     DuplicateInstance,
-    InvalidInstance,
     InvalidQuery,
-    NotFound,
     PacsError,
     StorageUnavailable,
 )
@@ -38,26 +36,24 @@ def for_store_outcome(outcome: StoreOutcome) -> int:
     return SUCCESS
 
 
+_STORE_ERRORS: dict[type[PacsError], int] = {
+    StorageUnavailable: OUT_OF_RESOURCES_STORE,
+    DuplicateInstance: DUPLICATE_SOP_INSTANCE,
+}
+_QUERY_ERRORS: dict[type[PacsError], int] = {
+    InvalidQuery: IDENTIFIER_DOES_NOT_MATCH,
+    StorageUnavailable: FIND_OUT_OF_RESOURCES,
+}
+
+
 def for_store_error(exc: PacsError) -> int:
-    """The C-STORE failure status of a domain error."""
-    if isinstance(exc, StorageUnavailable):
-        return OUT_OF_RESOURCES_STORE
-    if isinstance(exc, DuplicateInstance):
-        return DUPLICATE_SOP_INSTANCE
-    if isinstance(exc, InvalidInstance):
-        return CANNOT_UNDERSTAND
-    return CANNOT_UNDERSTAND
+    """The C-STORE failure status of a domain error (anything else: 0xC000 Cannot understand)."""
+    return _STORE_ERRORS.get(type(exc), CANNOT_UNDERSTAND)
 
 
 def for_query_error(exc: PacsError) -> int:
-    """The C-FIND / C-MOVE / C-GET failure status of a domain error."""
-    if isinstance(exc, InvalidQuery):
-        return IDENTIFIER_DOES_NOT_MATCH
-    if isinstance(exc, StorageUnavailable):
-        return FIND_OUT_OF_RESOURCES
-    if isinstance(exc, NotFound):
-        return UNABLE_TO_PROCESS
-    return UNABLE_TO_PROCESS
+    """The C-FIND / C-MOVE / C-GET failure status of a domain error (else 0xC000 Unable to process)."""
+    return _QUERY_ERRORS.get(type(exc), UNABLE_TO_PROCESS)
 
 
 def dataset(code: int, comment: str = "") -> Dataset:
