@@ -29,7 +29,9 @@ from pacs.config import Settings
 from pacs.errors import PacsError
 from pacs.model import Origin
 from pacs.scp import status
+from pacs.scp.reactor import WakeupRequestHandler
 from pacs.services.archive import Archive
+from pacs.services.audit import Audit
 
 log = logging.getLogger("pacs.dimse")
 
@@ -191,9 +193,13 @@ class DicomServer:
         *,
         extensions: list[Extension] | None = None,
         reuse_port: bool = False,
+        audit: Audit | None = None,
     ) -> None:
         self.settings = settings
         self.archive = archive
+        #: The audit trail whose queued rows (queries, retrieves) are flushed before an
+        #: association's close is recorded, so the trail reads in order.
+        self.audit = audit
         self.extensions = extensions or []
         self.reuse_port = reuse_port
         self._server: _Listener | None = None
@@ -247,7 +253,11 @@ class DicomServer:
         _Listener.reuse_port = self.reuse_port
         _Listener.nodelay = d.tcp_nodelay
         server = ae.make_server(
-            (d.host, d.port), evt_handlers=self.handlers(), server_class=_Listener, ssl_context=self.tls()
+            (d.host, d.port),
+            evt_handlers=self.handlers(),
+            server_class=_Listener,
+            ssl_context=self.tls(),
+            request_handler=WakeupRequestHandler,
         )
         ae._servers.append(server)  # as AE.start_server does: the server's shutdown() removes it
         self._server = server  # type: ignore[assignment]
@@ -325,6 +335,8 @@ class DicomServer:
         o = origin_of(event)
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
         log.info("association %s from %s@%s", how, o.calling_ae, o.address)
+        if self.audit is not None:
+            self.audit.flush()
         self._record("association.close", o, how=how)
 
     def _record(self, kind: str, origin: Origin, **details: Any) -> None:

@@ -1,0 +1,233 @@
+"""Event-driven reactor loops for pynetdicom acceptor associations.
+
+pynetdicom runs two polling loops per association: the DUL thread sleeps 1 ms whenever a pass
+found nothing to do, and the association thread sleeps 1 ms before every look at its message
+queue. Every DIMSE exchange therefore waits for up to three such sleeps (request complete ->
+handler, response queued -> socket, next PDU arrived -> read), and an idle association wakes
+2,000 times a second. For a C-FIND that returns 25 matches or a modality sending 500 slices,
+those sleeps are most of the latency.
+
+Here both loops wait on the thing they are waiting for instead:
+
+- the DUL thread blocks in ``select()`` on the peer socket plus a wake-up socket that
+  :meth:`WakeupDUL.send_pdu` pokes when the association queues a PDU to send;
+- the association thread blocks on an event the DUL sets after each state-machine action
+  (a completed DIMSE message, a release or abort request).
+
+Everything else (state machine, timers, pause handshake, shutdown) is pynetdicom's own code;
+the run loops below are pynetdicom 3.0's with only the sleeps replaced. ``pyproject.toml`` pins
+pynetdicom to the 3.0 series, and the protocol tests run every service through these loops.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import select
+import socket
+import threading
+import time
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import RequestHandler
+
+log = logging.getLogger("pynetdicom")
+
+#: Longest a loop blocks without a wake-up: the resolution of timers (ARTIM, network idle)
+#: and of a pause requested by another thread.
+IDLE_WAIT = 0.02
+
+
+class WakeupDUL(DULServiceProvider):
+    """A DUL provider whose idle wait is ``select()`` on the peer socket and a wake-up socket."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    def _poke(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # buffer full (a wake-up is already pending) or already closed
+            pass
+
+    def send_pdu(self, primitive: Any) -> None:
+        """Queue a primitive for the peer and wake the loop to send it."""
+        super().send_pdu(primitive)
+        self._poke()
+
+    def kill_dul(self) -> None:
+        """Stop the reactor."""
+        super().kill_dul()
+        self._poke()
+
+    def stop_dul(self) -> bool:
+        """Stop the reactor if idle (Sta1); as pynetdicom's, but wakes the loop first."""
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            self._poke()
+            while self.is_alive():
+                time.sleep(self._run_loop_delay)
+            return True
+        return False
+
+    def _idle(self) -> None:
+        """Block until the peer sends, the association queues a PDU, or IDLE_WAIT passes."""
+        sock = getattr(self.socket, "socket", None)
+        fds: list[Any] = [self._wake_r] if sock is None else [self._wake_r, sock]
+        try:
+            ready, _, _ = select.select(fds, [], [], IDLE_WAIT)
+        except (OSError, ValueError):  # the peer socket was closed under us
+            time.sleep(self._run_loop_delay)
+            return
+        if self._wake_r in ready:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except OSError:
+                pass
+
+    def run_reactor(self) -> None:
+        """pynetdicom's DUL loop with the idle sleep replaced by :meth:`_idle`."""
+        try:
+            self._run()
+        finally:
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _run(self) -> None:
+        self._idle_timer.start()
+        idle = False
+        work = getattr(self.assoc, "_work", None)
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                idle = True
+            if idle:
+                self._idle()
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                # Either encode and send one primitive, or receive and decode one PDU, per pass.
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                log.error("Exception in DUL.run(), aborting association")
+                log.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                self.socket.send(abort_pdu.encode())  # type: ignore[union-attr]
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                if work is not None:
+                    work.set()
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+            self.state_machine.do_action(event)
+            if work is not None:
+                work.set()  # a DIMSE message, release or abort may now be waiting for the association
+            idle = False
+
+
+class WakeupAssociation(Association):
+    """An acceptor association whose reactor waits on the DUL's wake-up instead of sleeping."""
+
+    _work: threading.Event
+
+    def _install(self) -> None:
+        """Swap in a :class:`WakeupDUL` (before the association starts)."""
+        old = self.dul
+        self._work = threading.Event()
+        dul = WakeupDUL(self)
+        dul.socket = old.socket
+        dul.event_queue = old.event_queue  # holds Evt5 (transport connected) from set_socket()
+        self.dul = dul
+        # pynetdicom pushes these into the DUL's timers when they are set: set them again.
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
+
+    def kill(self) -> None:
+        """Stop the association (and wake its reactor so it sees that at once)."""
+        self._work.set()
+        super().kill()
+
+    def _run_reactor(self) -> None:
+        """pynetdicom's acceptor loop, waiting on ``_work`` instead of sleeping 1 ms per pass."""
+        self._is_paused = False
+        while not self._kill:
+            # Paused while waiting: another thread may take the queues now; it clears the
+            # checkpoint first, so this thread stops below before it reads them again.
+            self._is_paused = True
+            self._work.wait(IDLE_WAIT)
+            self._work.clear()
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._work.set()  # more may be queued behind it
+                self._serve_request(msg, context_id)  # type: ignore[arg-type]
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                log.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                log_msg = "Association Aborted"
+                if self.acse.is_aborted("a-p-abort"):
+                    log_msg += " (A-P-ABORT)"
+                log.info(log_msg)
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                log.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+class WakeupRequestHandler(RequestHandler):
+    """Builds each accepted association as a :class:`WakeupAssociation`."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        assoc.__class__ = WakeupAssociation  # same layout; only the run loops differ
+        assoc._install()  # type: ignore[attr-defined]
+        return assoc
