@@ -59,7 +59,9 @@ def _dicom_worker(settings: Settings, port: int, parent: int) -> None:
     settings = dataclasses.replace(settings, dicom=dataclasses.replace(settings.dicom, port=port))
     _logging(settings)
     rt = runtime.build(settings, run_migrations=False)
-    server = DicomServer(settings, rt.archive, extensions=runtime.dimse_extensions(rt), reuse_port=True)
+    server = DicomServer(
+        settings, rt.archive, extensions=runtime.dimse_extensions(rt), reuse_port=True, audit=rt.audit
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -84,7 +86,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _logging(settings)
     rt = runtime.build(settings, clean_tmp=True)
     workers = settings.dicom.workers or os.cpu_count() or 1
-    dicom = DicomServer(settings, rt.archive, extensions=runtime.dimse_extensions(rt), reuse_port=workers > 1)
+    dicom = DicomServer(
+        settings, rt.archive, extensions=runtime.dimse_extensions(rt), reuse_port=workers > 1, audit=rt.audit
+    )
     dhost, dport = dicom.start()
     ctx = multiprocessing.get_context("spawn")
     children = [

@@ -108,7 +108,7 @@ def dimse_extensions(rt: Runtime) -> list[Any]:
     """DIMSE services beyond Verification and Storage (Query/Retrieve, MPPS)."""
     from pacs.scp import mpps, qr
 
-    return [qr.extension(rt.archive, rt.settings), mpps.extension(rt.appraisal)]
+    return [qr.extension(rt.archive, rt.settings, rt.audit), mpps.extension(rt.appraisal)]
 
 
 def web_app(rt: Runtime) -> Any:

@@ -55,6 +55,7 @@ from pacs.query import AnyOf, Condition, Equal, Query, from_identifier
 from pacs.scp import status
 from pacs.scp.server import STORAGE_TRANSFER_SYNTAXES, Extension, origin_of
 from pacs.services.archive import Archive
+from pacs.services.audit import Audit
 
 log = logging.getLogger("pacs.dimse.qr")
 
@@ -302,9 +303,12 @@ def _unsendable(inst: StoredInstance, why: str) -> Dataset:
 class QueryRetrieveSCP:
     """C-FIND / C-MOVE / C-GET handlers bound to an archive."""
 
-    def __init__(self, archive: Archive, settings: Settings) -> None:
+    def __init__(self, archive: Archive, settings: Settings, audit: Audit | None = None) -> None:
         self.archive = archive
         self.settings = settings
+        #: Query and retrieve events go to the audit trail's writer thread when there is one,
+        #: so a C-FIND's final status never waits for an audit row's commit.
+        self.audit = audit
         self.ae_title = settings.dicom.ae_title
         self.max_results = max(1, settings.dicom.max_find_results)
         self.fold_names = settings.query.names_accent_insensitive
@@ -473,18 +477,21 @@ class QueryRetrieveSCP:
 
     def _record(self, kind: str, origin: Origin, **details: Any) -> None:
         try:
-            self.archive.record_event(kind, origin, details=details)
+            if self.audit is not None:
+                self.audit.record(kind, origin, **details)
+            else:
+                self.archive.record_event(kind, origin, details=details)
         except Exception as exc:  # an audit row must never fail the query itself
             log.warning("cannot record %s event: %s", kind, exc)
 
 
-def extension(archive: Archive, settings: Settings) -> Extension:
+def extension(archive: Archive, settings: Settings, audit: Audit | None = None) -> Extension:
     """Presentation contexts and handlers of the Q/R services.
 
     The storage contexts are re-declared with both roles allowed so that a C-GET requester can
     take the Storage SCP role on its own association (PS3.7 D.3.3.4 role selection).
     """
-    scp = QueryRetrieveSCP(archive, settings)
+    scp = QueryRetrieveSCP(archive, settings, audit)
     contexts: list[tuple[str, list[str], dict[str, Any]]] = [
         (str(uid), list(_QR_SYNTAXES), {})
         for uid in (

@@ -92,7 +92,7 @@ def test_dicom_associations_and_operations_are_audited(db_url: str, tmp_path: Pa
         dicom=config.DicomSettings(port=0, allowed_aes=(AllowedAE("AUDITSCU"),)),
     )
     rt = runtime.build(settings)
-    server = DicomServer(settings, rt.archive, extensions=runtime.dimse_extensions(rt))
+    server = DicomServer(settings, rt.archive, extensions=runtime.dimse_extensions(rt), audit=rt.audit)
     host, port = server.start()
     try:
         ae = AE(ae_title="AUDITSCU")
