@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -19,8 +20,9 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
-from pydicom.pixels import pixel_array
+from pydicom.pixels import get_decoder
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID
 
 from pacs import limits
@@ -69,6 +71,7 @@ class PixelInfo:
     number_of_frames: int
     value_offset: int  # file offset of the Pixel Data value
     value_length: int  # 0xFFFFFFFF when encapsulated
+    pixel_vr: str = ""  # OB or OW for explicit VR syntaxes
 
     @property
     def encapsulated(self) -> bool:
@@ -118,14 +121,16 @@ def locate(fh: BinaryIO) -> PixelInfo:
     group, element = struct.unpack(f"{endian}HH", head[:4])
     if (group, element) != (0x7FE0, 0x0010):
         raise NoPixelData(f"the instance has no pixel data (found ({group:04X},{element:04X}) instead)")
+    vr = ""
     if uid.is_implicit_VR:
         (length,) = struct.unpack(f"{endian}L", head[4:8])
     else:
+        vr = head[4:6].decode("latin-1")
         (length,) = struct.unpack(f"{endian}L", fh.read(4))
-    return _info(ds, ts, fh.tell(), length)
+    return _info(ds, ts, fh.tell(), length, vr)
 
 
-def _info(ds: Dataset, ts: str, offset: int, length: int) -> PixelInfo:
+def _info(ds: Dataset, ts: str, offset: int, length: int, vr: str = "") -> PixelInfo:
     def num(keyword: str, default: int | None = None) -> int:
         value = ds.get(keyword, default)
         if value is None or value == "":
@@ -148,7 +153,7 @@ def _info(ds: Dataset, ts: str, offset: int, length: int) -> PixelInfo:
         raise InvalidInstance(f"unsupported BitsAllocated {bits}")
     if not 0 < frames <= MAX_FRAMES:
         raise InvalidInstance(f"unsupported NumberOfFrames {frames}")
-    info = PixelInfo(ds, ts, rows, columns, spp, bits, frames, offset, length)
+    info = PixelInfo(ds, ts, rows, columns, spp, bits, frames, offset, length, vr)
     if info.decoded_frame_bytes > MAX_FRAME_BYTES:
         raise InvalidInstance(
             f"a {rows}x{columns}x{spp} frame of {bits} bits is larger than the "
@@ -220,8 +225,17 @@ def decode_frame(fh: BinaryIO, info: PixelInfo, number: int) -> np.ndarray:
             return arr[number - 1] if info.number_of_frames > 1 else arr
         if info.encapsulated:  # decoders allocate what the codestream claims: check it first
             limits.check_codestream(raw_frame(fh, info, number), info.rows, info.columns)
-        fh.seek(0)
-        return pixel_array(fh, index=number - 1)
+        # What pydicom's pixel_array(fh) does after parsing the header again: we parsed it already.
+        opts = as_pixel_options(info.header)
+        opts["transfer_syntax_uid"] = UID(info.transfer_syntax_uid)
+        opts["pixel_keyword"] = "PixelData"
+        if info.pixel_vr:
+            opts["pixel_vr"] = info.pixel_vr
+        fh.seek(info.value_offset)
+        arr, _ = get_decoder(opts["transfer_syntax_uid"]).as_array(
+            fh, index=number - 1, validate=True, **opts
+        )
+        return arr
     except NotImplementedError as exc:
         raise InvalidInstance(f"no decoder available for transfer syntax {info.transfer_syntax_uid}") from exc
     except (ValueError, RuntimeError, struct.error, EOFError, OSError) as exc:
@@ -292,25 +306,89 @@ def to_display(ds: Dataset, arr: np.ndarray, window: Window | None = None) -> np
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         bits = int(ds.get("BitsStored", 8) or 8)
         return _to_uint8_colour(arr[..., :3], bits)
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2 and arr.dtype.isnative:
+        lut = _grayscale_lut(ds, arr, window, photometric)
+        if lut is not None:
+            # Stored values index the table through their unsigned bit pattern (one take, no float math).
+            return np.take(lut, arr.view(np.uint8 if arr.dtype.itemsize == 1 else np.uint16))
+    return np.rint(_grayscale(ds, arr, window, photometric)).astype(np.uint8)
+
+
+def _grayscale(
+    ds: Dataset,
+    arr: np.ndarray,
+    window: Window | None,
+    photometric: str,
+    span: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """The grayscale pipeline (C.11) as floats 0..255; ``span`` is the (lo, hi) of modality values
+    used when there is no window at all (the image's own range)."""
+    values = apply_modality_lut(arr, ds)
+    if window is None:
+        window = header_window(ds)
     if window is not None:
-        values = apply_modality_lut(arr, ds)
         out = apply_window(values, window)
+    elif "VOILUTSequence" in ds:
+        lut_out = apply_voi_lut(values, ds).astype(np.float64)
+        descriptor = ds.VOILUTSequence[0].get("LUTDescriptor", [0, 0, 16])
+        top = float(2 ** int(descriptor[2]) - 1) or 1.0
+        out = np.clip(lut_out / top * 255.0, 0.0, 255.0)
     else:
-        values = apply_modality_lut(arr, ds)
-        hw = header_window(ds)
-        if hw is not None:
-            out = apply_window(values, hw)
-        elif "VOILUTSequence" in ds:
-            lut_out = apply_voi_lut(values, ds).astype(np.float64)
-            descriptor = ds.VOILUTSequence[0].get("LUTDescriptor", [0, 0, 16])
-            top = float(2 ** int(descriptor[2]) - 1) or 1.0
-            out = np.clip(lut_out / top * 255.0, 0.0, 255.0)
-        else:
-            lo, hi = float(np.min(values)), float(np.max(values))
-            out = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros(values.shape)
+        lo, hi = span if span is not None else (float(np.min(values)), float(np.max(values)))
+        out = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros(values.shape)
     if photometric == "MONOCHROME1":
         out = 255.0 - out
-    return np.rint(out).astype(np.uint8)
+    return out  # type: ignore[no-any-return]
+
+
+#: Lookup tables of recent (dtype, rescale, window, photometric) combinations: a series shares one.
+_LUTS: dict[tuple[Any, ...], np.ndarray] = {}
+_LUTS_MAX = 64
+_LUTS_LOCK = threading.Lock()
+
+
+def _grayscale_lut(
+    ds: Dataset, arr: np.ndarray, window: Window | None, photometric: str
+) -> np.ndarray | None:
+    """A table: stored value (by its unsigned bit pattern) -> 8-bit output, the whole pipeline of
+    :func:`_grayscale` applied once per possible value instead of once per pixel.
+
+    ``None`` where a table does not pay (small images whose table could not be reused) or could
+    differ from the per-pixel result (no window and a non-linear Modality LUT).
+    """
+    dtype = arr.dtype
+    domain = 1 << (8 * dtype.itemsize)
+    effective = window or header_window(ds)
+    luts = "ModalityLUTSequence" in ds or (effective is None and "VOILUTSequence" in ds)
+    key: tuple[Any, ...] | None = None
+    span = None
+    if effective is None and "VOILUTSequence" not in ds:
+        if "ModalityLUTSequence" in ds or arr.size < domain:
+            return None
+        # Linear rescale is monotonic: the image's range of values comes from its extreme stored values.
+        ends = apply_modality_lut(np.array([arr.min(), arr.max()], dtype=dtype), ds).astype(np.float64)
+        span = (float(ends.min()), float(ends.max()))
+    elif not luts:
+        key = (
+            dtype.str,
+            photometric,
+            str(ds.get("RescaleSlope", "")),
+            str(ds.get("RescaleIntercept", "")),
+            effective,
+        )
+        cached = _LUTS.get(key)
+        if cached is not None:
+            return cached
+    elif arr.size < domain:
+        return None
+    stored = np.arange(domain, dtype=np.uint8 if domain == 256 else np.uint16).view(dtype)
+    lut = np.rint(_grayscale(ds, stored, window, photometric, span)).astype(np.uint8)
+    if key is not None:
+        with _LUTS_LOCK:
+            while len(_LUTS) >= _LUTS_MAX:
+                _LUTS.pop(next(iter(_LUTS)))
+            _LUTS[key] = lut
+    return lut
 
 
 def _to_uint8_colour(arr: np.ndarray, bits: int) -> np.ndarray:
