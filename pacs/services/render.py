@@ -1,27 +1,37 @@
 """Rendered resources and thumbnails (PS3.18 8.3.5 / 10.4.1.1.3, 10.4.1.1.4 Thumbnail).
 
-Images are produced by :mod:`pacs.dicom.pixels`. Every output has a content-addressed key (the
-SHA-256 of the source instances' stored bytes plus the rendering parameters), used as ETag;
-thumbnails are cached on disk under ``<storage>/cache/thumbnails`` so a warm one costs a file read.
+Images are produced by :mod:`pacs.dicom.pixels`. A rendered instance has a content-addressed key
+(the SHA-256 of its stored bytes plus the rendering parameters), used as ETag.
+
+Thumbnails are cached on disk under ``<storage>/cache/thumbnails``, as images named by their ETag
+and as small entries keyed by the request (study, series, instance, frame, parameters) that say
+which image answers it and under which content stamp (:mod:`pacs.index.versions`). A warm
+thumbnail costs one small query (is the stamp still current?) and a file read; a new or replaced
+instance changes the stamp, and the thumbnail is made again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 
 from pacs.dicom import pixels
-from pacs.errors import InvalidInstance, NoPixelData
+from pacs.errors import InvalidInstance, NoPixelData, NotFound
+from pacs.index.versions import content_stamp
 from pacs.model import StoredInstance
 from pacs.services.archive import Archive
 
 log = logging.getLogger("pacs.render")
 
 THUMBNAIL_SIZE = (128, 128)
+#: Thumbnail cache entries kept in memory (each a few hundred bytes); the disk holds them all.
+_ENTRIES_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,8 @@ class Renderer:
     def __init__(self, archive: Archive, cache_dir: Path) -> None:
         self.archive = archive
         self.thumb_dir = cache_dir / "thumbnails"
+        self._entries: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()
 
     @staticmethod
     def key(instances: list[StoredInstance], frame: int | None, params: RenderParams, kind: str) -> str:
@@ -77,42 +89,104 @@ class Renderer:
         )
         return Rendered(content, params.media_type, self.key([inst], frame, params, "rendered"))
 
-    def thumbnail(self, instances: list[StoredInstance], frame: int | None, params: RenderParams) -> Rendered:
+    def thumbnail(
+        self, study: str, series: str | None, sop: str | None, frame: int | None, params: RenderParams
+    ) -> Rendered:
         """A small image standing for a study, series, instance or frame (cached on disk).
 
         For several instances the middle instance of the first series with pixel data is used.
+        Raises :class:`NotFound` when nothing is stored there.
         """
         if params.viewport is None:
             params = RenderParams(params.media_type, params.quality, THUMBNAIL_SIZE, params.window)
-        etag = self.key(instances, frame, params, "thumbnail")
-        ext = "png" if params.media_type == "image/png" else "jpg"
-        path = self.thumb_dir / etag[:2] / f"{etag}.{ext}"
+        request = hashlib.sha256(f"{study}|{series}|{sop}|{frame}|{params.token()}".encode()).hexdigest()
+        entry = self._entry(request)
+        # The stamp is read before the instances are listed: a store in between makes the entry
+        # look older than it is (made again next time), never newer.
+        with self.archive.read() as conn:
+            stamp = content_stamp(conn, study, series, sop, entry["member"] if entry else None)
+        if stamp is None:
+            raise NotFound(f"no stored instances for {sop or series or study}")
+        if entry is not None and entry["stamp"] == stamp[0] and entry["member_sha"] == stamp[1]:
+            try:
+                return Rendered(
+                    self._image_path(entry["etag"], params).read_bytes(), params.media_type, entry["etag"]
+                )
+            except FileNotFoundError:
+                pass
+        instances = self.archive.instances(study, series, sop)
+        rendered, member = self._first_renderable(instances, frame, params)
+        if sop is not None:
+            etag = self.key([member], frame, params, "thumbnail")
+        else:
+            etag = hashlib.sha256(
+                f"thumbnail|{frame}|{params.token()}|{stamp[0]}|{member.sop_instance_uid}|{member.sha256}".encode()
+            ).hexdigest()[:40]
+        entry = {
+            "stamp": stamp[0],
+            "member": member.sop_instance_uid,
+            "member_sha": member.sha256,
+            "etag": etag,
+        }
         try:
-            return Rendered(path.read_bytes(), params.media_type, etag)
-        except FileNotFoundError:
-            pass
-        rendered = self._first_renderable(instances, frame, params)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(rendered.content)
-            os.replace(tmp, path)
+            _write_atomic(self._image_path(etag, params), rendered.content)
+            _write_atomic(self._entry_path(request), json.dumps(entry).encode())
         except OSError as exc:
             log.warning("cannot cache thumbnail %s: %s", etag, exc)
+        self._remember(request, entry)
         return Rendered(rendered.content, params.media_type, etag)
+
+    def _image_path(self, etag: str, params: RenderParams) -> Path:
+        ext = (
+            "png"
+            if params.media_type == "image/png"
+            else "gif"
+            if params.media_type == "image/gif"
+            else "jpg"
+        )
+        return self.thumb_dir / etag[:2] / f"{etag}.{ext}"
+
+    def _entry_path(self, request: str) -> Path:
+        return self.thumb_dir / "requests" / request[:2] / f"{request}.json"
+
+    def _entry(self, request: str) -> dict[str, str] | None:
+        entry = self._entries.get(request)
+        if entry is not None:
+            return entry
+        try:
+            entry = json.loads(self._entry_path(request).read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(entry, dict) or not {"stamp", "member", "member_sha", "etag"} <= entry.keys():
+            return None
+        self._remember(request, entry)
+        return entry
+
+    def _remember(self, request: str, entry: dict[str, str]) -> None:
+        with self._lock:
+            while len(self._entries) >= _ENTRIES_MAX:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[request] = entry
 
     def _first_renderable(
         self, instances: list[StoredInstance], frame: int | None, params: RenderParams
-    ) -> Rendered:
+    ) -> tuple[Rendered, StoredInstance]:
         last: Exception | None = None
         for _series, group in groupby(instances, key=lambda i: i.series_instance_uid):
             members = list(group)
             candidate = members[len(members) // 2]
             number = frame or max(1, ((candidate.number_of_frames or 1) + 1) // 2)
             try:
-                return self.render(candidate, number, params)
+                return self.render(candidate, number, params), candidate
             except (NoPixelData, InvalidInstance) as exc:
                 last = exc
         if isinstance(last, InvalidInstance):
             raise last
         raise NoPixelData("nothing here has pixel data to make a thumbnail from")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

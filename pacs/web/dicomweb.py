@@ -427,15 +427,23 @@ async def rendered(request: Request) -> Response:
     params = _render_params(request)
     renderer = _renderer(request)
     frame = _frame_numbers(request.path_params["frames"])[0] if "frames" in request.path_params else None
-    instances = await run_in_threadpool(_service(request).instances, study, series, sop)
+    svc = _service(request)
     if sop is not None:
-        inst = instances[0]
         number = frame or 1
-        etag = renderer.key([inst], number, params, "rendered")
-        if _not_modified(request, etag):
+
+        def one() -> tuple[str, bytes | None]:
+            # Lookup, ETag check and rendering in one trip to a worker thread.
+            inst = svc.instances(study, series, sop)[0]
+            etag = renderer.key([inst], number, params, "rendered")
+            if _not_modified(request, etag):
+                return etag, None
+            return etag, renderer.render(inst, number, params).content
+
+        etag, content = await run_in_threadpool(one)
+        if content is None:
             return Response(status_code=304, headers={"ETag": f'"{etag}"', "Vary": "Accept"})
-        out = await run_in_threadpool(renderer.render, inst, number, params)
-        return _image_response(out.content, out.media_type, out.etag, "private, max-age=3600")
+        return _image_response(content, params.media_type, etag, "private, max-age=3600")
+    instances = await run_in_threadpool(svc.instances, study, series, sop)
     boundary = new_boundary()
 
     def parts() -> Iterator[tuple[str, list[bytes]]]:
@@ -457,18 +465,10 @@ async def thumbnail(request: Request) -> Response:
     study, series, sop = _uids(request)
     params = _render_params(request)
     frame = _frame_numbers(request.path_params["frames"])[0] if "frames" in request.path_params else None
-    renderer = _renderer(request)
-    instances = await run_in_threadpool(_service(request).instances, study, series, sop)
-    probe = (
-        params
-        if params.viewport
-        else RenderParams(params.media_type, params.quality, (128, 128), params.window)
-    )
-    etag = renderer.key(instances, frame, probe, "thumbnail")
+    out = await run_in_threadpool(_renderer(request).thumbnail, study, series, sop, frame, params)
     cache = "private, max-age=3600" if sop else "private, no-cache"
-    if _not_modified(request, etag):
-        return Response(status_code=304, headers={"ETag": f'"{etag}"', "Cache-Control": cache})
-    out = await run_in_threadpool(renderer.thumbnail, instances, frame, probe)
+    if _not_modified(request, out.etag):
+        return Response(status_code=304, headers={"ETag": f'"{out.etag}"', "Cache-Control": cache})
     return _image_response(out.content, out.media_type, out.etag, cache)
 
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.uid import generate_uid
 
+from pacs import runtime
+from pacs.model import StoreOutcome
+from tests.conftest import settings_for
 from tests.factories import make_dataset
-from tests.web.conftest import part10, relabel, split_multipart, store
+from tests.web.conftest import TestClient, part10, relabel, split_multipart, store
 
 
 def _url(ds: pydicom.Dataset) -> str:
@@ -143,3 +150,68 @@ def test_no_pixels_and_broken_pixels_are_4xx(sqlite_client, sqlite_rt):
     r = sqlite_client.get(_url(odd) + "/rendered")
     assert r.status_code in (200, 422), r.text
     assert sqlite_client.get("/healthz").status_code == 200
+
+
+@pytest.fixture
+def replacing_client(db_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, runtime.Runtime]]:
+    """An app whose archive replaces an instance sent again with other content (SQLite and PostgreSQL)."""
+    settings = settings_for(db_url, tmp_path / "storage")
+    settings = dataclasses.replace(
+        settings, storage=dataclasses.replace(settings.storage, duplicate_policy="replace")
+    )
+    rt = runtime.build(settings)
+    try:
+        with TestClient(runtime.web_app(rt)) as c:
+            yield c, rt
+    finally:
+        rt.close()
+
+
+def _pattern(k: int) -> np.ndarray:
+    yy, xx = np.mgrid[:32, :32]
+    return (((xx * (k + 1) + yy * 3 * k) % 64) * 6 - 150).astype(np.int16)
+
+
+def test_thumbnail_cache_follows_new_and_replaced_instances(replacing_client):
+    client, rt = replacing_client
+    study, series = generate_uid(), generate_uid()
+    a, b = (
+        make_dataset(study_uid=study, series_uid=series, instance_number=n, pixels=_pattern(n))
+        for n in (1, 2)
+    )
+    store(rt, a)
+    store(rt, b)
+    urls = {
+        "study": f"/dicom-web/studies/{study}/thumbnail",
+        "series": f"/dicom-web/studies/{study}/series/{series}/thumbnail",
+        "instance": f"{_url(b)}/thumbnail",
+    }
+
+    def get(url: str, etag: str | None = None) -> tuple[int, str, bytes]:
+        r = client.get(url, headers={"If-None-Match": etag} if etag else {})
+        assert r.status_code in (200, 304), r.text
+        return r.status_code, r.headers["etag"], r.content
+
+    first = {k: get(u) for k, u in urls.items()}
+    for k, u in urls.items():  # warm: same ETag, 304 when the client has it
+        assert get(u)[1:] == first[k][1:]
+        assert get(u, first[k][1])[0] == 304
+
+    # A new instance in the series: study and series thumbnails are stamped anew (never a 304).
+    store(rt, make_dataset(study_uid=study, series_uid=series, instance_number=3, pixels=_pattern(3)))
+    added = {k: get(u, first[k][1]) for k, u in urls.items()}
+    for k in ("study", "series"):
+        assert added[k][0] == 200 and added[k][1] != first[k][1], k
+    assert added["instance"][0] == 304  # that instance did not change
+
+    # The instance the thumbnails are made from (the middle one) is replaced with other pixels.
+    b.PixelData = _pattern(7).tobytes()
+    assert store(rt, b).outcome is StoreOutcome.REPLACED
+    replaced = {k: get(u, added[k][1]) for k, u in urls.items()}
+    for k in urls:
+        status, etag, content = replaced[k]
+        assert status == 200 and etag != added[k][1], k
+        assert content != first[k][2], k  # the new pixels, not the cached image
+        assert get(urls[k], etag)[0] == 304  # and that is cached in turn
+    missing = client.get(f"/dicom-web/studies/{generate_uid()}/thumbnail")
+    assert missing.status_code == 404
