@@ -117,8 +117,11 @@ class _FileWriter:
             return
         self._done = True
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()  # flushes what is buffered: may fail again on a full disk
+            except OSError:
+                pass
         try:
             self._tmp.unlink()
         except FileNotFoundError:

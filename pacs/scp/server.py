@@ -15,10 +15,12 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import _read_file_meta_info
 from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
@@ -30,7 +32,7 @@ from pacs.errors import PacsError
 from pacs.model import Origin
 from pacs.scp import status
 from pacs.scp.reactor import WakeupRequestHandler
-from pacs.services.archive import Archive
+from pacs.services.archive import Archive, Incoming
 from pacs.services.audit import Audit
 
 log = logging.getLogger("pacs.dimse")
@@ -115,7 +117,15 @@ def _alive(pid: int) -> bool:
 
 
 class _ReceiveFile:
-    """The spool file pynetdicom writes an incoming C-STORE data set to (chunked receive).
+    """Where pynetdicom writes an incoming C-STORE data set (chunked receive).
+
+    pynetdicom writes a preamble and its own file meta, then the data set fragments as they
+    arrive. When the association belongs to one of our listeners, the bytes go straight into a
+    new blob of the archive (:meth:`Archive.incoming`): pynetdicom's file meta is replaced by
+    ours (built from the same request UIDs, plus the sender's AE title), and the data set is
+    hashed on the way, so storing it later is a parse, an fsync and a rename, not a second copy.
+    Otherwise (or when the request's UIDs cannot name a file) it is a plain spool file that
+    :meth:`Archive.store` reads and copies, as for any other stream.
 
     A write error (disk full) raised inside pynetdicom's state machine aborts the association;
     here it is remembered instead, the bytes already written are released, the rest of the data
@@ -124,38 +134,88 @@ class _ReceiveFile:
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        self._fh = tempfile.NamedTemporaryFile(**kwargs)  # noqa: SIM115 - closed by pynetdicom
-        self.name = self._fh.name
         self.file = self  # pynetdicom calls ``.file.flush()``
         self.error: OSError | None = None
+        self.incoming: Incoming | None = None
+        self._head: bytearray | None = None
+        self._fh: Any = None
+        assoc = getattr(threading.current_thread(), "assoc", None)  # the DUL thread's association
+        server = getattr(getattr(assoc, "_server", None), "pacs", None)
+        if isinstance(server, DicomServer):
+            try:
+                self.incoming = server.archive.incoming()
+            except (PacsError, TypeError, OSError):
+                self.incoming = None
+        if self.incoming is not None:
+            self._head = bytearray()
+            self._calling_ae = str(assoc.requestor.ae_title).strip()  # type: ignore[union-attr]
+            self.name = str(self.incoming.path)
+        else:
+            self._fh = tempfile.NamedTemporaryFile(**kwargs)  # noqa: SIM115 - closed by pynetdicom
+            self.name = self._fh.name
 
     def _failed(self, exc: OSError) -> None:
         self.error = exc
+        if self.incoming is not None:
+            self.incoming.abort()
+            return
         try:
             os.truncate(self.name, 0)
         except OSError:
             pass
 
     def write(self, data: bytes) -> int:
-        if self.error is None:
-            try:
+        if self.error is not None:
+            return len(data)
+        try:
+            if self._head is not None:
+                self._take_head(data)
+            elif self.incoming is not None:
+                self.incoming.write(data)
+            else:
                 self._fh.write(data)
-            except OSError as exc:
-                self._failed(exc)
+        except OSError as exc:
+            self._failed(exc)
         return len(data)
 
+    def _take_head(self, data: bytes) -> None:
+        """Collect pynetdicom's preamble + file meta; once complete, start the blob with ours."""
+        assert self._head is not None and self.incoming is not None
+        self._head += data
+        if len(self._head) < 144:  # preamble, DICM, (0002,0000) UL group length
+            return
+        end = 144 + int.from_bytes(self._head[140:144], "little")
+        if len(self._head) < end:
+            return
+        head, rest = bytes(self._head[:end]), bytes(self._head[end:])
+        self._head = None
+        meta = _read_file_meta_info(BytesIO(head[132:]))
+        try:
+            self.incoming.start(
+                str(meta.MediaStorageSOPClassUID),
+                str(meta.MediaStorageSOPInstanceUID),
+                str(meta.TransferSyntaxUID),
+                self._calling_ae,
+            )
+        except PacsError:
+            # Not receivable in place: keep pynetdicom's Part-10 stream; store() judges it.
+            self.incoming.writer.write(head)
+        if rest:
+            self.incoming.write(rest)
+
     def flush(self) -> None:
-        if self.error is None:
+        if self.error is None and self._fh is not None:
             try:
                 self._fh.flush()
             except OSError as exc:
                 self._failed(exc)
 
     def close(self) -> None:
-        try:
-            self._fh.close()
-        except OSError:
-            pass
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            except OSError:
+                pass
 
 
 class _Listener(ThreadedAssociationServer):
@@ -260,6 +320,7 @@ class DicomServer:
             request_handler=WakeupRequestHandler,
         )
         ae._servers.append(server)  # as AE.start_server does: the server's shutdown() removes it
+        server.pacs = self  # type: ignore[attr-defined]  # _ReceiveFile finds the archive through it
         self._server = server  # type: ignore[assignment]
         self._thread = threading.Thread(target=server.serve_forever, name="dimse-listener", daemon=True)
         self._thread.start()
@@ -355,7 +416,9 @@ class DicomServer:
         """C-STORE: store the received file through the archive, success only once durable and indexed."""
         req = event.request
         origin = origin_of(event)
-        spool_error = getattr(getattr(req, "_dataset_file", None), "error", None)
+        spool = getattr(req, "_dataset_file", None)
+        incoming: Incoming | None = getattr(spool, "incoming", None)
+        spool_error = getattr(spool, "error", None)
         if spool_error is not None:
             log.warning(
                 "C-STORE refused sop=%s from %s@%s: 0xA700 cannot spool the instance: %s",
@@ -365,14 +428,21 @@ class DicomServer:
                 spool_error,
             )
             return status.dataset(status.OUT_OF_RESOURCES_STORE, f"cannot receive: {spool_error.strerror}")
+        expected = dict(
+            expected_sop_instance_uid=str(req.AffectedSOPInstanceUID or ""),
+            expected_sop_class_uid=str(req.AffectedSOPClassUID or ""),
+        )
         try:
-            with open(Path(event.dataset_path), "rb") as fh:
-                result = self.archive.store(
-                    fh,
-                    origin,
-                    expected_sop_instance_uid=str(req.AffectedSOPInstanceUID or ""),
-                    expected_sop_class_uid=str(req.AffectedSOPClassUID or ""),
-                )
+            if incoming is not None and incoming.meta is not None:
+                result = self.archive.store_incoming(incoming, origin, **expected)
+            else:
+                try:
+                    path = incoming.flushed_path() if incoming is not None else Path(event.dataset_path)
+                    with open(path, "rb") as fh:
+                        result = self.archive.store(fh, origin, **expected)
+                finally:
+                    if incoming is not None:
+                        incoming.abort()
         except PacsError as exc:
             code = status.for_store_error(exc)
             log.warning(

@@ -29,8 +29,9 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from pacs import limits
-from pacs.blobstore import BlobStore
+from pacs.blobstore import BlobStore, BlobWriter
 from pacs.dicom.extract import extract, read_header
+from pacs.dicom.text import is_valid_uid
 from pacs.errors import InvalidInstance, NotFound, StorageUnavailable
 from pacs.index import repo
 from pacs.index.sql import run_query
@@ -149,26 +150,14 @@ class Archive:
         stream.seek(0)
         header = read_header(stream)
         record = extract(header, ts)
-        if expected_sop_instance_uid and record.sop_instance_uid != expected_sop_instance_uid.strip():
-            raise InvalidInstance(
-                f"dataset SOP Instance UID {record.sop_instance_uid} differs from the request's "
-                f"{expected_sop_instance_uid}"
-            )
-        if expected_sop_class_uid and record.sop_class_uid != expected_sop_class_uid.strip():
-            raise InvalidInstance(
-                f"dataset SOP Class UID {record.sop_class_uid} differs from the request's "
-                f"{expected_sop_class_uid}"
-            )
+        _check_expected(record, expected_sop_instance_uid, expected_sop_class_uid)
         source_ae = origin.calling_ae or str(getattr(meta, "SourceApplicationEntityTitle", "") or "")
-        new_meta = build_file_meta(record, ts, source_ae)
-        received_at = self.clock()
+        head = _encode_meta(build_file_meta(record.sop_class_uid, record.sop_instance_uid, ts, source_ae))
         try:
             with self.blobs.writer() as writer:
-                whole = hashlib.sha256()
+                whole = hashlib.sha256(head)
                 dataset_hash = hashlib.sha256()
-                head = _encode_meta(new_meta)
                 writer.write(head)
-                whole.update(head)
                 stream.seek(offset)
                 while chunk := stream.read(_COPY_CHUNK):
                     writer.write(chunk)
@@ -177,24 +166,53 @@ class Archive:
                 facts = dict(
                     size=writer.size, sha256=whole.hexdigest(), dataset_sha256=dataset_hash.hexdigest()
                 )
-                try:
-                    with self.read() as conn:
-                        existing = repo.existing_instance(conn, record.sop_instance_uid)
-                except DBAPIError as exc:  # OperationalError included: database down or locked
-                    raise StorageUnavailable(f"the index is not available: {exc.orig or exc}") from exc
-                if existing is not None and existing["dataset_sha256"] == facts["dataset_sha256"]:
-                    log.info(
-                        "duplicate instance sop=%s study=%s from=%s: already stored, nothing written",
-                        record.sop_instance_uid,
-                        record.study_instance_uid,
-                        origin.calling_ae or origin.address,
-                    )
-                    return self._result(StoreOutcome.DUPLICATE, record, facts)
-                key = writer.commit()
+                return self._commit(writer, record, facts, origin, ts)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                raise StorageUnavailable(f"cannot write to the archive: {exc.strerror}") from exc
-            raise
+            raise _storage_error(exc) from exc
+
+    def incoming(self) -> Incoming:
+        """Start receiving an instance straight into a new blob (C-STORE); see :class:`Incoming`."""
+        try:
+            return Incoming(self.blobs.writer())
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+
+    def store_incoming(
+        self,
+        incoming: Incoming,
+        origin: Origin,
+        *,
+        expected_sop_instance_uid: str,
+        expected_sop_class_uid: str,
+    ) -> StoreResult:
+        """Validate, commit and index an instance received through :meth:`incoming`.
+
+        The same checks as :meth:`store`: the header must parse and its UIDs must be the
+        request's (which the file meta was built from). Nothing is left behind on failure.
+        """
+        try:
+            if incoming.meta is None:
+                raise InvalidInstance("the data set did not arrive")
+            sop_class, sop_instance, ts = incoming.meta
+            with open(incoming.flushed_path(), "rb") as fh:
+                header = read_header(fh)
+            record = extract(header, ts)
+            _check_expected(record, expected_sop_instance_uid, expected_sop_class_uid)
+            if (record.sop_instance_uid, record.sop_class_uid) != (sop_instance, sop_class):
+                raise InvalidInstance("the data set's SOP UIDs differ from the request's")
+            return self._commit(incoming.writer, record, incoming.facts(), origin, ts)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        finally:
+            incoming.abort()
+
+    def _commit(
+        self, writer: BlobWriter, record: InstanceRecord, facts: dict[str, Any], origin: Origin, ts: str
+    ) -> StoreResult:
+        """Make a fully written blob durable, then index it (duplicates are settled in the index
+        transaction: an identical resend's new blob is removed again, nothing else changes)."""
+        received_at = self.clock()
+        key = writer.commit()
         blob = repo.BlobFacts(blob_key=key, received_at=received_at, **facts)  # type: ignore[arg-type]
         outcome, to_delete = self._index(record, blob, origin)
         if to_delete:
@@ -393,18 +411,94 @@ class Archive:
         return report
 
 
-def build_file_meta(record: InstanceRecord, transfer_syntax: str, source_ae: str) -> FileMetaDataset:
+def build_file_meta(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str
+) -> FileMetaDataset:
     """File meta for a stored instance (PS3.10 7.1), naming the sender's AE title."""
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(record.sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(record.sop_instance_uid)
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     meta.TransferSyntaxUID = UID(transfer_syntax)
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     if source_ae.strip():
         meta.SourceApplicationEntityTitle = source_ae.strip()[:16]
     return meta
+
+
+def _check_expected(record: InstanceRecord, sop_instance_uid: str | None, sop_class_uid: str | None) -> None:
+    """Refuse a data set whose SOP UIDs differ from those its request named."""
+    if sop_instance_uid and record.sop_instance_uid != sop_instance_uid.strip():
+        raise InvalidInstance(
+            f"dataset SOP Instance UID {record.sop_instance_uid} differs from the request's "
+            f"{sop_instance_uid}"
+        )
+    if sop_class_uid and record.sop_class_uid != sop_class_uid.strip():
+        raise InvalidInstance(
+            f"dataset SOP Class UID {record.sop_class_uid} differs from the request's {sop_class_uid}"
+        )
+
+
+def _storage_error(exc: OSError) -> Exception:
+    """A full or read-only disk is the archive's condition (0xA700 / 503); anything else as is."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return StorageUnavailable(f"cannot write to the archive: {exc.strerror}")
+    return exc
+
+
+class Incoming:
+    """An instance arriving over the network, written straight into a new blob (one copy).
+
+    The receiver calls :meth:`start` with the request's SOP UIDs and transfer syntax as soon as
+    it knows them (our file meta is written from those: :meth:`Archive.store_incoming` then
+    checks the data set against them), then :meth:`write` with the data set bytes as they come.
+    Both SHA-256 sums are computed on the way, so nothing is read twice.
+    """
+
+    def __init__(self, writer: BlobWriter) -> None:
+        self.writer = writer
+        path = writer.readable_path()
+        if path is None:
+            writer.abort()
+            raise TypeError("this blob store cannot receive in place")
+        self.path: Path = path
+        self.meta: tuple[str, str, str] | None = None
+        self._whole = hashlib.sha256()
+        self._dataset = hashlib.sha256()
+
+    def start(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str) -> None:
+        """Write the file meta. Raises :class:`InvalidInstance` for UIDs that cannot name a file."""
+        uids = (sop_class_uid.strip(), sop_instance_uid.strip(), transfer_syntax.strip())
+        if not all(is_valid_uid(u) for u in uids):
+            raise InvalidInstance(f"invalid UID in the request: {uids}")
+        if uids[2] == limits.DEFLATED:
+            raise InvalidInstance("a deflated data set is checked before it is stored, not received in place")
+        head = _encode_meta(build_file_meta(*uids, source_ae))
+        self.writer.write(head)
+        self._whole.update(head)
+        self.meta = uids
+
+    def write(self, data: bytes) -> None:
+        """Append data set bytes."""
+        self.writer.write(data)
+        self._whole.update(data)
+        self._dataset.update(data)
+
+    def flushed_path(self) -> Path:
+        """The file being written, with everything written so far readable there."""
+        self.writer.readable_path()  # flushes
+        return self.path
+
+    def facts(self) -> dict[str, Any]:
+        """Size and hashes of what was written."""
+        return dict(
+            size=self.writer.size, sha256=self._whole.hexdigest(), dataset_sha256=self._dataset.hexdigest()
+        )
+
+    def abort(self) -> None:
+        """Discard the blob unless it was committed."""
+        self.writer.abort()
 
 
 def _encode_meta(meta: FileMetaDataset) -> bytes:

@@ -80,10 +80,11 @@ def test_sigkill_mid_transfer_loses_nothing_acknowledged(
         thread = threading.Thread(target=sender, args=(srv.dicom_port,), daemon=True)
         thread.start()
         incoming = storage / "tmp" / "incoming" / str(srv.process.pid)
+        receiving = storage / "tmp"  # C-STORE data sets are received in place, as blob *.part files
         deadline = time.monotonic() + 60
         # Kill as soon as the big instance is partly received (more than 1 MB of it on disk).
         while time.monotonic() < deadline:
-            partial = [p for p in files_under(incoming) if _size(p) > 1 << 20]
+            partial = [p for p in files_under(receiving) if _size(p) > 1 << 20]
             if len(acknowledged) == len(small) and partial:
                 break
             time.sleep(0.005)
@@ -92,7 +93,7 @@ def test_sigkill_mid_transfer_loses_nothing_acknowledged(
         srv.process.send_signal(signal.SIGKILL)
         srv.process.wait(10)
         thread.join(30)
-        killed_during = files_under(incoming)
+        killed_during = [p for p in files_under(receiving) if p.suffix == ".part"]
     assert len(acknowledged) == len(small) and failures == ["big.dcm"], (acknowledged, failures)
     assert killed_during, f"the kill should have interrupted a receive:\n{srv.log()[-2000:]}"
 
