@@ -59,20 +59,7 @@ def patient_identity(values: dict[str, Any]) -> str:
 
 def existing_instance(conn: Connection, sop_instance_uid: str) -> dict[str, Any] | None:
     """The index row facts of an instance (id, blob key, hashes, parent UIDs), or None."""
-    stmt = (
-        select(
-            instances.c.id,
-            instances.c.blob_key,
-            instances.c.dataset_sha256,
-            instances.c.series_fk,
-            series.c.series_instance_uid,
-            studies.c.study_instance_uid,
-        )
-        .join(series, instances.c.series_fk == series.c.id)
-        .join(studies, series.c.study_fk == studies.c.id)
-        .where(instances.c.sop_instance_uid == sop_instance_uid)
-    )
-    row = conn.execute(stmt).mappings().first()
+    row = conn.execute(_EXISTING, {"_uid": sop_instance_uid}).mappings().first()
     return dict(row) if row else None
 
 
@@ -136,6 +123,19 @@ def store_instance(
 
 
 # Statements built once (SQLAlchemy then compiles each once): the store path runs them per instance.
+_EXISTING = (
+    select(
+        instances.c.id,
+        instances.c.blob_key,
+        instances.c.dataset_sha256,
+        instances.c.series_fk,
+        series.c.series_instance_uid,
+        studies.c.study_instance_uid,
+    )
+    .join(series, instances.c.series_fk == series.c.id)
+    .join(studies, series.c.study_fk == studies.c.id)
+    .where(instances.c.sop_instance_uid == bindparam("_uid"))
+)
 _SERIES_PARENTS = (
     select(series.c.id, series.c.study_fk, studies.c.patient_fk, studies.c.study_instance_uid)
     .join(studies, series.c.study_fk == studies.c.id)
