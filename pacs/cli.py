@@ -11,14 +11,18 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pacs.config import ConfigError, Settings, load
 from pacs.errors import PacsError
 from pacs.model import Origin, StoreOutcome
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("pacs")
 
@@ -77,8 +81,6 @@ def _dicom_worker(settings: Settings, port: int, parent: int) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the DICOM listener(s) and the web application until interrupted."""
-    import uvicorn
-
     from pacs import runtime
     from pacs.scp.server import DicomServer
 
@@ -97,37 +99,85 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ]
     for child in children:
         child.start()
-    app = runtime.web_app(rt)
+    http_workers = settings.http.workers or os.cpu_count() or 1
+    sock = _http_socket(settings, settings.http.port, reuse_port=http_workers > 1)
+    hhost, hport = sock.getsockname()[:2]
+    web = [
+        ctx.Process(target=_http_worker, args=(settings, hport, os.getpid()), daemon=True)
+        for _ in range(http_workers - 1)
+    ]
+    for child in web:
+        child.start()
+    server = _web_server(settings, runtime.web_app(rt))
+    _security_log(settings, hhost, hport, bool(server.config.ssl))
+    print(
+        f"READY dicom={dhost}:{dport} http={hhost}:{hport} workers={workers} http_workers={http_workers}",
+        flush=True,
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        dicom.stop()
+        for child in children + web:
+            child.terminate()
+        for child in children + web:
+            child.join(5)
+        rt.close()
+    return 0
+
+
+def _http_socket(settings: Settings, port: int, *, reuse_port: bool) -> socket.socket:
+    """The listening socket of the web app; with ``reuse_port`` several processes bind the same port."""
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only for sockets
     # that say they are TCP; without it every response stalls ~40 ms on a delayed ACK.
     family = socket.AF_INET6 if ":" in settings.http.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.http.host, settings.http.port))
-    hhost, hport = sock.getsockname()[:2]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.http.host, port))
+    return sock
+
+
+def _web_server(settings: Settings, app: object) -> uvicorn.Server:
+    """A uvicorn server for ``app`` with our header timeout and TLS settings."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")  # type: ignore[arg-type]
     config.load()
     from pacs.web.timeouts import with_header_timeout  # slow-loris clients are dropped
 
     config.http_protocol_class = with_header_timeout(config.http_protocol_class, settings.http.header_timeout)
-    https = str(settings.http.tls_cert) not in ("", ".")
-    if https:
+    if str(settings.http.tls_cert) not in ("", "."):
         from pacs import tls
 
         config.ssl = tls.server_context(settings.http.tls_cert, settings.http.tls_key)
-    server = uvicorn.Server(config)
-    _security_log(settings, hhost, hport, https)
-    print(f"READY dicom={dhost}:{dport} http={hhost}:{hport} workers={workers}", flush=True)
+    return uvicorn.Server(config)
+
+
+def _http_worker(settings: Settings, port: int, parent: int) -> None:
+    """A further web server process sharing the HTTP port (SO_REUSEPORT): rendering is CPU-bound
+    and one process runs Python on one core at a time."""
+    from pacs import runtime
+
+    _logging(settings)
+    rt = runtime.build(settings, run_migrations=False)
+    sock = _http_socket(settings, port, reuse_port=True)
+    server = _web_server(settings, runtime.web_app(rt))
+
+    def watch_parent() -> None:
+        # Exit with serve, even when it was killed without a chance to stop us (SIGKILL, OOM).
+        while not server.should_exit:
+            if os.getppid() != parent:
+                log.warning("pacs serve (pid %d) is gone: this web worker stops too", parent)
+                server.should_exit = True
+            time.sleep(1.0)
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
     try:
         server.run(sockets=[sock])
     finally:
-        dicom.stop()
-        for child in children:
-            child.terminate()
-        for child in children:
-            child.join(5)
         rt.close()
-    return 0
 
 
 def _security_log(settings: Settings, host: str, port: int, https: bool) -> None:

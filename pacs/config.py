@@ -73,6 +73,9 @@ class HttpSettings:
     header_timeout: float = 10.0  # seconds a new connection has to send its request headers
     max_query_limit: int = 1000
     default_query_limit: int = 1000
+    # Web server processes sharing the port (SO_REUSEPORT); 0 = one per CPU core. Each has its own
+    # login rate limiter, so a client gets up to workers x login_attempts tries per window.
+    workers: int = 1
     # HTTPS: PEM files; an empty tls_cert means plain HTTP.
     tls_cert: Path = Path()
     tls_key: Path = Path()
@@ -341,6 +344,8 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"invalid AE title {title!r} (1-16 characters, no backslash)")
     if settings.storage.duplicate_policy not in ("reject", "replace"):
         raise ConfigError("[storage] duplicate_policy must be 'reject' or 'replace'")
+    if settings.http.workers < 0 or settings.dicom.workers < 0:
+        raise ConfigError("[http] workers and [dicom] workers must be 0 (one per CPU core) or more")
     if not 0 < settings.http.default_query_limit <= settings.http.max_query_limit:
         raise ConfigError("[http] default_query_limit must be between 1 and max_query_limit")
     if settings.auth.enabled.lower() not in ("auto", "true", "false", "on", "off", "yes", "no", "1", "0"):

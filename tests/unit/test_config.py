@@ -17,6 +17,7 @@ def test_shipped_config_loads_with_documented_defaults() -> None:
     assert s.storage.path == (ROOT / "storage").resolve()
     assert s.database_url == f"sqlite:///{(ROOT / 'storage' / 'index.sqlite').resolve()}"
     assert AllowedAE("STORESCU", "127.0.0.1") in s.dicom.allowed_aes
+    assert (s.http.workers, s.dicom.workers) == (1, 0)
 
 
 def test_environment_overrides_single_keys(tmp_path: Path) -> None:
@@ -41,6 +42,7 @@ def test_environment_overrides_single_keys(tmp_path: Path) -> None:
         "[nosuchsection]\n",
         "[dicom]\nae_title = 'WAY_TOO_LONG_AE_TITLE'\n",
         "[storage]\nduplicate_policy = 'overwrite-silently'\n",
+        "[http]\nworkers = -1\n",
         "not toml at all [",
     ],
 )
