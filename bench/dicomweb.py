@@ -99,11 +99,12 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> N
     raise RuntimeError(f"{url} not ready")
 
 
-def start_pacs(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_pacs(tmp: Path, http_workers: int = 0) -> tuple[subprocess.Popen[bytes], str]:
     cfg = tmp / "pacs.toml"
     cfg.write_text(
         '[dicom]\nport = 0\nworkers = 1\nallowed_aes = ["BENCH"]\n'
-        f'[http]\nport = 0\nmax_upload_mb = 4096\n[storage]\npath = "{tmp / "pacs"}"\n',
+        f"[http]\nport = 0\nmax_upload_mb = 4096\nworkers = {http_workers}\n"
+        f'[storage]\npath = "{tmp / "pacs"}"\n',
         encoding="utf-8",
     )
     proc = subprocess.Popen(
@@ -224,6 +225,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument(
+        "--http-workers",
+        type=int,
+        default=0,
+        help="pacs [http] workers (default 0: one web process per CPU core, as Orthanc uses every core)",
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-dicomweb-"))
     study, series = generate_uid(), generate_uid()
@@ -238,7 +245,7 @@ def main() -> int:
     procs = []
     results: dict[str, dict[str, tuple[float, float]]] = {}
     try:
-        pacs, pacs_url = start_pacs(tmp)
+        pacs, pacs_url = start_pacs(tmp, args.http_workers)
         procs.append(pacs)
         stow(pacs_url, parts + others)
         # Our thumbnail endpoint (cached on disk) for the warm case.
@@ -267,7 +274,10 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"command: {' '.join(sys.argv)}  (slices={args.slices}, repeat={args.repeat})")
+    print(
+        f"command: {' '.join(sys.argv)}  (slices={args.slices}, repeat={args.repeat}, "
+        f"http_workers={args.http_workers})"
+    )
     print(f"{'measure':28} {'pacs med/p95 ms':>20} {'orthanc med/p95 ms':>22} {'ratio':>8}")
     for key, (med, p95) in results["pacs"].items():
         o = results.get("orthanc", {}).get(key)
