@@ -15,12 +15,11 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import _read_file_meta_info
+from pydicom.uid import UID
 from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
@@ -28,6 +27,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs import tls
 from pacs.config import Settings
+from pacs.dicom.meta import PREAMBLE
 from pacs.errors import PacsError
 from pacs.model import Origin
 from pacs.scp import status
@@ -116,6 +116,40 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class _RequestMeta(NamedTuple):
+    """What pynetdicom's chunked receive builds its file meta from (see :func:`_write_meta`)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+
+
+_pynetdicom_create_meta = dimse_messages.create_file_meta
+_pydicom_write_meta = dimse_messages.write_file_meta_info
+
+
+def _create_meta(**kwargs: Any) -> Any:
+    """Stands in for pynetdicom's ``create_file_meta`` in its C-STORE receive: just the UIDs."""
+    return _RequestMeta(
+        str(kwargs["sop_class_uid"]), str(kwargs["sop_instance_uid"]), str(kwargs["transfer_syntax"])
+    )
+
+
+def _write_meta(fp: Any, meta: Any, *args: Any, **kwargs: Any) -> None:
+    """Stands in for ``write_file_meta_info`` there: a :class:`_ReceiveFile` writes its own meta
+    (building and encoding pynetdicom's, only to replace it, cost a tenth of a C-STORE)."""
+    if isinstance(meta, _RequestMeta):
+        if isinstance(fp, _ReceiveFile):
+            fp.begin(*meta)
+            return
+        meta = _pynetdicom_create_meta(
+            sop_class_uid=UID(meta.sop_class_uid),
+            sop_instance_uid=UID(meta.sop_instance_uid),
+            transfer_syntax=UID(meta.transfer_syntax),
+        )
+    _pydicom_write_meta(fp, meta, *args, **kwargs)
+
+
 class _ReceiveFile:
     """Where pynetdicom writes an incoming C-STORE data set (chunked receive).
 
@@ -137,8 +171,8 @@ class _ReceiveFile:
         self.file = self  # pynetdicom calls ``.file.flush()``
         self.error: OSError | None = None
         self.incoming: Incoming | None = None
-        self._head: bytearray | None = None
         self._fh: Any = None
+        self._started = False
         assoc = getattr(threading.current_thread(), "assoc", None)  # the DUL thread's association
         server = getattr(getattr(assoc, "_server", None), "pacs", None)
         if isinstance(server, DicomServer):
@@ -147,7 +181,6 @@ class _ReceiveFile:
             except (PacsError, TypeError, OSError):
                 self.incoming = None
         if self.incoming is not None:
-            self._head = bytearray()
             self._calling_ae = str(assoc.requestor.ae_title).strip()  # type: ignore[union-attr]
             self.name = str(self.incoming.path)
         else:
@@ -164,44 +197,41 @@ class _ReceiveFile:
         except OSError:
             pass
 
+    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> None:
+        """The request's file meta (instead of pynetdicom's): ours when receiving in place."""
+        self._started = True
+        try:
+            if self.incoming is not None:
+                try:
+                    self.incoming.start(sop_class_uid, sop_instance_uid, transfer_syntax, self._calling_ae)
+                    return
+                except PacsError:  # not receivable in place: a plain Part-10 stream that store() judges
+                    out: Any = self.incoming.writer
+            else:
+                out = self._fh
+            out.write(PREAMBLE)
+            _pydicom_write_meta(
+                out,
+                _pynetdicom_create_meta(
+                    sop_class_uid=UID(sop_class_uid),
+                    sop_instance_uid=UID(sop_instance_uid),
+                    transfer_syntax=UID(transfer_syntax),
+                ),
+            )
+        except OSError as exc:
+            self._failed(exc)
+
     def write(self, data: bytes) -> int:
-        if self.error is not None:
+        if self.error is not None or not self._started:  # before begin(): pynetdicom's preamble
             return len(data)
         try:
-            if self._head is not None:
-                self._take_head(data)
-            elif self.incoming is not None:
+            if self.incoming is not None:
                 self.incoming.write(data)
             else:
                 self._fh.write(data)
         except OSError as exc:
             self._failed(exc)
         return len(data)
-
-    def _take_head(self, data: bytes) -> None:
-        """Collect pynetdicom's preamble + file meta; once complete, start the blob with ours."""
-        assert self._head is not None and self.incoming is not None
-        self._head += data
-        if len(self._head) < 144:  # preamble, DICM, (0002,0000) UL group length
-            return
-        end = 144 + int.from_bytes(self._head[140:144], "little")
-        if len(self._head) < end:
-            return
-        head, rest = bytes(self._head[:end]), bytes(self._head[end:])
-        self._head = None
-        meta = _read_file_meta_info(BytesIO(head[132:]))
-        try:
-            self.incoming.start(
-                str(meta.MediaStorageSOPClassUID),
-                str(meta.MediaStorageSOPInstanceUID),
-                str(meta.TransferSyntaxUID),
-                self._calling_ae,
-            )
-        except PacsError:
-            # Not receivable in place: keep pynetdicom's Part-10 stream; store() judges it.
-            self.incoming.writer.write(head)
-        if rest:
-            self.incoming.write(rest)
 
     def flush(self) -> None:
         if self.error is None and self._fh is not None:
@@ -276,6 +306,8 @@ class DicomServer:
             # one line per association and per instance. At DEBUG they stay on for peer debugging.
             _config.LOG_HANDLER_LEVEL = "none"
         dimse_messages.NamedTemporaryFile = _ReceiveFile  # a full disk answers 0xA700, not an abort
+        dimse_messages.create_file_meta = _create_meta  # only used by the chunked C-STORE receive
+        dimse_messages.write_file_meta_info = _write_meta
         ae = AE(ae_title=d.ae_title)
         ae.maximum_pdu_size = d.max_pdu
         ae.maximum_associations = d.max_associations

@@ -21,16 +21,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_preamble
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from pacs import limits
 from pacs.blobstore import BlobStore, BlobWriter
 from pacs.dicom.extract import extract, read_header
+from pacs.dicom.meta import encode_file_meta
 from pacs.dicom.text import is_valid_uid
 from pacs.errors import InvalidInstance, NotFound, StorageUnavailable
 from pacs.index import repo
@@ -40,10 +38,6 @@ from pacs.query import Query
 
 log = logging.getLogger("pacs.archive")
 
-IMPLEMENTATION_CLASS_UID = UID(
-    "2.25.121038856505597671843989960980704295441"
-)  # a UUID-derived UID (PS3.5 B.2) naming this software
-IMPLEMENTATION_VERSION_NAME = "PACS_010"
 _COPY_CHUNK = 1 << 20
 
 
@@ -152,7 +146,7 @@ class Archive:
         record = extract(header, ts)
         _check_expected(record, expected_sop_instance_uid, expected_sop_class_uid)
         source_ae = origin.calling_ae or str(getattr(meta, "SourceApplicationEntityTitle", "") or "")
-        head = _encode_meta(build_file_meta(record.sop_class_uid, record.sop_instance_uid, ts, source_ae))
+        head = encode_file_meta(record.sop_class_uid, record.sop_instance_uid, ts, source_ae)
         try:
             with self.blobs.writer() as writer:
                 whole = hashlib.sha256(head)
@@ -411,22 +405,6 @@ class Archive:
         return report
 
 
-def build_file_meta(
-    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str
-) -> FileMetaDataset:
-    """File meta for a stored instance (PS3.10 7.1), naming the sender's AE title."""
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    if source_ae.strip():
-        meta.SourceApplicationEntityTitle = source_ae.strip()[:16]
-    return meta
-
-
 def _check_expected(record: InstanceRecord, sop_instance_uid: str | None, sop_class_uid: str | None) -> None:
     """Refuse a data set whose SOP UIDs differ from those its request named."""
     if sop_instance_uid and record.sop_instance_uid != sop_instance_uid.strip():
@@ -474,7 +452,7 @@ class Incoming:
             raise InvalidInstance(f"invalid UID in the request: {uids}")
         if uids[2] == limits.DEFLATED:
             raise InvalidInstance("a deflated data set is checked before it is stored, not received in place")
-        head = _encode_meta(build_file_meta(*uids, source_ae))
+        head = encode_file_meta(*uids, source_ae)
         self.writer.write(head)
         self._whole.update(head)
         self.meta = uids
@@ -499,15 +477,6 @@ class Incoming:
     def abort(self) -> None:
         """Discard the blob unless it was committed."""
         self.writer.abort()
-
-
-def _encode_meta(meta: FileMetaDataset) -> bytes:
-    buf = DicomBytesIO()
-    buf.is_little_endian = True
-    buf.is_implicit_VR = False
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return buf.getvalue()
 
 
 def _split_part10(stream: BinaryIO) -> tuple[FileMetaDataset, int]:
