@@ -79,7 +79,7 @@ class _FileWriter:
     def __init__(self, store: FileBlobStore) -> None:
         self._store = store
         self._key = new_key()
-        self._tmp = store.tmp_dir / (self._key.rsplit("/", 1)[1] + ".part")
+        self._tmp = os.path.join(store.tmp_str, self._key.rsplit("/", 1)[1] + ".part")
         self._fh: BinaryIO | None = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
         self.size = 0
         self._done = False
@@ -92,7 +92,7 @@ class _FileWriter:
     def readable_path(self) -> Path | None:
         if self._fh is not None:
             self._fh.flush()
-        return self._tmp
+        return Path(self._tmp)
 
     def getvalue(self) -> bytes | None:
         return None
@@ -104,11 +104,17 @@ class _FileWriter:
             os.fsync(self._fh.fileno())
         self._fh.close()
         self._fh = None
-        final = self._store.root / self._key
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._tmp, final)
+        final = os.path.join(self._store.root_str, self._key)
+        shard = os.path.dirname(final)
+        self._store.ensure_dir(shard)
+        try:
+            os.replace(self._tmp, final)
+        except FileNotFoundError:  # the shard was removed behind our back: make it again
+            self._store.forget_dir(shard)
+            self._store.ensure_dir(shard)
+            os.replace(self._tmp, final)
         if self._store.fsync:
-            _fsync_dir(final.parent)
+            _fsync_dir(shard)
         self._done = True
         return self._key
 
@@ -123,7 +129,7 @@ class _FileWriter:
             except OSError:
                 pass
         try:
-            self._tmp.unlink()
+            os.unlink(self._tmp)
         except FileNotFoundError:
             pass
 
@@ -134,7 +140,7 @@ class _FileWriter:
         self.abort()
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -151,6 +157,27 @@ class FileBlobStore:
         self.fsync = fsync
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.root_str, self.tmp_str = str(self.root), str(self.tmp_dir)
+        self._dirs: set[str] = set()  # shard directories known to exist (and to be durable)
+
+    def ensure_dir(self, shard: str) -> None:
+        """Create a shard directory (``aa/bb``) if needed, durably: a new directory's entry in
+        its parent is fsynced, or a crash could lose every blob renamed into it."""
+        if shard in self._dirs:
+            return
+        parent = os.path.dirname(shard)
+        for d in (parent, shard):
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                continue
+            if self.fsync:
+                _fsync_dir(os.path.dirname(d))
+        self._dirs.add(shard)
+
+    def forget_dir(self, shard: str) -> None:
+        """Drop a shard directory from the cache of those known to exist."""
+        self._dirs.discard(shard)
 
     def clean_tmp(self) -> int:
         """Remove leftovers of writes interrupted by a crash; returns how many were removed.
