@@ -17,9 +17,11 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
+from typing import BinaryIO
 
 from pacs.dicom import pixels
 from pacs.errors import InvalidInstance, NoPixelData, NotFound
@@ -32,6 +34,9 @@ log = logging.getLogger("pacs.render")
 THUMBNAIL_SIZE = (128, 128)
 #: Thumbnail cache entries kept in memory (each a few hundred bytes); the disk holds them all.
 _ENTRIES_MAX = 4096
+#: Parsed image headers kept in memory (a few tens of KB each), by content: a stack being scrolled
+#: through is rendered without parsing each header again.
+_HEADERS_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class Renderer:
         self.archive = archive
         self.thumb_dir = cache_dir / "thumbnails"
         self._entries: dict[str, dict[str, str]] = {}
+        self._headers: OrderedDict[tuple[str, str], pixels.PixelInfo] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -80,7 +86,7 @@ class Renderer:
     def render(self, inst: StoredInstance, frame: int, params: RenderParams) -> Rendered:
         """Render one frame (1-based) of one instance."""
         with self.archive.open(inst) as fh:
-            info = pixels.locate(fh)
+            info = self._pixel_info(inst, fh)
             pixels.check_frame_numbers(info, [frame])
             arr = pixels.decode_frame(fh, info, frame)
         display = pixels.to_display(info.header, arr, params.window)
@@ -135,6 +141,22 @@ class Renderer:
             log.warning("cannot cache thumbnail %s: %s", etag, exc)
         self._remember(request, entry)
         return Rendered(rendered.content, params.media_type, etag)
+
+    def _pixel_info(self, inst: StoredInstance, fh: BinaryIO) -> pixels.PixelInfo:
+        """The parsed header of an instance, from memory when seen recently (keyed by content)."""
+        key = (inst.blob_key, inst.sha256)
+        with self._lock:
+            info = self._headers.get(key)
+            if info is not None:
+                self._headers.move_to_end(key)
+                return info
+        info = pixels.locate(fh)
+        if info.value_offset >= 0:  # not a deflated object parsed whole (its pixels are in the header)
+            with self._lock:
+                self._headers[key] = info
+                while len(self._headers) > _HEADERS_MAX:
+                    self._headers.popitem(last=False)
+        return info
 
     def _image_path(self, etag: str, params: RenderParams) -> Path:
         ext = (
