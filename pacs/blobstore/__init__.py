@@ -20,9 +20,13 @@ class BlobWriter(Protocol):
     """An in-progress write. Use as a context manager: leaving without commit discards it."""
 
     size: int
+    key: str  # the key the blob will have once committed
 
     def write(self, data: bytes) -> None:
         """Append bytes."""
+
+    def sync(self) -> None:
+        """Make what was written durable (fsync) without publishing it yet; commit() does it too."""
 
     def readable_path(self) -> Path | None:
         """A path where the written bytes can be read before commit, if the store has one."""
@@ -81,6 +85,7 @@ class _FileWriter:
         self._key = new_key()
         self._tmp = os.path.join(store.tmp_str, self._key.rsplit("/", 1)[1] + ".part")
         self._fh: BinaryIO | None = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        self._synced = False
         self.size = 0
         self._done = False
 
@@ -89,10 +94,21 @@ class _FileWriter:
         self._fh.write(data)
         self.size += len(data)
 
+    @property
+    def key(self) -> str:
+        return self._key
+
     def readable_path(self) -> Path | None:
         if self._fh is not None:
             self._fh.flush()
         return Path(self._tmp)
+
+    def sync(self) -> None:
+        assert self._fh is not None and not self._done
+        self._fh.flush()
+        if self._store.fsync and not self._synced:
+            os.fsync(self._fh.fileno())
+        self._synced = True
 
     def getvalue(self) -> bytes | None:
         return None
@@ -100,7 +116,7 @@ class _FileWriter:
     def commit(self) -> str:
         assert self._fh is not None and not self._done
         self._fh.flush()
-        if self._store.fsync:
+        if self._store.fsync and not self._synced:
             os.fsync(self._fh.fileno())
         self._fh.close()
         self._fh = None
@@ -221,10 +237,14 @@ class _MemoryWriter:
         self._buf = io.BytesIO()
         self.size = 0
         self._done = False
+        self.key = new_key()
 
     def write(self, data: bytes) -> None:
         self._buf.write(data)
         self.size += len(data)
+
+    def sync(self) -> None:
+        pass
 
     def readable_path(self) -> Path | None:
         return None
@@ -233,11 +253,10 @@ class _MemoryWriter:
         return self._buf.getvalue()
 
     def commit(self) -> str:
-        key = new_key()
         with self._store._lock:
-            self._store._blobs[key] = self._buf.getvalue()
+            self._store._blobs[self.key] = self._buf.getvalue()
         self._done = True
-        return key
+        return self.key
 
     def abort(self) -> None:
         self._done = True

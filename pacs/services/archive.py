@@ -13,6 +13,7 @@ import errno
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -98,6 +99,9 @@ class Archive:
         self.clock = clock
         #: Hooks run in the store transaction (a few cheap statements each; see IndexHook).
         self.index_hooks: list[IndexHook] = []
+        #: fsync + rename of new blobs, overlapped with parsing and indexing (threads: the
+        #: syscalls release the GIL).
+        self._background = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-sync")
 
     # ------------------------------------------------------------------ transactions
 
@@ -139,6 +143,8 @@ class Archive:
         ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
         if not ts:
             raise InvalidInstance("file meta has no Transfer Syntax UID")
+        if not is_valid_uid(ts):
+            raise InvalidInstance(f"file meta has an invalid Transfer Syntax UID {ts!r}")
         if ts == limits.DEFLATED:
             limits.check_deflated(stream, offset)
         stream.seek(0)
@@ -184,31 +190,54 @@ class Archive:
         The same checks as :meth:`store`: the header must parse and its UIDs must be the
         request's (which the file meta was built from). Nothing is left behind on failure.
         """
+        synced: Future[None] | None = None
         try:
             if incoming.meta is None:
                 raise InvalidInstance("the data set did not arrive")
             sop_class, sop_instance, ts = incoming.meta
-            with open(incoming.flushed_path(), "rb") as fh:
+            path = incoming.flushed_path()
+            synced = self._background.submit(incoming.writer.sync)  # fsync while we parse and index
+            with open(path, "rb") as fh:
                 header = read_header(fh)
             record = extract(header, ts)
             _check_expected(record, expected_sop_instance_uid, expected_sop_class_uid)
             if (record.sop_instance_uid, record.sop_class_uid) != (sop_instance, sop_class):
                 raise InvalidInstance("the data set's SOP UIDs differ from the request's")
-            return self._commit(incoming.writer, record, incoming.facts(), origin, ts)
+            return self._commit(incoming.writer, record, incoming.facts(), origin, ts, synced)
         except OSError as exc:
             raise _storage_error(exc) from exc
         finally:
+            if synced is not None:
+                _settle(synced.result)  # never close the file under a running fsync
             incoming.abort()
 
     def _commit(
-        self, writer: BlobWriter, record: InstanceRecord, facts: dict[str, Any], origin: Origin, ts: str
+        self,
+        writer: BlobWriter,
+        record: InstanceRecord,
+        facts: dict[str, Any],
+        origin: Origin,
+        ts: str,
+        synced: Future[None] | None = None,
     ) -> StoreResult:
         """Make a fully written blob durable, then index it (duplicates are settled in the index
-        transaction: an identical resend's new blob is removed again, nothing else changes)."""
-        received_at = self.clock()
-        key = writer.commit()
-        blob = repo.BlobFacts(blob_key=key, received_at=received_at, **facts)  # type: ignore[arg-type]
-        outcome, to_delete = self._index(record, blob, origin)
+        transaction: an identical resend's new blob is removed again, nothing else changes).
+
+        The fsync and rename run on a worker thread while the index rows are written; the
+        transaction commits only once the blob is durable under its key.
+        """
+
+        def publish() -> str:
+            if synced is not None:
+                synced.result()
+            return writer.commit()
+
+        published = self._background.submit(publish)
+        blob = repo.BlobFacts(blob_key=writer.key, received_at=self.clock(), **facts)  # type: ignore[arg-type]
+        try:
+            outcome, to_delete = self._index(record, blob, origin, ready=published.result)
+        finally:
+            _settle(published.result)
         if to_delete:
             self.blobs.delete(to_delete)
         log.info(
@@ -225,8 +254,19 @@ class Archive:
         return self._result(outcome, record, facts)
 
     def _index(
-        self, record: InstanceRecord, blob: repo.BlobFacts, origin: Origin
+        self,
+        record: InstanceRecord,
+        blob: repo.BlobFacts,
+        origin: Origin,
+        ready: Callable[[], object] = lambda: None,
     ) -> tuple[StoreOutcome, str | None]:
+        """Index a blob in one transaction; ``ready`` returns once the blob is durable (it is
+        called before the commit). On failure the blob is removed (after ``ready``)."""
+
+        def drop() -> None:
+            _settle(ready)
+            self.blobs.delete(blob.blob_key)
+
         for attempt in (1, 2):
             try:
                 with self._write() as conn:
@@ -235,20 +275,21 @@ class Archive:
                     )
                     for hook in self.index_hooks:
                         hook.instance_indexed(conn, record, blob, origin, outcome)
+                    ready()
                     return outcome, key
             except IntegrityError:
                 # A concurrent association indexed the same instance first: look again.
                 if attempt == 2:
-                    self.blobs.delete(blob.blob_key)
+                    drop()
                     raise
             except DataError as exc:  # a value the database refuses: the instance's fault, not ours
-                self.blobs.delete(blob.blob_key)
+                drop()
                 raise InvalidInstance(f"a header value cannot be indexed: {exc.orig or exc}") from exc
             except (OperationalError, DBAPIError) as exc:
-                self.blobs.delete(blob.blob_key)
+                drop()
                 raise StorageUnavailable(f"the index is not available: {exc.orig or exc}") from exc
             except BaseException:
-                self.blobs.delete(blob.blob_key)
+                drop()
                 raise
         raise AssertionError("unreachable")
 
@@ -403,6 +444,14 @@ class Archive:
                 progress(report.checked)
         report.unindexed = [k for k in self.blobs.keys() if k not in indexed]
         return report
+
+
+def _settle(wait: Callable[[], object]) -> None:
+    """Wait for background work whose failure is already being handled (or reported) elsewhere."""
+    try:
+        wait()
+    except Exception:
+        pass
 
 
 def _check_expected(record: InstanceRecord, sop_instance_uid: str | None, sop_class_uid: str | None) -> None:
