@@ -1,10 +1,14 @@
 """The archive service: store, search, open, reindex and verify.
 
-Every edge (C-STORE, STOW-RS, ``pacs import``) stores through :meth:`Archive.store`, so the same
-validation, durability and duplicate policy apply everywhere. A store is: parse and validate the
-header -> write the Part-10 file (our file meta, the dataset bytes exactly as received) to a
-temporary blob -> fsync + atomic rename -> index rows and an event in one transaction. Success is
-returned only after all of that; any failure removes what was written.
+Every edge stores through this service, so the same validation, durability and duplicate
+policy apply everywhere. STOW-RS and ``pacs import`` hand a Part-10 stream to :meth:`Archive.store`:
+parse and validate the header -> write the Part-10 file (our file meta, the dataset bytes exactly
+as received) to a temporary blob -> fsync + atomic rename -> index rows and an event in one
+transaction. C-STORE receives straight into the temporary blob (:meth:`Archive.incoming`, our file
+meta first) and then :meth:`Archive.store_incoming` does the same checks without a second copy.
+The fsync and rename run on a worker thread while the index rows are written; the transaction
+commits only after the blob is durable. Success is returned only after all of that; any failure
+removes what was written.
 """
 
 from __future__ import annotations
