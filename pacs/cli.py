@@ -139,11 +139,11 @@ def _http_socket(settings: Settings, port: int, *, reuse_port: bool) -> socket.s
     return sock
 
 
-def _web_server(settings: Settings, app: object) -> uvicorn.Server:
+def _web_server(settings: Settings, app: Any) -> uvicorn.Server:
     """A uvicorn server for ``app`` with our header timeout and TLS settings."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")  # type: ignore[arg-type]
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     config.load()
     from pacs.web.timeouts import with_header_timeout  # slow-loris clients are dropped
 
