@@ -215,6 +215,8 @@ def parse_value(attr: Attribute, raw: str, *, fuzzy: bool = False, fold_names: b
             nums = tuple(int(v) for v in re.split(r"[\\,]", text))
         except ValueError:
             raise InvalidQuery(f"{attr.keyword}: {text!r} is not a number") from None
+        if any(not -(2**63) <= n < 2**63 for n in nums):  # IS is 32-bit; the columns are 64-bit
+            raise InvalidQuery(f"{attr.keyword}: {text!r} is out of range")
         return Equal(nums[0]) if len(nums) == 1 else AnyOf(nums)
     if kind is Match.PN:
         if fold_names:

@@ -9,7 +9,7 @@ from pydicom.tag import Tag
 
 from pacs.errors import InvalidQuery
 from pacs.model import Level
-from pacs.query import AnyOf, DateTimeRange, Equal, NameMatch, Range, Wildcard, from_identifier
+from pacs.query import AnyOf, DateTimeRange, Equal, NameMatch, Range, Wildcard, from_identifier, from_qido
 
 
 def _ident(level: str, **keys: object) -> Dataset:
@@ -115,3 +115,10 @@ def test_undecodable_number_is_an_invalid_query() -> None:
     ds[0x00200011] = RawDataElement(Tag(0x00200011), "IS", 4, b"two ", 0, False, True)
     with pytest.raises(InvalidQuery, match="SeriesNumber"):
         from_identifier(ds, patient_root=False)
+
+
+@pytest.mark.parametrize("value", ["9223372036854775808", "-9223372036854775809", "1\\99999999999999999999"])
+def test_number_beyond_the_columns_is_an_invalid_query(value: str) -> None:
+    """Found by the QIDO fuzzer: PostgreSQL refused the bound value (a 500, not a 400)."""
+    with pytest.raises(InvalidQuery, match="out of range"):
+        from_qido(Level.IMAGE, [("InstanceNumber", value)], default_limit=100, max_limit=1000)
