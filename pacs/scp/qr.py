@@ -34,7 +34,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import build_context, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import (
@@ -258,10 +258,10 @@ def dataset_to_send(
     """Read one stored instance for a C-STORE sub-operation in a syntax the peer accepted.
 
     Sends as stored when accepted; explicit/implicit VR little endian convert freely (pynetdicom
-    re-encodes); encapsulated pixel data is decompressed with pydicom's decoders when the peer
-    took only uncompressed syntaxes. When nothing works, returns a header-only dataset in the
-    stored syntax: pynetdicom then finds no context, counts the sub-operation as failed and
-    lists its SOP Instance UID.
+    re-encodes), and big and little endian into each other (pixel bytes swapped); encapsulated
+    pixel data is decompressed with pydicom's decoders when the peer took only uncompressed
+    syntaxes. When nothing works, returns a header-only dataset in the stored syntax: pynetdicom
+    then finds no context, counts the sub-operation as failed and lists its SOP Instance UID.
     """
     stored = UID(inst.transfer_syntax_uid)
     offered = [UID(cx.transfer_syntax[0]) for cx in accepted if cx.abstract_syntax == inst.sop_class_uid]
@@ -277,6 +277,18 @@ def dataset_to_send(
     uncompressed = [t for t in offered if not t.is_compressed and t.is_little_endian]
     if not stored.is_compressed and stored.is_little_endian and uncompressed:
         return ds  # pynetdicom converts between explicit and implicit VR little endian
+    if not stored.is_compressed and stored != DeflatedExplicitVRLittleEndian:
+        # Big endian stored, little endian accepted (or the reverse): pydicom re-encodes every
+        # element in the peer's byte order, except the pixel data, which it keeps as raw bytes.
+        native = [t for t in offered if not t.is_compressed and t != DeflatedExplicitVRLittleEndian]
+        target = native[0] if native else None
+        if target is not None and target.is_little_endian != stored.is_little_endian:
+            try:
+                _swap_pixel_bytes(ds, little=target.is_little_endian)
+            except Exception as exc:
+                return _unsendable(inst, f"cannot convert {stored.name}: {type(exc).__name__}: {exc}")
+            ds.file_meta.TransferSyntaxUID = target
+            return ds
     if stored.is_compressed and uncompressed and "PixelData" in ds:
         try:
             ds.decompress(generate_instance_uid=False)
@@ -285,6 +297,18 @@ def dataset_to_send(
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         return ds
     return _unsendable(inst, f"no accepted transfer syntax can carry {stored.name}")
+
+
+def _swap_pixel_bytes(ds: Dataset, *, little: bool) -> None:
+    """Make ``ds`` encodable in the other byte order: every element decoded (raw values are in
+    the stored order), native pixel data (16/32/64-bit samples) swapped, encoding re-declared."""
+    for _elem in ds.iterall():
+        pass
+    if "PixelData" in ds and int(ds.get("BitsAllocated", 8)) > 8:
+        arr = ds.pixel_array
+        ds.PixelData = arr.astype(arr.dtype.newbyteorder("<" if little else ">")).tobytes()
+    implicit = ds.original_encoding[0]
+    ds.set_original_encoding(bool(implicit), little, ds.original_character_set)
 
 
 def _unsendable(inst: StoredInstance, why: str) -> Dataset:

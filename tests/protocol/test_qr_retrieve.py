@@ -14,13 +14,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import CTImageStorage, ExplicitVRBigEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
+    MRImageStorage,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
@@ -221,3 +223,45 @@ def test_get_cancel_and_failed_suboperations(tmp_path: Path, db_url: str) -> Non
         log = srv.log()
         assert "C-GET cancelled by PYNETDICOM" in log
         assert f"cannot send sop={victim.sop_instance_uid}" in log
+
+
+def test_get_converts_big_endian_for_a_little_endian_requester(tmp_path: Path, db_url: str) -> None:
+    """An instance stored as Explicit VR Big Endian (pydicom's MR_small_bigendian, sent as is)
+    reaches a C-GET requester that accepts only little endian, with the same pixels and header."""
+    original = pydicom.dcmread(get_testdata_file("MR_small_bigendian.dcm"))
+    assert original.file_meta.TransferSyntaxUID == ExplicitVRBigEndian
+    with serve(tmp_path, db_url) as srv:
+        store_with_storescu(srv.dicom_port, [Path(get_testdata_file("MR_small_bigendian.dcm"))], "-xb")
+        received: list[Dataset] = []
+        ae = AE(ae_title="PYNETDICOM")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+
+        def on_store(event: evt.Event) -> int:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            received.append(ds)
+            return 0x0000
+
+        assoc = ae.associate(
+            "127.0.0.1",
+            srv.dicom_port,
+            ae_title="PACS",
+            ext_neg=[build_role(MRImageStorage, scp_role=True)],
+            evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        )
+        assert assoc.is_established
+        try:
+            q = Dataset()
+            q.QueryRetrieveLevel = "STUDY"
+            q.StudyInstanceUID = original.StudyInstanceUID
+            statuses = [st.Status for st, _ in assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet)]
+        finally:
+            assoc.release()
+    assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
+    assert len(received) == 1
+    got = received[0]
+    assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert got.SOPInstanceUID == original.SOPInstanceUID and got.PatientName == original.PatientName
+    assert got.Rows == original.Rows and got.PixelRepresentation == original.PixelRepresentation
+    assert np.array_equal(got.pixel_array, original.pixel_array)
