@@ -31,8 +31,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pydicom import dcmread
+from pydicom import config, dcmread
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import build_context, evt
@@ -80,39 +81,59 @@ Response = tuple[Status, Dataset | None]
 # ---------------------------------------------------------------- pure helpers
 
 
-def response_identifier(request: Dataset, row: dict[str, Any], level: Level, ae_title: str) -> Dataset:
-    """The C-FIND response identifier of one match (PS3.4 C.4.1.1.3.2).
+class ResponsePlan:
+    """How each C-FIND response identifier is built (PS3.4 C.4.1.1.3.2), worked out once per query.
 
     Exactly the keys of the request come back, in UTF-8, plus Specific Character Set,
     Query/Retrieve Level, Retrieve AE Title and the unique key of the level (so that the match
     can be retrieved); requested keys we do not index come back empty; keys below the level are
-    left out.
+    left out. Values come from our own index (validated when stored), so elements are made
+    without pydicom's per-value checks.
     """
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.QueryRetrieveLevel = level.value
-    ds.RetrieveAETitle = ae_title
-    for elem in request:
-        tag = int(elem.tag)
-        if elem.tag.group in (0x0000, 0x0002) or elem.tag.is_private or tag in (_TAG_CHARSET, _TAG_LEVEL):
-            continue
-        if tag == _TAG_RETRIEVE_AE:
-            continue
-        if tag == _TAG_AVAILABILITY:
-            ds.InstanceAvailability = "ONLINE"
-            continue
-        vr = _vr_of(elem.tag, str(elem.VR))
-        attr = BY_TAG.get(tag)
-        if attr is not None and attr.keyword in row:
-            ds.add_new(elem.tag, vr, _to_dicom(attr, row[attr.keyword]))
-        elif attr is not None and attr.level.depth > level.depth:
-            continue
-        else:
-            ds.add_new(elem.tag, vr, [] if vr == "SQ" else None)
-    unique = BY_KEYWORD[UNIQUE_KEY[level]]
-    if unique.tag not in ds and row.get(unique.keyword):
-        ds.add_new(unique.tag, unique.vr, row[unique.keyword])  # always name the matched entity
-    return ds
+
+    def __init__(self, request: Dataset, level: Level, ae_title: str) -> None:
+        fixed: list[tuple[int, str, Any]] = [
+            (_TAG_CHARSET, "CS", "ISO_IR 192"),
+            (_TAG_LEVEL, "CS", level.value),
+            (_TAG_RETRIEVE_AE, "AE", ae_title),
+        ]
+        self.columns: list[tuple[int, str, Attribute]] = []
+        for elem in request:
+            tag = int(elem.tag)
+            if elem.tag.group in (0x0000, 0x0002) or elem.tag.is_private:
+                continue
+            if tag in (_TAG_CHARSET, _TAG_LEVEL, _TAG_RETRIEVE_AE):
+                continue
+            if tag == _TAG_AVAILABILITY:
+                fixed.append((tag, "CS", "ONLINE"))
+                continue
+            vr = _vr_of(elem.tag, str(elem.VR))
+            attr = BY_TAG.get(tag)
+            if attr is not None and attr.level.depth <= level.depth:
+                self.columns.append((tag, vr, attr))
+            elif attr is None:
+                fixed.append((tag, vr, [] if vr == "SQ" else None))
+        self.fixed = fixed
+        unique = BY_KEYWORD[UNIQUE_KEY[level]]
+        self.unique = None if any(t == unique.tag for t, _, _ in self.columns) else unique
+
+    def identifier(self, row: dict[str, Any]) -> Dataset:
+        """The response identifier of one match."""
+        ds = Dataset()
+        for tag, vr, value in self.fixed:
+            ds.add(DataElement(tag, vr, value, validation_mode=config.IGNORE))
+        for tag, vr, attr in self.columns:
+            value = _to_dicom(attr, row[attr.keyword]) if attr.keyword in row else None
+            ds.add(DataElement(tag, vr, value, validation_mode=config.IGNORE))
+        u = self.unique
+        if u is not None and row.get(u.keyword):
+            ds.add(DataElement(u.tag, u.vr, row[u.keyword], validation_mode=config.IGNORE))
+        return ds
+
+
+def response_identifier(request: Dataset, row: dict[str, Any], level: Level, ae_title: str) -> Dataset:
+    """The C-FIND response identifier of one match (see :class:`ResponsePlan`)."""
+    return ResponsePlan(request, level, ae_title).identifier(row)
 
 
 def assume_utf8_when_undeclared(identifier: Dataset) -> None:
@@ -359,6 +380,7 @@ class QueryRetrieveSCP:
             return
         pending = status.PENDING_WARNING if query.unsupported_return_keys else status.PENDING
         sent = 0
+        plan = ResponsePlan(identifier, query.level, self.ae_title)
         for row in rows[: self.max_results]:
             if event.is_cancelled:
                 log.info(
@@ -366,7 +388,7 @@ class QueryRetrieveSCP:
                 )
                 yield status.CANCEL, None
                 return
-            yield pending, response_identifier(identifier, row, query.level, self.ae_title)
+            yield pending, plan.identifier(row)
             sent += 1
         capped = len(rows) > self.max_results
         log.info(
