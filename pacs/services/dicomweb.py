@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 
 from pacs import limits
 from pacs.dicom import pixels
-from pacs.dicom.json import dataset_to_json, search_result_json, tag_hex
+from pacs.dicom.json import ResultPlan, dataset_to_json, tag_hex
 from pacs.errors import (
     DuplicateInstance,
     InvalidInstance,
@@ -77,11 +77,11 @@ class DicomWeb:
     ) -> list[dict[str, Any]]:
         """Run a QIDO-RS query; results as DICOM JSON with RetrieveURL (0008,1190) where given."""
         rows = self.archive.search(query)
+        plan = ResultPlan(query.return_keys, ("00081190",))
         out = []
         for row in rows:
             url = retrieve_url(row)
-            extra = {"00081190": {"vr": "UR", "Value": [url]}} if url else None
-            out.append(search_result_json(row, query.return_keys, extra))
+            out.append(plan.row(row, {"00081190": {"vr": "UR", "Value": [url]}} if url else None))
         return out
 
     # ------------------------------------------------------------------ retrieve (10.4)
