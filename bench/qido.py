@@ -1,0 +1,155 @@
+"""QIDO-RS latency at scale: this PACS next to Orthanc + its DICOMweb plugin, same studies.
+
+The pacs index is generated directly (``bench/cfind.py``'s generator: one series and instance
+per study, Vietnamese names, a date per study); Orthanc gets the same studies through its REST
+API (one small instance each). Both answer the same QIDO requests over one keep-alive HTTP
+connection; median and p95 of ``--repeat`` requests each, with the number of matches so that
+the two can be seen to agree. Not run by the tests.
+
+    .venv/bin/python bench/qido.py --studies 2000
+    .venv/bin/python bench/qido.py --studies 10000 --no-orthanc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cfind import _free_port, _instance, generate
+
+ORTHANC = "/usr/sbin/Orthanc"
+PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+JSON = {"Accept": "application/dicom+json"}
+
+
+def start_pacs(tmp: Path, url: str) -> tuple[subprocess.Popen[str], str]:
+    cfg = tmp / "pacs.toml"
+    cfg.write_text(
+        f'[dicom]\nport = 0\nworkers = 1\nallowed_aes = ["BENCH"]\n[http]\nport = 0\n'
+        f'max_query_limit = 20000\n[storage]\npath = "{tmp / "storage"}"\n[database]\nurl = "{url}"\n'
+        '[log]\nlevel = "WARNING"\n',
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pacs.cli", "serve", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY"):
+        raise RuntimeError(f"pacs serve did not start: {line!r}")
+    http = dict(p.split("=", 1) for p in line.split()[1:])["http"]
+    return proc, f"http://{http}/dicom-web"
+
+
+def start_orthanc(tmp: Path, n: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    cfg = {
+        "Name": "bench",
+        "StorageDirectory": str(tmp / "orthanc"),
+        "IndexDirectory": str(tmp / "orthanc"),
+        "HttpPort": port,
+        "DicomPort": _free_port(),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "Plugins": [PLUGIN],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "LimitFindResults": 0,
+        "LimitFindInstances": 0,
+    }
+    (tmp / "orthanc.json").write_text(json.dumps(cfg), encoding="utf-8")
+    proc = subprocess.Popen(
+        [ORTHANC, str(tmp / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            httpx.get(f"{base}/system", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    t0 = time.monotonic()
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for i in range(n):
+            client.post("/instances", content=_instance(i)).raise_for_status()
+    print(f"Orthanc loaded with {n} studies in {time.monotonic() - t0:.1f} s")
+    return proc, f"{base}/dicom-web"
+
+
+def queries(n: int) -> dict[str, dict[str, str]]:
+    """The measured requests (query parameters of /studies)."""
+    return {
+        "PatientID": {"PatientID": f"P{(7919 * 3) % (n // 2)}"},
+        "PatientName wildcard": {"PatientName": "Nguy*"},
+        "StudyDate range (1 month)": {"StudyDate": "20240101-20240131"},
+        "all studies": {"limit": str(n)},
+    }
+
+
+def measure(base: str, n: int, repeat: int) -> dict[str, tuple[float, float, int]]:
+    out = {}
+    with httpx.Client(timeout=120) as c:
+        for name, params in queries(n).items():
+            times, count = [], 0
+            for _ in range(repeat):
+                t = time.perf_counter()
+                r = c.get(f"{base}/studies", params=params, headers=JSON)
+                times.append((time.perf_counter() - t) * 1000)
+                r.raise_for_status()
+                count = len(r.json()) if r.status_code == 200 else 0
+            times.sort()
+            out[name] = (statistics.median(times), times[int(0.95 * (len(times) - 1))], count)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--studies", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--no-orthanc", action="store_true")
+    args = ap.parse_args()
+    print("command:", shlex.join([".venv/bin/python", "bench/qido.py", *sys.argv[1:]]))
+    procs: list[subprocess.Popen] = []  # type: ignore[type-arg]
+    results: dict[str, dict[str, tuple[float, float, int]]] = {}
+    with tempfile.TemporaryDirectory(prefix="qido-bench-") as d:
+        tmp = Path(d)
+        try:
+            url = f"sqlite:///{tmp / 'index.sqlite'}"
+            generate(url, args.studies, 1, 1)
+            proc, base = start_pacs(tmp, url)
+            procs.append(proc)
+            results["pacs"] = measure(base, args.studies, args.repeat)
+            if not args.no_orthanc and Path(ORTHANC).exists() and Path(PLUGIN).exists():
+                oproc, obase = start_orthanc(tmp, args.studies)
+                procs.append(oproc)
+                results["orthanc"] = measure(obase, args.studies, max(3, args.repeat // 4))
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(20)
+    print(f"\n{args.studies} studies; median / p95 ms (matches)")
+    print(f"  {'query':28} {'pacs':>24} {'orthanc':>24} {'ratio':>7}")
+    for name, (med, p95, n) in results["pacs"].items():
+        o = results.get("orthanc", {}).get(name)
+        theirs = f"{o[0]:8.1f} / {o[1]:7.1f} ({o[2]})" if o else "-"
+        ratio = f"{med / o[0]:.2f}" if o else "-"
+        print(f"  {name:28} {f'{med:8.1f} / {p95:7.1f} ({n})':>24} {theirs:>24} {ratio:>7}")
+    print("ratio = pacs / Orthanc median (lower is better)")
+
+
+if __name__ == "__main__":
+    main()
