@@ -7,6 +7,7 @@ the same new study or series are safe on PostgreSQL as well as SQLite.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -301,20 +302,28 @@ def stored_instances(
     sop_instance_uid: str | None = None,
 ) -> list[StoredInstance]:
     """Instances under a study / series / single UID, in series and instance order."""
+    given = (bool(study_instance_uid), bool(series_instance_uid), bool(sop_instance_uid))
+    params = {"_study": study_instance_uid, "_series": series_instance_uid, "_sop": sop_instance_uid}
+    return [StoredInstance(**dict(r)) for r in conn.execute(_stored_select(*given), params).mappings()]
+
+
+@functools.lru_cache(maxsize=8)
+def _stored_select(study: bool, series_: bool, sop: bool) -> Any:
+    """The statement of :func:`stored_instances` for one combination of given UIDs, built once
+    (every WADO and rendered request runs it)."""
     stmt = (
         select(*_STORED_COLS)
         .select_from(instances)
         .join(series, instances.c.series_fk == series.c.id)
         .join(studies, series.c.study_fk == studies.c.id)
     )
-    if study_instance_uid:
-        stmt = stmt.where(studies.c.study_instance_uid == study_instance_uid)
-    if series_instance_uid:
-        stmt = stmt.where(series.c.series_instance_uid == series_instance_uid)
-    if sop_instance_uid:
-        stmt = stmt.where(instances.c.sop_instance_uid == sop_instance_uid)
-    stmt = stmt.order_by(series.c.series_number, series.c.id, instances.c.instance_number, instances.c.id)
-    return [StoredInstance(**dict(r)) for r in conn.execute(stmt).mappings()]
+    if study:
+        stmt = stmt.where(studies.c.study_instance_uid == bindparam("_study"))
+    if series_:
+        stmt = stmt.where(series.c.series_instance_uid == bindparam("_series"))
+    if sop:
+        stmt = stmt.where(instances.c.sop_instance_uid == bindparam("_sop"))
+    return stmt.order_by(series.c.series_number, series.c.id, instances.c.instance_number, instances.c.id)
 
 
 def iter_blob_facts(conn: Connection) -> Iterator[tuple[str, str, str]]:
