@@ -141,7 +141,7 @@ class WakeupDUL(DULServiceProvider):
                 idle = True
                 continue
             self.state_machine.do_action(event)
-            if work is not None:
+            if work is not None and not work.is_set():
                 work.set()  # a DIMSE message, release or abort may now be waiting for the association
             idle = False
 
