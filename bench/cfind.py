@@ -277,7 +277,10 @@ def _instance(i: int) -> bytes:
     return buf.getvalue()
 
 
-def serve_orthanc(tmp: Path, n: int) -> tuple[subprocess.Popen[bytes], int]:
+def serve_orthanc(
+    tmp: Path, n: int, plugins: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], int, str]:
+    """Orthanc on fresh storage loaded with ``n`` one-instance studies; (process, DICOM port, HTTP base)."""
     dport, hport = _free_port(), _free_port()
     cfg = {
         "Name": "bench",
@@ -291,7 +294,8 @@ def serve_orthanc(tmp: Path, n: int) -> tuple[subprocess.Popen[bytes], int]:
         "DicomCheckCalledAet": False,
         "DicomAlwaysAllowFind": True,
         "UnknownSopClassAccepted": True,
-        "Plugins": [],
+        "Plugins": list(plugins),
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         "LimitFindResults": 0,
         "LimitFindInstances": 0,
     }
@@ -311,7 +315,7 @@ def serve_orthanc(tmp: Path, n: int) -> tuple[subprocess.Popen[bytes], int]:
         for i in range(n):
             client.post("/instances", content=_instance(i)).raise_for_status()
     print(f"Orthanc loaded with {n} studies in {time.monotonic() - t0:.1f} s")
-    return proc, dport
+    return proc, dport, base
 
 
 def report(title: str, res: dict[str, tuple[float, float, float]]) -> None:
@@ -355,7 +359,7 @@ def main() -> None:
                 ours,
             )
             if args.orthanc:
-                oproc, oport = serve_orthanc(tmp, args.orthanc)
+                oproc, oport, _ = serve_orthanc(tmp, args.orthanc)
                 procs.append(oproc)
                 theirs = measure(oport, "ORTHANC", args.orthanc, args.repeats)
                 report(f"Orthanc ({args.orthanc} studies)", theirs)

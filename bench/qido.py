@@ -13,7 +13,6 @@ the two can be seen to agree. Not run by the tests.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cfind import _free_port, _instance, generate
+from cfind import generate, serve_orthanc
 
 ORTHANC = "/usr/sbin/Orthanc"
 PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -57,36 +56,7 @@ def start_pacs(tmp: Path, url: str) -> tuple[subprocess.Popen[str], str]:
 
 
 def start_orthanc(tmp: Path, n: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    cfg = {
-        "Name": "bench",
-        "StorageDirectory": str(tmp / "orthanc"),
-        "IndexDirectory": str(tmp / "orthanc"),
-        "HttpPort": port,
-        "DicomPort": _free_port(),
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "Plugins": [PLUGIN],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "LimitFindResults": 0,
-        "LimitFindInstances": 0,
-    }
-    (tmp / "orthanc.json").write_text(json.dumps(cfg), encoding="utf-8")
-    proc = subprocess.Popen(
-        [ORTHANC, str(tmp / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            httpx.get(f"{base}/system", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    t0 = time.monotonic()
-    with httpx.Client(base_url=base, timeout=30) as client:
-        for i in range(n):
-            client.post("/instances", content=_instance(i)).raise_for_status()
-    print(f"Orthanc loaded with {n} studies in {time.monotonic() - t0:.1f} s")
+    proc, _dport, base = serve_orthanc(tmp, n, plugins=(PLUGIN,))
     return proc, f"{base}/dicom-web"
 
 
