@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import require_tool
-from tests.serve import serve
+from tests.serve import children_of, kill_and_expect_gone, serve
 
 
 def _echo(port: int, calling: str, called: str = "PACS") -> subprocess.CompletedProcess[str]:
@@ -45,8 +45,6 @@ def test_empty_allowed_list_lets_nobody_in(tmp_path: Path) -> None:
 
 def test_listener_workers_share_the_port_and_die_with_serve(tmp_path: Path) -> None:
     """Two listener processes answer on one port; SIGKILL of serve leaves no orphan on the port."""
-    import os
-    import signal
     import time
 
     require_tool("echoscu")
@@ -56,36 +54,6 @@ def test_listener_workers_share_the_port_and_die_with_serve(tmp_path: Path) -> N
             time.sleep(0.2)
         for _ in range(6):  # the kernel spreads connections over both processes
             assert _echo(srv.dicom_port, "ECHOSCU").returncode == 0
-        children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == srv.process.pid]
+        children = children_of(srv.process.pid)
         assert children, "expected a second listener process"
-        srv.process.send_signal(signal.SIGKILL)
-        srv.process.wait(10)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_alive(c) for c in children):
-            time.sleep(0.2)
-        left = [_cmdline(c) for c in children if _alive(c)]
-        assert not left, f"outlived pacs serve: {left}"
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace")[:200]
-    except OSError:
-        return ""
+        kill_and_expect_gone(srv.process, children)

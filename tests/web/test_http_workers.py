@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import re
-import signal
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.protocol.test_echo import _alive, _cmdline, _ppid
-from tests.serve import serve
+from tests.serve import children_of, kill_and_expect_gone, serve
 
 
 def test_http_workers_share_the_port_and_die_with_serve(tmp_path: Path) -> None:
-    import os
 
     with serve(tmp_path, f"sqlite:///{tmp_path / 'i.sqlite'}", env={"PACS_HTTP_WORKERS": "2"}) as srv:
         pids: set[str] = set()
@@ -25,12 +22,6 @@ def test_http_workers_share_the_port_and_die_with_serve(tmp_path: Path) -> None:
             assert r.status_code == 200 and r.json() == []
             pids = set(re.findall(r"\[(\d+)\] http GET /dicom-web/studies status=200", srv.log()))
         assert len(pids) == 2, f"expected answers from two processes, got {pids}"
-        children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == srv.process.pid]
+        children = children_of(srv.process.pid)
         assert any(str(c) in pids for c in children), "the second web process is a child of serve"
-        srv.process.send_signal(signal.SIGKILL)
-        srv.process.wait(10)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_alive(c) for c in children):
-            time.sleep(0.2)
-        left = [_cmdline(c) for c in children if _alive(c)]
-        assert not left, f"outlived pacs serve: {left}"
+        kill_and_expect_gone(srv.process, children)
