@@ -24,15 +24,6 @@ _SHA = select(instances.c.sha256).where(instances.c.sop_instance_uid == bindpara
 
 _AGGREGATE = (func.count(instances.c.id), func.max(instances.c.id), func.max(instances.c.received_at))
 
-_SERIES = (
-    select(*_AGGREGATE, _SHA)
-    .select_from(instances)
-    .join(series, instances.c.series_fk == series.c.id)
-    .join(studies, series.c.study_fk == studies.c.id)
-    .where(series.c.series_instance_uid == bindparam("_series"))
-    .where(studies.c.study_instance_uid == bindparam("_study"))
-)
-
 _STUDY = (
     select(*_AGGREGATE, _SHA)
     .select_from(instances)
@@ -40,6 +31,8 @@ _STUDY = (
     .join(studies, series.c.study_fk == studies.c.id)
     .where(studies.c.study_instance_uid == bindparam("_study"))
 )
+
+_SERIES = _STUDY.where(series.c.series_instance_uid == bindparam("_series"))
 
 
 def content_stamp(
