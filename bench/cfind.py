@@ -154,11 +154,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_pacs(tmp: Path, url: str) -> tuple[subprocess.Popen[str], int]:
+def serve_pacs(tmp: Path, url: str, http_extra: str = "") -> tuple[subprocess.Popen[str], int, str]:
+    """``pacs serve`` on the index at ``url``; (process, DICOM port, HTTP base URL)."""
     cfg = tmp / "config.toml"
     cfg.write_text(
         f'[dicom]\nae_title = "PACS"\nport = 0\nworkers = 1\nallowed_aes = [{{ ae_title = "PYNETDICOM" }}]\n'
-        f'[http]\nport = 0\n[storage]\npath = "{tmp / "storage"}"\n[database]\nurl = "{url}"\n'
+        f'[http]\nport = 0\n{http_extra}\n[storage]\npath = "{tmp / "storage"}"\n[database]\nurl = "{url}"\n'
         '[log]\nlevel = "WARNING"\n'
     )
     proc = subprocess.Popen(
@@ -170,7 +171,8 @@ def serve_pacs(tmp: Path, url: str) -> tuple[subprocess.Popen[str], int]:
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("READY "):
-            return proc, int(line.split()[1].rsplit(":", 1)[1])
+            ready = dict(p.split("=", 1) for p in line.split()[1:])
+            return proc, int(ready["dicom"].rsplit(":", 1)[1]), f"http://{ready['http']}"
     raise RuntimeError("pacs serve did not start")
 
 
@@ -350,7 +352,7 @@ def main() -> None:
         procs: list[subprocess.Popen] = []  # type: ignore[type-arg]
         try:
             generate(url, args.studies, args.series, args.instances)
-            proc, port = serve_pacs(tmp, url)
+            proc, port, _ = serve_pacs(tmp, url)
             procs.append(proc)
             ours = measure(port, "PACS", args.studies, args.repeats)
             report(

@@ -26,7 +26,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cfind import generate, serve_orthanc
+from cfind import generate, serve_orthanc, serve_pacs
 
 ORTHANC = "/usr/sbin/Orthanc"
 PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -34,25 +34,8 @@ JSON = {"Accept": "application/dicom+json"}
 
 
 def start_pacs(tmp: Path, url: str) -> tuple[subprocess.Popen[str], str]:
-    cfg = tmp / "pacs.toml"
-    cfg.write_text(
-        f'[dicom]\nport = 0\nworkers = 1\nallowed_aes = ["BENCH"]\n[http]\nport = 0\n'
-        f'max_query_limit = 20000\n[storage]\npath = "{tmp / "storage"}"\n[database]\nurl = "{url}"\n'
-        '[log]\nlevel = "WARNING"\n',
-        encoding="utf-8",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pacs.cli", "serve", "--config", str(cfg)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("READY"):
-        raise RuntimeError(f"pacs serve did not start: {line!r}")
-    http = dict(p.split("=", 1) for p in line.split()[1:])["http"]
-    return proc, f"http://{http}/dicom-web"
+    proc, _port, base = serve_pacs(tmp, url, http_extra="max_query_limit = 20000")
+    return proc, f"{base}/dicom-web"
 
 
 def start_orthanc(tmp: Path, n: int) -> tuple[subprocess.Popen[bytes], str]:
