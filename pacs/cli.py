@@ -136,6 +136,9 @@ def _http_socket(settings: Settings, port: int, *, reuse_port: bool) -> socket.s
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((settings.http.host, port))
+    # Listen now, before READY is printed: uvicorn listens only once its loop runs, and a client
+    # that connected in between (a test, a health check) was refused.
+    sock.listen(2048)
     return sock
 
 
