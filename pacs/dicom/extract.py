@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import UID
 
 from pacs.dicom.attributes import ATTRIBUTES, Match
 from pacs.dicom.text import is_valid_uid, name_key, normalise_date, normalise_time
@@ -17,13 +19,30 @@ from pacs.model import InstanceRecord
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
-def read_header(fp: BinaryIO | str) -> Dataset:
+def _at_pixel_data(tag: Any, vr: str | None, length: int) -> bool:
+    return int(tag) in (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float / Double Float
+
+
+def read_header(fp: BinaryIO | str, *, dataset_at: tuple[int, str] | None = None) -> Dataset:
     """Parse a Part-10 stream up to (not including) the pixel data.
 
+    ``dataset_at`` (offset, transfer syntax UID) skips the preamble and file meta, for a stream
+    whose file meta we wrote ourselves (parsing it again was a third of the cost).
     Raises :class:`InvalidInstance` for anything pydicom cannot parse.
     """
     try:
-        ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=4096, force=False)
+        if dataset_at is None:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=4096, force=False)
+        else:
+            assert not isinstance(fp, str)
+            offset, ts = dataset_at
+            syntax = UID(ts)
+            fp.seek(offset)
+            ds = read_dataset(
+                fp, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=_at_pixel_data, defer_size=4096
+            )
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = syntax
         stopped_at = 0 if isinstance(fp, str) else fp.tell()  # reading deferred values moves it
         # Touch every element now so that a truncated or malformed body fails here, not later.
         for _elem in ds.iterall():

@@ -202,7 +202,7 @@ class Archive:
             path = incoming.flushed_path()
             synced = self._background.submit(incoming.writer.sync)  # fsync while we parse and index
             with open(path, "rb") as fh:
-                header = read_header(fh)
+                header = read_header(fh, dataset_at=(incoming.dataset_offset, ts))
             record = extract(header, ts)
             _check_expected(record, expected_sop_instance_uid, expected_sop_class_uid)
             if (record.sop_instance_uid, record.sop_class_uid) != (sop_instance, sop_class):
@@ -495,6 +495,7 @@ class Incoming:
             raise TypeError("this blob store cannot receive in place")
         self.path: Path = path
         self.meta: tuple[str, str, str] | None = None
+        self.dataset_offset = 0
         self._whole = hashlib.sha256()
         self._dataset = hashlib.sha256()
 
@@ -509,6 +510,7 @@ class Incoming:
         self.writer.write(head)
         self._whole.update(head)
         self.meta = uids
+        self.dataset_offset = len(head)
 
     def write(self, data: bytes) -> None:
         """Append data set bytes."""
