@@ -84,6 +84,18 @@ class DicomWeb:
             out.append(plan.row(row, {"00081190": {"vr": "UR", "Value": [url]}} if url else None))
         return out
 
+    def search_text(
+        self, query: Query, retrieve_url: Callable[[dict[str, Any]], str | None]
+    ) -> tuple[str, int]:
+        """:meth:`search` as the DICOM JSON text of the response, and the number of matches."""
+        rows = self.archive.search(query)
+        plan = ResultPlan(query.return_keys, ("00081190",))
+        parts = []
+        for row in rows:
+            url = retrieve_url(row)
+            parts.append(plan.text(row, {"00081190": {"vr": "UR", "Value": [url]}} if url else None))
+        return "[" + ",".join(parts) + "]", len(parts)
+
     # ------------------------------------------------------------------ retrieve (10.4)
 
     def instances(

@@ -145,9 +145,9 @@ async def _search(request: Request, level: Level) -> Response:
         sop = row.get("SOPInstanceUID")
         return f"{url}/instances/{sop}" if sop else None
 
-    results = await run_in_threadpool(_service(request).search, query, retrieve_url)
-    request.state.detail = f"matches={len(results)}"
-    return dicom_json(request, results)
+    text, matches = await run_in_threadpool(_service(request).search_text, query, retrieve_url)
+    request.state.detail = f"matches={matches}"
+    return dicom_json(request, text)
 
 
 async def search_studies(request: Request) -> Response:
