@@ -7,7 +7,6 @@ function from the element's tag path; shorter ones are sent as ``InlineBinary`` 
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -137,18 +136,12 @@ def attribute_json(attr: Attribute, value: Any) -> dict[str, Any]:
     return {"vr": vr, "Value": [p for p in str(value).split("\\")]}
 
 
-def search_result_json(
-    row: Mapping[str, Any], return_keys: Iterable[Attribute], extra: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """One QIDO-RS match (PS3.18 10.6.3.3.1) as a DICOM JSON object, sorted by tag."""
-    return ResultPlan(return_keys, tuple(extra or ())).row(row, extra)
-
-
 class ResultPlan:
     """The layout of every match of one QIDO-RS query, worked out once: which catalogue
     attributes (and extra elements such as RetrieveURL) appear, under which tag, in tag order.
-    :meth:`text` writes a match's JSON directly (byte for byte what ``json.dumps`` makes of
-    :meth:`row`): a 2,000-study search spent most of its time building and serialising dicts.
+    :meth:`text` writes a match's JSON directly (byte for byte what ``json.dumps`` makes of the
+    :func:`attribute_json` objects): a 2,000-study search spent most of its time building and
+    serialising dicts.
     """
 
     def __init__(self, return_keys: Iterable[Attribute], extra_tags: Iterable[str] = ()) -> None:
@@ -156,22 +149,10 @@ class ResultPlan:
         for tag in extra_tags:
             entries[tag] = None
         self.layout = sorted(entries.items())
-        self._dicts = [(tag, None if a is None else (a.keyword, _converter(a))) for tag, a in self.layout]
         self._texts = [
             (tag, f'"{tag}":', None if a is None else (a.keyword, _text_converter(a)))
             for tag, a in self.layout
         ]
-
-    def row(self, row: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """One match as a DICOM JSON object."""
-        out: dict[str, Any] = {}
-        for tag, how in self._dicts:
-            if how is None:
-                if extra and tag in extra:
-                    out[tag] = extra[tag]
-            elif how[0] in row:
-                out[tag] = how[1](row[how[0]])
-        return out
 
     def text(self, row: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> str:
         """One match as DICOM JSON text (compact, UTF-8 characters unescaped)."""
@@ -229,21 +210,6 @@ def _text_converter(attr: Attribute) -> Callable[[Any], str]:
         if "\\" in value:
             return head + ",".join(_quote(v) for v in value.split("\\")) + "]}"
         return head + _quote(value) + "]}"
-
-    return text
-
-
-def _converter(attr: Attribute) -> Callable[[Any], dict[str, Any]]:
-    """:func:`attribute_json` for one attribute, with its VR decisions taken once."""
-    vr = attr.vr
-    if vr == "PN" or vr == "DS" or (attr.is_integer and vr != "CS"):
-        return functools.partial(attribute_json, attr)
-
-    def text(value: Any) -> dict[str, Any]:
-        if value is None or value == "":
-            return {"vr": vr}
-        value = str(value)
-        return {"vr": vr, "Value": value.split("\\") if "\\" in value else [value]}
 
     return text
 

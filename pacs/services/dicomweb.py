@@ -72,22 +72,11 @@ class DicomWeb:
 
     # ------------------------------------------------------------------ search (10.6)
 
-    def search(
-        self, query: Query, retrieve_url: Callable[[dict[str, Any]], str | None]
-    ) -> list[dict[str, Any]]:
-        """Run a QIDO-RS query; results as DICOM JSON with RetrieveURL (0008,1190) where given."""
-        rows = self.archive.search(query)
-        plan = ResultPlan(query.return_keys, ("00081190",))
-        out = []
-        for row in rows:
-            url = retrieve_url(row)
-            out.append(plan.row(row, {"00081190": {"vr": "UR", "Value": [url]}} if url else None))
-        return out
-
     def search_text(
         self, query: Query, retrieve_url: Callable[[dict[str, Any]], str | None]
     ) -> tuple[str, int]:
-        """:meth:`search` as the DICOM JSON text of the response, and the number of matches."""
+        """Run a QIDO-RS query: the DICOM JSON text of the response (RetrieveURL (0008,1190) where
+        given), and the number of matches."""
         rows = self.archive.search(query)
         plan = ResultPlan(query.return_keys, ("00081190",))
         parts = []
