@@ -172,14 +172,18 @@ class Archive:
                 )
                 return self._commit(writer, record, facts, origin, ts)
         except OSError as exc:
-            raise _storage_error(exc) from exc
+            if unavailable := _unavailable(exc):
+                raise unavailable from exc
+            raise
 
     def incoming(self) -> Incoming:
         """Start receiving an instance straight into a new blob (C-STORE); see :class:`Incoming`."""
         try:
             return Incoming(self.blobs.writer())
         except OSError as exc:
-            raise _storage_error(exc) from exc
+            if unavailable := _unavailable(exc):
+                raise unavailable from exc
+            raise
 
     def store_incoming(
         self,
@@ -209,7 +213,9 @@ class Archive:
                 raise InvalidInstance("the data set's SOP UIDs differ from the request's")
             return self._commit(incoming.writer, record, incoming.facts(), origin, ts, synced)
         except OSError as exc:
-            raise _storage_error(exc) from exc
+            if unavailable := _unavailable(exc):
+                raise unavailable from exc
+            raise
         finally:
             if synced is not None:
                 _settle(synced.result)  # never close the file under a running fsync
@@ -471,11 +477,11 @@ def _check_expected(record: InstanceRecord, sop_instance_uid: str | None, sop_cl
         )
 
 
-def _storage_error(exc: OSError) -> Exception:
-    """A full or read-only disk is the archive's condition (0xA700 / 503); anything else as is."""
+def _unavailable(exc: OSError) -> StorageUnavailable | None:
+    """A full or read-only disk is the archive's condition (0xA700 / 503); None for other errors."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         return StorageUnavailable(f"cannot write to the archive: {exc.strerror}")
-    return exc
+    return None
 
 
 class Incoming:
