@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from tests.conftest import require_tool
 from tests.serve import children_of, kill_and_expect_gone, serve
@@ -57,3 +62,42 @@ def test_listener_workers_share_the_port_and_die_with_serve(tmp_path: Path) -> N
         children = children_of(srv.process.pid)
         assert children, "expected a second listener process"
         kill_and_expect_gone(srv.process, children)
+
+
+def _wakeups(pid: int) -> int:
+    """Context switches of every thread of ``pid`` so far (each sleep or wait that ends is one)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", encoding="utf-8") as fh:
+                for line in fh:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return total
+
+
+def test_idle_association_does_not_poll(tmp_path: Path) -> None:
+    """pacs/scp/reactor.py: an open, idle association waits on its socket instead of waking up
+    every millisecond (pynetdicom's own loops, two per association, ~2,000 wake-ups a second);
+    and it still answers at once when a request comes."""
+    with serve(tmp_path, f"sqlite:///{tmp_path / 'i.sqlite'}", env={"PACS_DICOM_WORKERS": "1"}) as srv:
+        ae = AE(ae_title="PYNETDICOM")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", srv.dicom_port, ae_title="PACS")
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_echo().Status == 0
+            before, t0 = _wakeups(srv.process.pid), time.monotonic()
+            time.sleep(2.0)
+            rate = (_wakeups(srv.process.pid) - before) / (time.monotonic() - t0)
+            t1 = time.monotonic()
+            assert assoc.send_c_echo().Status == 0
+            echo_ms = (time.monotonic() - t1) * 1000
+        finally:
+            assoc.release()
+            ae.shutdown()
+    # Two threads waking every 20 ms is ~100/s; the server's other threads add a few.
+    assert rate < 400, f"{rate:.0f} wake-ups per second while idle"
+    assert echo_ms < 500, f"C-ECHO after idling took {echo_ms:.0f} ms"
