@@ -74,16 +74,22 @@ class DicomWeb:
 
     def search_text(
         self, query: Query, retrieve_url: Callable[[dict[str, Any]], str | None]
-    ) -> tuple[str, int]:
+    ) -> tuple[str, int, bool]:
         """Run a QIDO-RS query: the DICOM JSON text of the response (RetrieveURL (0008,1190) where
-        given), and the number of matches."""
-        rows = self.archive.search(query)
+        given), the number of matches in it, and whether more matches lie beyond ``limit``."""
+        more = False
+        if query.limit is not None:
+            rows = self.archive.search(query.with_limit(query.limit + 1, query.offset))
+            more = len(rows) > query.limit
+            rows = rows[: query.limit]
+        else:
+            rows = self.archive.search(query)
         plan = ResultPlan(query.return_keys, ("00081190",))
         parts = []
         for row in rows:
             url = retrieve_url(row)
             parts.append(plan.text(row, {"00081190": {"vr": "UR", "Value": [url]}} if url else None))
-        return "[" + ",".join(parts) + "]", len(parts)
+        return "[" + ",".join(parts) + "]", len(parts), more
 
     # ------------------------------------------------------------------ retrieve (10.4)
 

@@ -101,7 +101,7 @@ def create_app(rt: Any) -> Starlette:
                 allow_origins=list(settings.http.cors_origins),
                 allow_methods=["GET", "POST", "OPTIONS"],
                 allow_headers=["*"],
-                expose_headers=["ETag", "Content-Type", "Content-Length"],
+                expose_headers=["ETag", "Content-Type", "Content-Length", "Warning"],
                 max_age=600,
             )
         )

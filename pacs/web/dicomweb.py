@@ -145,9 +145,12 @@ async def _search(request: Request, level: Level) -> Response:
         sop = row.get("SOPInstanceUID")
         return f"{url}/instances/{sop}" if sop else None
 
-    text, matches = await run_in_threadpool(_service(request).search_text, query, retrieve_url)
-    request.state.detail = f"matches={matches}"
-    return dicom_json(request, text)
+    text, matches, more = await run_in_threadpool(_service(request).search_text, query, retrieve_url)
+    request.state.detail = f"matches={matches}{' (more)' if more else ''}"
+    response = dicom_json(request, text)
+    if more:  # PS3.18 8.3.4.2: the client may ask for the next page with offset
+        response.headers["Warning"] = '299 pacs: "There are additional results that can be requested"'
+    return response
 
 
 async def search_studies(request: Request) -> Response:

@@ -91,9 +91,14 @@ def _fuzzy_and_includefield_all(client, corpus):
 
 
 def _limit_offset_and_hierarchy(client, corpus):
-    page1 = client.get("/dicom-web/studies", params={"limit": 2}).json()
-    page2 = client.get("/dicom-web/studies", params={"limit": 2, "offset": 2}).json()
+    r1 = client.get("/dicom-web/studies", params={"limit": 2})
+    r2 = client.get("/dicom-web/studies", params={"limit": 2, "offset": 2})
+    page1, page2 = r1.json(), r2.json()
     assert len(page1) == 2 and len(page2) == 1
+    # PS3.18 8.3.4.2: a truncated answer says so; the last page does not.
+    assert r1.headers["Warning"].startswith("299 ") and "additional results" in r1.headers["Warning"]
+    assert "Warning" not in r2.headers
+    assert "Warning" not in client.get("/dicom-web/studies", params={"limit": 3}).headers
     assert set(_values(page1 + page2, "0020000D")) == {corpus["a"], corpus["b"], corpus["c"]}
     series = client.get(f"/dicom-web/studies/{corpus['a']}/series").json()
     assert sorted(_values(series, "00080060")) == ["CT", "SR"]
