@@ -148,7 +148,7 @@ async def _search(request: Request, level: Level) -> Response:
     text, matches, more = await run_in_threadpool(_service(request).search_text, query, retrieve_url)
     request.state.detail = f"matches={matches}{' (more)' if more else ''}"
     response = dicom_json(request, text)
-    if more:  # PS3.18 8.3.4.2: the client may ask for the next page with offset
+    if more:  # PS3.18 8.3.4.4.1: the client may ask for the next page with offset
         response.headers["Warning"] = '299 pacs: "There are additional results that can be requested"'
     return response
 

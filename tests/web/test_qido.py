@@ -95,7 +95,7 @@ def _limit_offset_and_hierarchy(client, corpus):
     r2 = client.get("/dicom-web/studies", params={"limit": 2, "offset": 2})
     page1, page2 = r1.json(), r2.json()
     assert len(page1) == 2 and len(page2) == 1
-    # PS3.18 8.3.4.2: a truncated answer says so; the last page does not.
+    # PS3.18 8.3.4.4.1: a truncated answer says so; the last page does not.
     assert r1.headers["Warning"].startswith("299 ") and "additional results" in r1.headers["Warning"]
     assert "Warning" not in r2.headers
     assert "Warning" not in client.get("/dicom-web/studies", params={"limit": 3}).headers
