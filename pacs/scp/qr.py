@@ -27,6 +27,7 @@ UID List. Files are read one at a time while sending, never a whole study in mem
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -439,6 +440,11 @@ class QueryRetrieveSCP:
 
         def _accepted(ev: evt.Event) -> None:
             store_assoc["assoc"] = ev.assoc
+            # pynetdicom leaves Nagle on for the associations it opens: each C-STORE would then
+            # wait ~40 ms for the destination's delayed ACK.
+            sock = getattr(ev.assoc.dul.socket, "socket", None)
+            if sock is not None and self.settings.dicom.tcp_nodelay:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         contexts = storage_contexts(instances)
         yield dest.host, dest.port, {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _accepted)]}
