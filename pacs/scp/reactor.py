@@ -155,6 +155,8 @@ class WakeupAssociation(Association):
         """Swap in a :class:`WakeupDUL` (before the association starts)."""
         old = self.dul
         self._work = threading.Event()
+        if isinstance(old, WakeupDUL):  # pynetdicom made one already (DicomServer installs it)
+            return
         dul = WakeupDUL(self)
         dul.socket = old.socket
         dul.event_queue = old.event_queue  # holds Evt5 (transport connected) from set_socket()
