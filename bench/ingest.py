@@ -172,7 +172,7 @@ class Target:
 
 
 @contextmanager
-def pacs_archive(run: Path, workers: int, fsync: bool = True) -> Iterator[Target]:
+def pacs_archive(run: Path, workers: int, fsync: bool = True, dicom_extra: str = "") -> Iterator[Target]:
     """``pacs serve`` on fresh storage with a SQLite index (``fsync=False``: to measure its cost)."""
     storage = run / "storage"
     cfg = run / "config.toml"
@@ -181,7 +181,8 @@ def pacs_archive(run: Path, workers: int, fsync: bool = True) -> Iterator[Target
 ae_title = "PACS"
 host = "127.0.0.1"
 port = 0
-allowed_aes = [{{ ae_title = "STORESCU" }}]
+allowed_aes = [{{ ae_title = "STORESCU" }}, {{ ae_title = "MOVESCU" }}]
+{dicom_extra}
 workers = {workers}
 max_pdu = 262144
 [http]
@@ -215,7 +216,7 @@ level = "WARNING"
 
 
 @contextmanager
-def orthanc_archive(run: Path) -> Iterator[Target]:
+def orthanc_archive(run: Path, extra: dict[str, object] | None = None) -> Iterator[Target]:
     """Orthanc on fresh storage (its default SQLite index), accepting any store."""
     dicom_port, http_port = _free_port(), _free_port()
     cfg = run / "orthanc.json"
@@ -234,6 +235,7 @@ def orthanc_archive(run: Path) -> Iterator[Target]:
                 "DicomCheckCalledAet": False,
                 "StorageCompression": False,
                 "Plugins": [],
+                **(extra or {}),
             }
         ),
         encoding="utf-8",
