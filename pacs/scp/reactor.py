@@ -147,14 +147,23 @@ class WakeupDUL(DULServiceProvider):
 
 
 class WakeupAssociation(Association):
-    """An acceptor association whose reactor waits on the DUL's wake-up instead of sleeping."""
+    """An association whose reactor waits on the DUL's wake-up instead of sleeping.
 
-    _work: threading.Event
+    Acceptors become one in :class:`WakeupRequestHandler`; requestors (the associations the
+    server opens for C-MOVE) when ``DicomServer`` makes pynetdicom's AE build them. A requestor's
+    ``send_c_store`` first waits for the reactor to pause: with pynetdicom's loop that is up to
+    its 1 ms sleep per C-STORE sub-operation; this one is paused whenever it waits.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._work = threading.Event()
 
     def _install(self) -> None:
         """Swap in a :class:`WakeupDUL` (before the association starts)."""
         old = self.dul
-        self._work = threading.Event()
+        if not hasattr(self, "_work"):
+            self._work = threading.Event()
         if isinstance(old, WakeupDUL):  # pynetdicom made one already (DicomServer installs it)
             return
         dul = WakeupDUL(self)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, _config, dimse_messages, evt
+from pynetdicom import ae as pynetdicom_ae
 from pynetdicom import association as pynetdicom_association
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
@@ -32,7 +33,7 @@ from pacs.dicom.meta import PREAMBLE
 from pacs.errors import PacsError
 from pacs.model import Origin
 from pacs.scp import status
-from pacs.scp.reactor import WakeupDUL, WakeupRequestHandler
+from pacs.scp.reactor import WakeupAssociation, WakeupDUL, WakeupRequestHandler
 from pacs.services.archive import Archive, Incoming
 from pacs.services.audit import Audit
 
@@ -311,6 +312,7 @@ class DicomServer:
         dimse_messages.write_file_meta_info = _write_meta
         # Associations this process opens (C-MOVE to a destination) wait on their socket too.
         pynetdicom_association.DULServiceProvider = WakeupDUL
+        pynetdicom_ae.Association = WakeupAssociation  # type: ignore[misc]
         ae = AE(ae_title=d.ae_title)
         ae.maximum_pdu_size = d.max_pdu
         ae.maximum_associations = d.max_associations
