@@ -236,6 +236,16 @@ def us_frame(rows: int, cols: int, t: int, rng: np.random.Generator) -> np.ndarr
 # ---------------------------------------------------------------------- studies
 
 
+def _axial_slice(ds: Dataset, size: int, spacing: float, thickness: float, z_mm: float) -> None:
+    """Geometry of one axial head slice (patient head first supine, centred on the z axis)."""
+    ds.SliceThickness = thickness
+    ds.PatientPosition = "HFS"
+    ds.ImagePositionPatient = [-size * spacing / 2, -size * spacing / 2, z_mm]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SliceLocation = z_mm
+    ds.PixelSpacing = [spacing, spacing]
+
+
 def make_ct(out: Path) -> int:
     """CT head: 24 slices, 5 mm apart, brain window by default with a bone window as second value."""
     p = PATIENTS[0]
@@ -265,12 +275,7 @@ def make_ct(out: Path) -> int:
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.BodyPartExamined = "HEAD"
         ds.KVP = 120
-        ds.SliceThickness = thickness
-        ds.PatientPosition = "HFS"
-        ds.ImagePositionPatient = [-size * spacing / 2, -size * spacing / 2, z_mm]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.SliceLocation = z_mm
-        ds.PixelSpacing = [spacing, spacing]
+        _axial_slice(ds, size, spacing, thickness, z_mm)
         ds.AcquisitionNumber = 1
         hu = head_phantom(size, (i - (n - 1) / 2) / ((n - 1) / 2) * 0.95, rng)
         stored = np.clip(np.round(hu + 1024), 0, 4095).astype(np.uint16)
@@ -318,12 +323,7 @@ def make_mr(out: Path) -> int:
         ds.RepetitionTime = 500.0
         ds.EchoTime = 12.0
         ds.MagneticFieldStrength = 1.5
-        ds.SliceThickness = thickness
-        ds.PatientPosition = "HFS"
-        ds.ImagePositionPatient = [-size * spacing / 2, -size * spacing / 2, z_mm]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.SliceLocation = z_mm
-        ds.PixelSpacing = [spacing, spacing]
+        _axial_slice(ds, size, spacing, thickness, z_mm)
         hu = head_phantom(size, (i - (n - 1) / 2) / ((n - 1) / 2) * 0.9, rng)
         # T1-like contrast: fat/bone marrow bright rim, white matter > grey matter > CSF, air dark.
         sig = np.select([hu < -500, hu > 500, hu < 15, hu > 60], [0, 380, 120, 900], 640.0)
