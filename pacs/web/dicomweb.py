@@ -94,19 +94,37 @@ def dicom_json(request: Request, payload: Any, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type=DICOM_JSON, headers=headers)
 
 
+def _accept(request: Request) -> list[MediaRange]:
+    """The acceptable media ranges: the ``accept`` query parameter when given, else the Accept header.
+
+    The query parameter is the URL form of the header (PS3.18 8.3.3.1) and stands in for it:
+    OHIF's ``thumbnail?accept=image/jpeg`` comes with a multipart Accept header it does not mean.
+    """
+    query = ",".join(v for v in request.query_params.getlist("accept") if v.strip())
+    return parse_accept(query or request.headers.get("accept"))
+
+
+def _accept_text(request: Request) -> str:
+    """The Accept query parameter and header as received, for error messages."""
+    query = request.query_params.getlist("accept")
+    header = request.headers.get("accept")
+    return f"accept={','.join(query)!r} and Accept {header!r}" if query else repr(header)
+
+
 def _accepts_json(request: Request) -> None:
     """QIDO-RS and metadata answer in DICOM JSON only (PS3.18 8.7.3)."""
-    for r in parse_accept(request.headers.get("accept")):
+    for r in _accept(request):
         if r.media_type in ("*/*", "application/*", DICOM_JSON, "application/json"):
             return
         if r.media_type == "multipart/related" and r.related_type == DICOM_JSON:
             return
-    raise HttpProblem(
-        406, f"only {DICOM_JSON} is available here; Accept was {request.headers.get('accept')!r}"
-    )
+    raise HttpProblem(406, f"only {DICOM_JSON} is available here; Accept was {_accept_text(request)}")
 
 
 # ---------------------------------------------------------------- QIDO-RS (PS3.18 10.6)
+
+#: Content negotiation query parameters (PS3.18 8.3.3): not search keys.
+_NEGOTIATION_PARAMS = {"accept", "charset"}
 
 
 async def _search(request: Request, level: Level) -> Response:
@@ -119,7 +137,7 @@ async def _search(request: Request, level: Level) -> Response:
     settings = request.app.state.settings
     query = q.from_qido(
         level,
-        list(request.query_params.multi_items()),
+        [(k, v) for k, v in request.query_params.multi_items() if k not in _NEGOTIATION_PARAMS],
         scope=scope,
         default_limit=settings.http.default_query_limit,
         max_limit=settings.http.max_query_limit,
@@ -178,7 +196,7 @@ def _dicom_syntaxes(request: Request) -> set[str]:
     Explicit VR Little Endian, the default of the standard.
     """
     out: set[str] = set()
-    for r in parse_accept(request.headers.get("accept")):
+    for r in _accept(request):
         if r.media_type in ("*/*", "multipart/*"):
             out.add(ANY)
         elif r.media_type == "multipart/related" and r.related_type in ("", "application/dicom", "*/*"):
@@ -189,8 +207,7 @@ def _dicom_syntaxes(request: Request) -> set[str]:
     if not out:
         raise HttpProblem(
             406,
-            'retrieve answers multipart/related; type="application/dicom", '
-            f"not {request.headers.get('accept')!r}",
+            f'retrieve answers multipart/related; type="application/dicom", not {_accept_text(request)}',
         )
     return out
 
@@ -255,7 +272,7 @@ for _ts, _mt in pixels.FRAME_MEDIA_TYPES.items():
 def _frame_ranges(request: Request) -> list[tuple[str, set[str]]]:
     """(media type, acceptable transfer syntaxes) for frames and bulk data, best first (PS3.18 8.7.3.3)."""
     out: list[tuple[str, set[str]]] = []
-    for r in parse_accept(request.headers.get("accept")):
+    for r in _accept(request):
         media = r.related_type if r.media_type == "multipart/related" else r.media_type
         if r.media_type == "multipart/related" and not media:
             media = "application/octet-stream"
@@ -274,7 +291,7 @@ def _frame_ranges(request: Request) -> list[tuple[str, set[str]]]:
         raise HttpProblem(
             406,
             "frames are served as multipart/related with application/octet-stream or the stored image "
-            f"media type; Accept was {request.headers.get('accept')!r}",
+            f"media type; Accept was {_accept_text(request)}",
         )
     return out
 
@@ -351,7 +368,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
 
 
 def _render_media_type(request: Request) -> str:
-    for r in parse_accept(request.headers.get("accept")):
+    for r in _accept(request):
         media = r.related_type if r.media_type == "multipart/related" else r.media_type
         if media in ("image/jpeg", "image/png", "image/gif"):
             return media
@@ -359,8 +376,7 @@ def _render_media_type(request: Request) -> str:
             return "image/jpeg"
     raise HttpProblem(
         406,
-        "rendered images are image/jpeg, image/png or image/gif; "
-        f"Accept was {request.headers.get('accept')!r}",
+        f"rendered images are image/jpeg, image/png or image/gif; Accept was {_accept_text(request)}",
     )
 
 

@@ -148,6 +148,14 @@ def test_bad_parameters_and_paths_are_400_with_a_reason(sqlite_client):
     assert "root:" not in r.text
 
 
+def test_content_negotiation_parameters_are_not_search_keys(sqlite_client):
+    """``accept`` and ``charset`` (PS3.18 8.3.3) negotiate the response; they match nothing."""
+    r = sqlite_client.get("/dicom-web/studies?accept=application/dicom%2Bjson&charset=utf-8")
+    assert r.status_code == 200 and r.json() == []
+    r = sqlite_client.get("/dicom-web/studies?accept=application/dicom%2Bxml")
+    assert r.status_code == 406 and "dicom+xml" in r.json()["detail"]
+
+
 def _limit_is_bounded_and_json_is_gzipped(client, corpus):
     r = client.get("/dicom-web/studies", params={"limit": 10**9}, headers={"Accept-Encoding": "gzip"})
     assert r.status_code == 200 and len(r.json()) == 3

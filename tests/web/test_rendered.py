@@ -130,6 +130,27 @@ def test_thumbnails_cached_with_etag(sqlite_client, sqlite_rt):
         assert r.status_code == 200 and r.content[:2] == b"\xff\xd8", path
 
 
+def test_accept_query_parameter_stands_in_for_the_accept_header(sqlite_client, sqlite_rt):
+    """PS3.18 8.3.3.1: ``?accept=`` is the URL form of the Accept header and stands in for it.
+
+    OHIF 3.12 (thumbnailRendering 'thumbnail' or 'rendered') asks for ``/thumbnail?accept=image/jpeg``
+    with ``Accept: multipart/related; type="application/octet-stream"``: a 406 left it without thumbnails.
+    """
+    ds = relabel("CT_small.dcm")
+    store(sqlite_rt, ds)
+    ohif = {"Accept": 'multipart/related; type="application/octet-stream"'}
+    for suffix in ("/thumbnail?accept=image/jpeg", "/rendered?accept=image/jpeg"):
+        r = sqlite_client.get(f"{_url(ds)}{suffix}", headers=ohif)
+        assert r.status_code == 200, (suffix, r.text)
+        assert r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
+    r = sqlite_client.get(f"{_url(ds)}/rendered?accept=image/png", headers={"Accept": "image/jpeg"})
+    assert r.headers["content-type"] == "image/png"
+    r = sqlite_client.get(f"{_url(ds)}/thumbnail", headers=ohif)
+    assert r.status_code == 406 and "octet-stream" in r.json()["detail"]
+    r = sqlite_client.get(f"{_url(ds)}/rendered?accept=text/html", headers=ohif)
+    assert r.status_code == 406 and "accept='text/html'" in r.json()["detail"]
+
+
 def test_no_pixels_and_broken_pixels_are_4xx(sqlite_client, sqlite_rt):
     sr = make_dataset(modality="SR", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.11")
     del sr.PixelData
