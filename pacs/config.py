@@ -54,6 +54,7 @@ class DicomSettings:
     dimse_timeout: float = 60.0
     workers: int = 0  # listener processes sharing the port (SO_REUSEPORT); 0 = one per CPU core
     tcp_nodelay: bool = True
+    fast_store: bool = True  # C-STORE handled on the association's reader thread (pacs.scp.faststore)
     max_find_results: int = 10000
     # DICOM TLS (PS3.15 B.9 / BCP 195): PEM files; an empty tls_cert means plain TCP.
     tls_cert: Path = Path()

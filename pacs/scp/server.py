@@ -33,6 +33,7 @@ from pacs.dicom.meta import PREAMBLE
 from pacs.errors import PacsError
 from pacs.model import Origin
 from pacs.scp import status
+from pacs.scp.faststore import StoreFastPath
 from pacs.scp.reactor import WakeupAssociation, WakeupDUL, WakeupRequestHandler
 from pacs.services.archive import Archive, Incoming
 from pacs.services.audit import Audit
@@ -169,13 +170,14 @@ class _ReceiveFile:
     Resources (PS3.4 B.2.3), so the modality keeps the instance and sends it again later.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, assoc: Any = None, **kwargs: Any) -> None:
         self.file = self  # pynetdicom calls ``.file.flush()``
         self.error: OSError | None = None
         self.incoming: Incoming | None = None
         self._fh: Any = None
         self._started = False
-        assoc = getattr(threading.current_thread(), "assoc", None)  # the DUL thread's association
+        if assoc is None:
+            assoc = getattr(threading.current_thread(), "assoc", None)  # the DUL thread's association
         server = getattr(getattr(assoc, "_server", None), "pacs", None)
         if isinstance(server, DicomServer):
             try:
@@ -358,12 +360,20 @@ class DicomServer:
         )
         ae._servers.append(server)  # as AE.start_server does: the server's shutdown() removes it
         server.pacs = self  # type: ignore[attr-defined]  # _ReceiveFile finds the archive through it
+        # WakeupDUL takes C-STORE requests off pynetdicom's P-DATA path through this.
+        fast = d.fast_store and self.settings.log.level.upper() != "DEBUG"
+        server.fast_path = self.fast_path if fast else None  # type: ignore[attr-defined]
         self._server = server  # type: ignore[assignment]
         self._thread = threading.Thread(target=server.serve_forever, name="dimse-listener", daemon=True)
         self._thread.start()
         host, port = server.server_address[:2]
         log.info(
-            "DICOM listener %s on %s:%d%s", d.ae_title, host, port, " (TLS)" if server.ssl_context else ""
+            "DICOM listener %s on %s:%d%s, C-STORE %s",
+            d.ae_title,
+            host,
+            port,
+            " (TLS)" if server.ssl_context else "",
+            "on the fast path" if fast else "through pynetdicom",
         )
         return str(host), int(port)
 
@@ -445,36 +455,62 @@ class DicomServer:
 
     # ------------------------------------------------------------------ services
 
+    def fast_path(self, dul: Any) -> StoreFastPath:
+        """The C-STORE fast path of one association (see :mod:`pacs.scp.faststore`)."""
+        return StoreFastPath(dul, self._spool, self.store_received)
+
+    @staticmethod
+    def _spool(assoc: Any, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> _ReceiveFile:
+        spool = _ReceiveFile(assoc=assoc, delete=False, mode="wb", suffix=".dcm")
+        spool.begin(sop_class_uid, sop_instance_uid, transfer_syntax)
+        return spool
+
     def handle_echo(self, event: evt.Event) -> int:
         """C-ECHO: the link works."""
         return 0x0000
 
     def handle_store(self, event: evt.Event) -> Dataset | int:
-        """C-STORE: store the received file through the archive, success only once durable and indexed."""
+        """C-STORE (through pynetdicom's service class): see :meth:`store_received`."""
         req = event.request
-        origin = origin_of(event)
         spool = getattr(req, "_dataset_file", None)
-        incoming: Incoming | None = getattr(spool, "incoming", None)
-        spool_error = getattr(spool, "error", None)
-        if spool_error is not None:
+        if not isinstance(spool, _ReceiveFile):  # build_ae always sets up the chunked receive
+            log.error("C-STORE sop=%s arrived without a receive spool", req.AffectedSOPInstanceUID)
+            return status.dataset(0xC211, "internal error: no receive spool")
+        return self.store_received(
+            event.assoc, spool, str(req.AffectedSOPClassUID or ""), str(req.AffectedSOPInstanceUID or "")
+        )
+
+    def store_received(
+        self, assoc: Any, spool: _ReceiveFile, sop_class_uid: str, sop_instance_uid: str
+    ) -> Dataset:
+        """Store a received C-STORE data set through the archive; the response status data set.
+
+        Success only once the instance is durable and indexed. Used by pynetdicom's storage
+        service class (:meth:`handle_store`) and by the fast path (:mod:`pacs.scp.faststore`).
+        """
+        origin = Origin(
+            address=str(assoc.requestor.address),
+            calling_ae=str(assoc.requestor.ae_title).strip(),
+            called_ae=str(assoc.acceptor.ae_title).strip(),
+            protocol="dimse",
+        )
+        if spool.error is not None:
             log.warning(
                 "C-STORE refused sop=%s from %s@%s: 0xA700 cannot spool the instance: %s",
-                req.AffectedSOPInstanceUID,
+                sop_instance_uid,
                 origin.calling_ae,
                 origin.address,
-                spool_error,
+                spool.error,
             )
-            return status.dataset(status.OUT_OF_RESOURCES_STORE, f"cannot receive: {spool_error.strerror}")
-        expected = dict(
-            expected_sop_instance_uid=str(req.AffectedSOPInstanceUID or ""),
-            expected_sop_class_uid=str(req.AffectedSOPClassUID or ""),
-        )
+            return status.dataset(status.OUT_OF_RESOURCES_STORE, f"cannot receive: {spool.error.strerror}")
+        incoming = spool.incoming
+        expected = dict(expected_sop_instance_uid=sop_instance_uid, expected_sop_class_uid=sop_class_uid)
         try:
             if incoming is not None and incoming.meta is not None:
                 result = self.archive.store_incoming(incoming, origin, **expected)
             else:
                 try:
-                    path = incoming.flushed_path() if incoming is not None else Path(event.dataset_path)
+                    path = incoming.flushed_path() if incoming is not None else Path(spool.name)
                     with open(path, "rb") as fh:
                         result = self.archive.store(fh, origin, **expected)
                 finally:
@@ -484,7 +520,7 @@ class DicomServer:
             code = status.for_store_error(exc)
             log.warning(
                 "C-STORE refused sop=%s from %s@%s: 0x%04X %s",
-                req.AffectedSOPInstanceUID,
+                sop_instance_uid,
                 origin.calling_ae,
                 origin.address,
                 code,
