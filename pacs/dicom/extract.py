@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, BinaryIO
 
 import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
@@ -44,9 +46,13 @@ def read_header(fp: BinaryIO | str, *, dataset_at: tuple[int, str] | None = None
             ds.file_meta = FileMetaDataset()
             ds.file_meta.TransferSyntaxUID = syntax
         stopped_at = 0 if isinstance(fp, str) else fp.tell()  # reading deferred values moves it
-        # Touch every element now so that a truncated or malformed body fails here, not later.
-        for _elem in ds.iterall():
-            pass
+        # A truncated or malformed body fails here, not later when a value is read.
+        deflated = getattr(ds.file_meta, "TransferSyntaxUID", None) == "1.2.840.10008.1.2.1.99"
+        if isinstance(fp, str) or deflated:  # offsets are into the inflated stream: read them all
+            for _elem in ds.iterall():
+                pass
+        else:
+            _check_elements(ds, fp.seek(0, 2))
     except InvalidDicomError as exc:
         raise InvalidInstance(f"not a DICOM Part-10 stream: {exc}") from exc
     except (EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError) as exc:
@@ -57,6 +63,51 @@ def read_header(fp: BinaryIO | str, *, dataset_at: tuple[int, str] | None = None
         fp.seek(stopped_at)
         _check_trailing_element(fp, ds)
     return ds
+
+
+#: Bytes per value of the binary VRs: a value whose length is not a multiple cannot be read.
+_VALUE_SIZES = {
+    "US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "AT": 4,
+    "OW": 2, "OF": 4, "OD": 8, "OL": 4, "OV": 8, "SV": 8, "UV": 8,
+}  # fmt: skip
+
+
+def _value_size(tag: int, vr: str | None) -> int:
+    if vr is None:  # implicit VR: the dictionary's
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return 0  # private or unknown: UN, any length
+    if " or " in vr:  # ambiguous (US or SS, OB or OW ...): only where every reading agrees
+        sizes = {_VALUE_SIZES.get(v, 0) for v in vr.split(" or ")}
+        return sizes.pop() if len(sizes) == 1 else 0
+    return _VALUE_SIZES.get(vr, 0)
+
+
+def _check_elements(ds: Dataset, end: int) -> None:
+    """Refuse what pydicom parsed but could not read: a binary value whose length is not a
+    multiple of its value size, a deferred (large) value past the end of the stream.
+
+    The structural checks that converting every value (``iterall``) made, without converting:
+    that was a fifth of the Python time of a C-STORE.
+    """
+    for elem in ds._dict.values():
+        if isinstance(elem, RawDataElement):
+            if elem.value is None:
+                if elem.length and elem.length != 0xFFFFFFFF and elem.value_tell + elem.length > end:
+                    raise InvalidInstance(
+                        f"truncated DICOM stream: element {elem.tag} needs {elem.length} bytes past the end"
+                    )
+                continue
+            size = _value_size(elem.tag, elem.VR)
+            if size and len(elem.value) % size:
+                raise InvalidInstance(
+                    f"element {elem.tag} ({elem.VR or 'implicit VR'}) has {len(elem.value)} bytes, "
+                    f"not a multiple of {size}"
+                )
+        elif elem.VR == "SQ":
+            for item in elem.value or ():
+                _check_elements(item, end)
 
 
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT", b"SV", b"UV"}
