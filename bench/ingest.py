@@ -317,6 +317,19 @@ def send(target: Target, parts: list[Path], associations: int) -> tuple[float, i
     return seconds, rss.peak
 
 
+def settle(files: list[Path]) -> None:
+    """The same starting point for every run: dirty pages written out, the page cache emptied
+    where we may (root; with ~16 GB of cached earlier runs, page allocation here cost several
+    times more kernel time), then the study read back so that storescu reads it from memory."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        print("  (not root: page cache not dropped between runs)")
+    for f in files:
+        f.read_bytes()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print a table."""
     parser = argparse.ArgumentParser(description="C-STORE ingest benchmark: pacs vs Orthanc")
@@ -352,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run, ignore_errors=True)
             run.mkdir(parents=True)
             print(f"\n[{name}, {n} association(s)]")
+            settle(files)
             with start(run) as target:
                 seconds, peak = send(target, parts, n)
             results.append(Result(name, n, len(files), total_mb, seconds, peak))

@@ -53,23 +53,38 @@ def _logging(settings: Settings) -> None:
 # ---------------------------------------------------------------------- serve
 
 
-def _dicom_worker(settings: Settings, port: int, parent: int) -> None:
-    """A further DIMSE listener process sharing the port (SO_REUSEPORT)."""
+def _dicom_worker(
+    settings: Settings,
+    port: int,
+    parent: int,
+    ready: Any = None,
+    loads: Any = None,
+    slot: int = 0,
+    inbox: Any = None,
+) -> None:
+    """A further DIMSE listener process: serves the associations serve hands it (``inbox``)."""
     import dataclasses
 
     from pacs import runtime
-    from pacs.scp.server import DicomServer
+    from pacs.scp.server import DicomServer, Dispatch
 
     settings = dataclasses.replace(settings, dicom=dataclasses.replace(settings.dicom, port=port))
     _logging(settings)
     rt = runtime.build(settings, run_migrations=False)
     server = DicomServer(
-        settings, rt.archive, extensions=runtime.dimse_extensions(rt), reuse_port=True, audit=rt.audit
+        settings,
+        rt.archive,
+        extensions=runtime.dimse_extensions(rt),
+        audit=rt.audit,
+        dispatch=Dispatch(loads, slot) if loads is not None else None,
+        inbox=inbox,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start()
+    if ready is not None:
+        ready.set()  # serve says READY only once every listener accepts
     # Exit with the parent, even when it was killed without a chance to stop us (SIGKILL, OOM).
     while not stop.wait(1.0):
         if os.getppid() != parent:  # reparented: serve died (maybe even before we got here)
@@ -82,34 +97,50 @@ def _dicom_worker(settings: Settings, port: int, parent: int) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the DICOM listener(s) and the web application until interrupted."""
     from pacs import runtime
-    from pacs.scp.server import DicomServer
+    from pacs.scp.server import DicomServer, Dispatch
 
     settings = _settings(args)
     _logging(settings)
     rt = runtime.build(settings, clean_tmp=True)
     workers = settings.dicom.workers or os.cpu_count() or 1
+    ctx = multiprocessing.get_context("spawn")
+    # This process accepts every association and hands each to the listener process with the
+    # fewest in progress (pacs.scp.server.Dispatch): one socket pair per further process.
+    loads = ctx.Array("i", workers)
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(workers - 1)]
+    dispatch = Dispatch(loads, 0, [ours for ours, _ in pairs]) if workers > 1 else None
     dicom = DicomServer(
-        settings, rt.archive, extensions=runtime.dimse_extensions(rt), reuse_port=workers > 1, audit=rt.audit
+        settings, rt.archive, extensions=runtime.dimse_extensions(rt), audit=rt.audit, dispatch=dispatch
     )
     dhost, dport = dicom.start()
-    ctx = multiprocessing.get_context("spawn")
+    listening = [ctx.Event() for _ in range(workers - 1)]
     children = [
-        ctx.Process(target=_dicom_worker, args=(settings, dport, os.getpid()), daemon=True)
-        for _ in range(workers - 1)
+        ctx.Process(
+            target=_dicom_worker,
+            args=(settings, dport, os.getpid(), ev, loads, k + 1, theirs),
+            daemon=True,
+        )
+        for k, (ev, (_, theirs)) in enumerate(zip(listening, pairs, strict=True))
     ]
     for child in children:
         child.start()
+    for _, theirs in pairs:
+        theirs.close()  # the child has its own copy: its end closes when the child exits
     http_workers = settings.http.workers or os.cpu_count() or 1
     sock = _http_socket(settings, settings.http.port, reuse_port=http_workers > 1)
     hhost, hport = sock.getsockname()[:2]
+    web_listening = [ctx.Event() for _ in range(http_workers - 1)]
     web = [
-        ctx.Process(target=_http_worker, args=(settings, hport, os.getpid()), daemon=True)
-        for _ in range(http_workers - 1)
+        ctx.Process(target=_http_worker, args=(settings, hport, os.getpid(), ev), daemon=True)
+        for ev in web_listening
     ]
     for child in web:
         child.start()
     server = _web_server(settings, runtime.web_app(rt))
     _security_log(settings, hhost, hport, bool(server.config.ssl))
+    # Associations that arrive before a listener process is up all go to the others (SO_REUSEPORT
+    # only spreads over the sockets bound at connect time): wait for every one of them.
+    _await_listeners(children + web, listening + web_listening)
     print(
         f"READY dicom={dhost}:{dport} http={hhost}:{hport} workers={workers} http_workers={http_workers}",
         flush=True,
@@ -124,6 +155,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             child.join(5)
         rt.close()
     return 0
+
+
+def _await_listeners(children: list[Any], listening: list[Any], timeout: float = 120.0) -> None:
+    """Block until every listener process (DIMSE or HTTP) accepts connections (or fail if one died)."""
+    deadline = time.monotonic() + timeout
+    for child, ev in zip(children, listening, strict=True):
+        while not ev.wait(0.1):
+            if not child.is_alive():
+                raise SystemExit(f"a listener process exited at start (code {child.exitcode}); see the log")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"a listener process did not start within {timeout:.0f} s")
 
 
 def _http_socket(settings: Settings, port: int, *, reuse_port: bool) -> socket.socket:
@@ -158,7 +200,7 @@ def _web_server(settings: Settings, app: Any) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
-def _http_worker(settings: Settings, port: int, parent: int) -> None:
+def _http_worker(settings: Settings, port: int, parent: int, ready: Any = None) -> None:
     """A further web server process sharing the HTTP port (SO_REUSEPORT): rendering is CPU-bound
     and one process runs Python on one core at a time."""
     from pacs import runtime
@@ -170,6 +212,10 @@ def _http_worker(settings: Settings, port: int, parent: int) -> None:
 
     def watch_parent() -> None:
         # Exit with serve, even when it was killed without a chance to stop us (SIGKILL, OOM).
+        while ready is not None and not server.started and not server.should_exit:
+            time.sleep(0.02)
+        if ready is not None:
+            ready.set()
         while not server.should_exit:
             if os.getppid() != parent:
                 log.warning("pacs serve (pid %d) is gone: this web worker stops too", parent)

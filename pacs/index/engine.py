@@ -51,6 +51,7 @@ def make_engine(url: str, *, echo: bool = False, busy_timeout: float = 60.0) -> 
         if parsed.database and parsed.database != ":memory:":
             lock = WriteLock(Path(parsed.database + "-pacs.lock"), busy_timeout)
         _sqlite_setup(engine, int(busy_timeout * 1000), lock)
+        engine.pacs_write_lock = lock  # type: ignore[attr-defined]  # see write_lock_busy()
         return engine
     return create_engine(url, echo=echo, pool_size=8, max_overflow=16, pool_pre_ping=True)
 
@@ -99,12 +100,42 @@ class WriteLock:
             self._lock.release()
             return False
 
+    def busy(self) -> bool:
+        """True if another thread or process holds the lock (a snapshot: it may change at once)."""
+        if not self._lock.acquire(blocking=False):
+            return True
+        try:
+            if self._depth > 0:  # held by this very thread
+                return False
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            return False
+        except OSError:
+            return False
+        finally:
+            self._lock.release()
+
     def release(self) -> None:
         """Release one acquisition (the file lock with the last one)."""
         self._depth -= 1
         if self._depth == 0 and self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._lock.release()
+
+
+def write_lock_busy(engine: Engine) -> bool:
+    """True when another writer (thread or process) holds the SQLite write lock right now.
+
+    A writer that will wait anyway can first finish work that need not hold the lock (the blob
+    fsync), instead of holding the lock through it while the others wait.
+    """
+    lock: WriteLock | None = getattr(engine, "pacs_write_lock", None)
+    return lock.busy() if lock is not None else False
 
 
 def _sqlite_setup(engine: Engine, busy_timeout_ms: int = 60000, lock: WriteLock | None = None) -> None:

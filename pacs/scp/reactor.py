@@ -332,4 +332,5 @@ class WakeupRequestHandler(RequestHandler):
         assoc = super()._create_association()
         assoc.__class__ = WakeupAssociation  # same layout; only the run loops differ
         assoc._install()  # type: ignore[attr-defined]
+        self.assoc = assoc  # for the listener's bookkeeping (pacs.scp.server.Dispatch)
         return assoc

@@ -6,6 +6,7 @@ the result to a DIMSE status (``pacs.scp.status``).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -252,21 +253,86 @@ class _ReceiveFile:
                 pass
 
 
+class Dispatch:
+    """Spreads the associations of one DICOM port over the listener processes.
+
+    The first process accepts every connection and hands each to the process with the fewest
+    associations in progress (itself included), passing the socket over a UNIX socket pair
+    (``SCM_RIGHTS``). Kernel spreading (SO_REUSEPORT) hashes the peer's address and port: four
+    modalities sending at once landed all on one process (one core, one GIL) about one time in
+    eight. ``loads`` is shared memory: slot ``index`` counts this process's associations.
+    """
+
+    def __init__(self, loads: Any, index: int, channels: list[socket.socket] | None = None) -> None:
+        self.loads = loads
+        self.index = index
+        self.channels: list[socket.socket | None] = list(channels or [])  # to processes 1, 2, ...
+
+    def add(self, slot: int, n: int) -> None:
+        """Count ``n`` more (or fewer) associations for process ``slot``."""
+        with self.loads.get_lock():
+            self.loads[slot] += n
+
+    def pick(self) -> int:
+        """The process with the fewest associations (this one on a tie)."""
+        with self.loads.get_lock():
+            counts = list(self.loads)
+        alive = [0] + [k + 1 for k, ch in enumerate(self.channels) if ch is not None]
+        return min(alive, key=lambda k: (counts[k], k != self.index))
+
+    def hand_over(self, slot: int, sock: socket.socket, addr: tuple[str, int]) -> bool:
+        """Pass an accepted connection to process ``slot``; False if that process is gone."""
+        channel = self.channels[slot - 1]
+        if channel is None:
+            return False
+        try:
+            socket.send_fds(channel, [json.dumps([addr[0], addr[1]]).encode()], [sock.fileno()])
+        except OSError as exc:
+            log.error("listener process %d does not take connections (%s); serving them here", slot, exc)
+            self.channels[slot - 1] = None
+            return False
+        self.add(slot, 1)
+        sock.close()
+        return True
+
+
+class _Handed(OSError):
+    """Raised from get_request for a connection passed to another process (socketserver skips it)."""
+
+
 class _Listener(ThreadedAssociationServer):
-    """Adds SO_REUSEPORT (several processes on one port) and TCP_NODELAY on accepted sockets."""
+    """Adds SO_REUSEPORT or dispatch to other processes, and TCP_NODELAY on accepted sockets."""
 
     reuse_port = False
     nodelay = True
+    dispatch: Dispatch | None = None
+    bind_port = True  # False in a listener process that only takes connections handed to it
 
     def server_bind(self) -> None:
+        if not self.bind_port:
+            return
         if self.reuse_port and hasattr(socket, "SO_REUSEPORT"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # type: ignore[union-attr]
         super().server_bind()
+
+    def server_activate(self) -> None:
+        if self.bind_port:
+            super().server_activate()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         # Accept here, but leave the TLS handshake to the association's own thread (first read),
         # so a slow or hostile TLS client cannot hold up the accept loop.
         sock, addr = self.socket.accept()  # type: ignore[union-attr]
+        dispatch = self.dispatch
+        if dispatch is not None:
+            slot = dispatch.pick()
+            if slot != dispatch.index and dispatch.hand_over(slot, sock, addr):
+                raise _Handed
+            dispatch.add(dispatch.index, 1)
+        return self.prepare(sock), addr
+
+    def prepare(self, sock: socket.socket) -> socket.socket:
+        """Socket options (and TLS wrapping) of an accepted connection."""
         # Accepted sockets block forever by default: a peer that sends half a PDU (or announces
         # a 4 GB one) would hold its association slot for good. network_timeout bounds each read.
         sock.settimeout(self.ae.network_timeout)
@@ -274,7 +340,43 @@ class _Listener(ThreadedAssociationServer):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context is not None:
             sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
+        return sock
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            if self.dispatch is not None:
+                self.dispatch.add(self.dispatch.index, -1)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        handler = self.RequestHandlerClass(request, client_address, self)
+        assoc = getattr(handler, "assoc", None)
+        if self.dispatch is not None and assoc is not None:
+            assoc.join()  # the association runs in its own thread: count it until it ends
+
+    def take_handed(self, inbox: socket.socket) -> None:
+        """Serve the connections another process hands over, until it closes ``inbox``."""
+        while True:
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(inbox, 1024, 4)
+            except OSError:
+                return
+            if not msg and not fds:
+                return  # the dispatching process is gone
+            if not fds:
+                continue
+            for extra in fds[1:]:
+                os.close(extra)
+            sock = socket.socket(fileno=fds[0])
+            try:
+                host, port = json.loads(msg)
+                self.process_request(self.prepare(sock), (str(host), int(port)))
+            except (OSError, ValueError) as exc:
+                log.warning("cannot take a handed-over connection: %s", exc)
+                sock.close()
+                if self.dispatch is not None:
+                    self.dispatch.add(self.dispatch.index, -1)
 
 
 class DicomServer:
@@ -288,6 +390,8 @@ class DicomServer:
         extensions: list[Extension] | None = None,
         reuse_port: bool = False,
         audit: Audit | None = None,
+        dispatch: Dispatch | None = None,
+        inbox: socket.socket | None = None,
     ) -> None:
         self.settings = settings
         self.archive = archive
@@ -296,6 +400,10 @@ class DicomServer:
         self.audit = audit
         self.extensions = extensions or []
         self.reuse_port = reuse_port
+        #: Several listener processes: the first accepts and dispatches (``dispatch`` with
+        #: channels), the others take what it hands them through ``inbox`` and bind nothing.
+        self.dispatch = dispatch
+        self.inbox = inbox
         self._server: _Listener | None = None
         self._thread: threading.Thread | None = None
 
@@ -351,6 +459,8 @@ class DicomServer:
         ae = self.build_ae()
         _Listener.reuse_port = self.reuse_port
         _Listener.nodelay = d.tcp_nodelay
+        _Listener.dispatch = self.dispatch
+        _Listener.bind_port = self.inbox is None
         server = ae.make_server(
             (d.host, d.port),
             evt_handlers=self.handlers(),
@@ -364,9 +474,17 @@ class DicomServer:
         fast = d.fast_store and self.settings.log.level.upper() != "DEBUG"
         server.fast_path = self.fast_path if fast else None  # type: ignore[attr-defined]
         self._server = server  # type: ignore[assignment]
-        self._thread = threading.Thread(target=server.serve_forever, name="dimse-listener", daemon=True)
+        if self.inbox is None:
+            self._thread = threading.Thread(target=server.serve_forever, name="dimse-listener", daemon=True)
+        else:
+            inbox = self.inbox
+            self._thread = threading.Thread(
+                target=server.take_handed, args=(inbox,), name="dimse-handed", daemon=True
+            )
         self._thread.start()
         host, port = server.server_address[:2]
+        if self.inbox is not None:
+            host, port = d.host, d.port  # the port the dispatching process accepts on
         log.info(
             "DICOM listener %s on %s:%d%s, C-STORE %s",
             d.ae_title,
@@ -389,8 +507,19 @@ class DicomServer:
     def stop(self) -> None:
         """Stop accepting and close the listener."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            if self.inbox is None:
+                self._server.shutdown()
+            else:  # no serve_forever loop to stop: end the hand-over loop and the associations
+                try:
+                    self.inbox.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                for assoc in self._server.active_associations:
+                    assoc.abort()
+            try:
+                self._server.server_close()
+            except OSError:
+                pass
             self._server = None
 
     # ------------------------------------------------------------------ association control

@@ -37,6 +37,7 @@ from pacs.dicom.meta import encode_file_meta
 from pacs.dicom.text import is_valid_uid
 from pacs.errors import InvalidInstance, NotFound, StorageUnavailable
 from pacs.index import repo
+from pacs.index.engine import write_lock_busy
 from pacs.index.sql import run_query
 from pacs.model import InstanceRecord, Level, Origin, StoredInstance, StoreOutcome, StoreResult
 from pacs.query import Query
@@ -277,6 +278,10 @@ class Archive:
             _settle(ready)
             self.blobs.delete(blob.blob_key)
 
+        if write_lock_busy(self.engine):
+            # Others are writing: make the blob durable before queueing for the lock, so that
+            # the lock is never held through an fsync (with one writer they overlap instead).
+            _settle(ready)
         for attempt in (1, 2):
             try:
                 with self._write() as conn:

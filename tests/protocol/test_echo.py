@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -49,15 +51,24 @@ def test_empty_allowed_list_lets_nobody_in(tmp_path: Path) -> None:
 
 
 def test_listener_workers_share_the_port_and_die_with_serve(tmp_path: Path) -> None:
-    """Two listener processes answer on one port; SIGKILL of serve leaves no orphan on the port."""
-    import time
-
+    """Two listener processes answer on one port, each given half of the open associations (the
+    first process dispatches to the least busy); SIGKILL of serve leaves no orphan on the port."""
     require_tool("echoscu")
     with serve(tmp_path, f"sqlite:///{tmp_path / 'i.sqlite'}", env={"PACS_DICOM_WORKERS": "2"}) as srv:
-        deadline = time.monotonic() + 60  # the second listener starts after READY
-        while time.monotonic() < deadline and srv.log().count("DICOM listener PACS on") < 2:
-            time.sleep(0.2)
-        for _ in range(6):  # the kernel spreads connections over both processes
+        assert srv.log().count("DICOM listener PACS on") == 2, "READY before every listener was up"
+        ae = AE(ae_title="PYNETDICOM")
+        ae.add_requested_context(Verification)
+        held = [ae.associate("127.0.0.1", srv.dicom_port, ae_title="PACS") for _ in range(4)]
+        try:
+            assert all(a.is_established for a in held)
+            assert all(a.send_c_echo().Status == 0 for a in held)
+            pids = re.findall(r"\[(\d+)\] association accepted", srv.log())
+            assert sorted(collections.Counter(pids).values()) == [2, 2], pids
+        finally:
+            for a in held:
+                a.release()
+            ae.shutdown()
+        for _ in range(6):  # DCMTK too, one association after the other
             assert _echo(srv.dicom_port, "ECHOSCU").returncode == 0
         children = children_of(srv.process.pid)
         assert children, "expected a second listener process"
