@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from pacs.dicom.attributes import ATTRIBUTES, Match
@@ -171,12 +172,13 @@ def extract(ds: Dataset, transfer_syntax_uid: str | None = None) -> InstanceReco
                     f"invalid {uid_kw} {value[:80]!r}: a UID is digits and dots, at most 64"
                 )
         values: dict[str, Any] = {}
-        for attr in ATTRIBUTES:
-            if attr.computed:
-                continue
-            values[attr.column] = _value(ds, attr.keyword, attr.match, attr.vr, attr.length)
+        present = ds._dict
+        for attr, tag in _EXTRACTED:
+            # Most catalogue attributes are absent from an image: look before converting.
+            value = _value(ds[tag].value, attr.match, attr.vr, attr.length) if tag in present else None
+            values[attr.column] = value
             if attr.match is Match.PN:
-                values[attr.column + "_key"] = name_key(values[attr.column] or "") or None
+                values[attr.column + "_key"] = name_key(value or "") or None
         other_ids = _other_patient_ids(ds)
         values["other_patient_ids"] = "\\".join(other_ids)[:512] or None
         values.update(request_facts(ds, values.get("requested_procedure_id")))
@@ -197,8 +199,11 @@ def extract(ds: Dataset, transfer_syntax_uid: str | None = None) -> InstanceReco
     return record
 
 
-def _value(ds: Dataset, keyword: str, match: Match, vr: str, length: int) -> str | int | None:
-    elem = ds.get(keyword)
+#: The catalogue attributes read from a header, with their tags (looked up once).
+_EXTRACTED = [(attr, Tag(tag_for_keyword(attr.keyword))) for attr in ATTRIBUTES if not attr.computed]
+
+
+def _value(elem: Any, match: Match, vr: str, length: int) -> str | int | None:
     if elem is None or elem == "" or (isinstance(elem, MultiValue | list) and len(elem) == 0):
         return None
     if vr in {"US", "UL", "SS", "SL", "IS"}:
