@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,7 +30,7 @@ class BlobFacts:
     blob_key: str
     size: int
     sha256: str
-    dataset_sha256: str
+    dataset_sha256: str | None  # None: not computed (see store_instance's ``dataset_digest``)
     received_at: datetime
 
 
@@ -72,14 +72,28 @@ def store_instance(
     *,
     policy: str,
     event: bool = True,
+    dataset_digest: Callable[[str | None], tuple[str, str]] | None = None,
 ) -> tuple[StoreOutcome, str | None]:
     """Index one instance whose blob is already committed; returns the outcome and a blob key
     that the caller must delete after the transaction commits (the new one for a duplicate, the
     old one for a replacement), or None.
+
+    An identical resend is told from a different object by the SHA-256 of the data sets (the
+    file meta differs with the sender). Where a hash is not known, ``dataset_digest(old blob
+    key)`` returns ``(new digest, old digest)`` computed from the files; the old one is kept.
     """
     existing = existing_instance(conn, record.sop_instance_uid)
     if existing is not None:
-        if existing["dataset_sha256"] == blob.dataset_sha256:
+        new_digest, old_digest = blob.dataset_sha256, existing["dataset_sha256"]
+        if (new_digest is None or old_digest is None) and dataset_digest is not None:
+            new_digest, old_digest = dataset_digest(None if old_digest else existing["blob_key"])
+            new_digest = blob.dataset_sha256 or new_digest
+            old_digest = existing["dataset_sha256"] or old_digest
+            if not existing["dataset_sha256"]:
+                # Kept: the next resend of this UID is settled without reading the old file again.
+                keep = update(instances).where(instances.c.id == existing["id"])
+                conn.execute(keep.values(dataset_sha256=old_digest))
+        if new_digest is not None and new_digest == old_digest:
             _event(conn, "instance.duplicate", record, origin, blob.received_at, {})
             return StoreOutcome.DUPLICATE, blob.blob_key
         if policy != "replace":
@@ -94,7 +108,7 @@ def store_instance(
         conn.execute(
             update(instances)
             .where(instances.c.id == existing["id"])
-            .values(**_instance_values(record, blob, origin))
+            .values({**_instance_values(record, blob, origin), "dataset_sha256": new_digest})
         )
         _event(
             conn, "instance.replaced", record, origin, blob.received_at, {"old_blob": existing["blob_key"]}

@@ -118,7 +118,7 @@ instances = Table(
     Column("blob_key", String(128), nullable=False, unique=True),
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
-    Column("dataset_sha256", String(64), nullable=False),
+    Column("dataset_sha256", String(64)),  # of the data set after the file meta: filled when needed
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("calling_ae", String(16)),
     Column("called_ae", String(16)),

@@ -161,16 +161,13 @@ class Archive:
         try:
             with self.blobs.writer() as writer:
                 whole = hashlib.sha256(head)
-                dataset_hash = hashlib.sha256()
                 writer.write(head)
                 stream.seek(offset)
                 while chunk := stream.read(_COPY_CHUNK):
                     writer.write(chunk)
                     whole.update(chunk)
-                    dataset_hash.update(chunk)
-                facts = dict(
-                    size=writer.size, sha256=whole.hexdigest(), dataset_sha256=dataset_hash.hexdigest()
-                )
+                # The data set's own hash only if this UID is already stored (repo.store_instance).
+                facts = dict(size=writer.size, sha256=whole.hexdigest(), dataset_sha256=None)
                 return self._commit(writer, record, facts, origin, ts)
         except OSError as exc:
             if unavailable := _unavailable(exc):
@@ -286,7 +283,12 @@ class Archive:
             try:
                 with self._write() as conn:
                     outcome, key = repo.store_instance(
-                        conn, record, blob, origin, policy=self.duplicate_policy
+                        conn,
+                        record,
+                        blob,
+                        origin,
+                        policy=self.duplicate_policy,
+                        dataset_digest=lambda old_key: self._digests(blob.blob_key, old_key, ready),
                     )
                     for hook in self.index_hooks:
                         hook.instance_indexed(conn, record, blob, origin, outcome)
@@ -415,6 +417,17 @@ class Archive:
                     report.failed.append((blob.blob_key, str(exc)))
         return done
 
+    def _digests(self, new_key: str, old_key: str | None, ready: Callable[[], object]) -> tuple[str, str]:
+        """SHA-256 of the data sets (after the file meta) of a new blob and of an old one."""
+        ready()  # the new blob is readable under its key once published
+        return self._dataset_digest(new_key), self._dataset_digest(old_key) if old_key else ""
+
+    def _dataset_digest(self, key: str) -> str:
+        with self.blobs.open(key) as fh:
+            _meta, offset = _split_part10(fh)
+            fh.seek(offset)
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+
     def _facts_from_blob(self, key: str) -> tuple[InstanceRecord, repo.BlobFacts, Origin]:
         with self.blobs.open(key) as fh:
             meta, offset = _split_part10(fh)
@@ -495,7 +508,8 @@ class Incoming:
     The receiver calls :meth:`start` with the request's SOP UIDs and transfer syntax as soon as
     it knows them (our file meta is written from those: :meth:`Archive.store_incoming` then
     checks the data set against them), then :meth:`write` with the data set bytes as they come.
-    Both SHA-256 sums are computed on the way, so nothing is read twice.
+    The file's SHA-256 is computed on the way, so nothing is read twice (the data set's own
+    hash only if its UID turns out to be stored already: see ``repo.store_instance``).
     """
 
     def __init__(self, writer: BlobWriter) -> None:
@@ -508,7 +522,6 @@ class Incoming:
         self.meta: tuple[str, str, str] | None = None
         self.dataset_offset = 0
         self._whole = hashlib.sha256()
-        self._dataset = hashlib.sha256()
 
     def start(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str) -> None:
         """Write the file meta. Raises :class:`InvalidInstance` for UIDs that cannot name a file."""
@@ -527,7 +540,6 @@ class Incoming:
         """Append data set bytes."""
         self.writer.write(data)
         self._whole.update(data)
-        self._dataset.update(data)
 
     def flushed_path(self) -> Path:
         """The file being written, with everything written so far readable there."""
@@ -536,9 +548,7 @@ class Incoming:
 
     def facts(self) -> dict[str, Any]:
         """Size and hashes of what was written."""
-        return dict(
-            size=self.writer.size, sha256=self._whole.hexdigest(), dataset_sha256=self._dataset.hexdigest()
-        )
+        return dict(size=self.writer.size, sha256=self._whole.hexdigest(), dataset_sha256=None)
 
     def abort(self) -> None:
         """Discard the blob unless it was committed."""

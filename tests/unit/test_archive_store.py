@@ -47,6 +47,24 @@ def test_identical_resend_is_a_duplicate_and_writes_nothing(archive: Archive) ->
     assert archive.count(Level.IMAGE) == 1
 
 
+def test_same_data_set_from_another_sender_is_a_duplicate(archive: Archive) -> None:
+    """The stored files differ (the file meta names the sender) but the data sets do not: the
+    data set hashes, computed only now, settle it; the old one is kept for the next resend."""
+    data = to_bytes(make_dataset())
+    assert archive.store_bytes(data, ORIGIN).outcome is StoreOutcome.STORED
+    with archive.read() as conn:
+        [(kept,)] = conn.exec_driver_sql("SELECT dataset_sha256 FROM instances").all()
+    assert kept is None  # not computed for a first arrival
+    other = Origin(calling_ae="WORKSTATION", address="10.0.0.9", protocol="dimse")
+    assert archive.store_bytes(data, other).outcome is StoreOutcome.DUPLICATE
+    assert archive.store_bytes(data, other).outcome is StoreOutcome.DUPLICATE
+    assert _blob_count(archive) == 1
+    with archive.read() as conn:
+        [(kept,)] = conn.exec_driver_sql("SELECT dataset_sha256 FROM instances").all()
+    assert kept is not None and len(kept) == 64
+    assert archive.verify().ok
+
+
 def test_different_object_same_uid_follows_policy(archive: Archive) -> None:
     ds = make_dataset()
     archive.store_bytes(to_bytes(ds), ORIGIN)
