@@ -202,14 +202,19 @@ class Archive:
                 raise InvalidInstance("the data set did not arrive")
             sop_class, sop_instance, ts = incoming.meta
             path = incoming.flushed_path()
-            synced = self._background.submit(incoming.writer.sync)  # fsync while we parse and index
+            # Alone, the blob's fsync runs on a worker while we parse and index. When other
+            # writers hold the index (several associations), it is made durable inline before
+            # queueing for the index: no thread hand-offs, and the CPU is busy anyway.
+            inline = write_lock_busy(self.engine)
+            if not inline:
+                synced = self._background.submit(incoming.writer.sync)
             with open(path, "rb") as fh:
                 header = read_header(fh, dataset_at=(incoming.dataset_offset, ts))
             record = extract(header, ts)
             _check_expected(record, expected_sop_instance_uid, expected_sop_class_uid)
             if (record.sop_instance_uid, record.sop_class_uid) != (sop_instance, sop_class):
                 raise InvalidInstance("the data set's SOP UIDs differ from the request's")
-            return self._commit(incoming.writer, record, incoming.facts(), origin, ts, synced)
+            return self._commit(incoming.writer, record, incoming.facts(), origin, ts, synced, inline=inline)
         except OSError as exc:
             if unavailable := _unavailable(exc):
                 raise unavailable from exc
@@ -227,25 +232,35 @@ class Archive:
         origin: Origin,
         ts: str,
         synced: Future[None] | None = None,
+        *,
+        inline: bool = False,
     ) -> StoreResult:
         """Make a fully written blob durable, then index it (duplicates are settled in the index
         transaction: an identical resend's new blob is removed again, nothing else changes).
 
-        The fsync and rename run on a worker thread while the index rows are written; the
-        transaction commits only once the blob is durable under its key.
+        The fsync and rename run on a worker thread while the index rows are written (``inline``:
+        here, first); the transaction commits only once the blob is durable under its key.
         """
-
-        def publish() -> str:
-            if synced is not None:
-                synced.result()
-            return writer.commit()
-
-        published = self._background.submit(publish)
         blob = repo.BlobFacts(blob_key=writer.key, received_at=self.clock(), **facts)  # type: ignore[arg-type]
-        try:
-            outcome, to_delete = self._index(record, blob, origin, ready=published.result)
-        finally:
-            _settle(published.result)
+        if inline:
+            try:
+                writer.commit()
+            except BaseException:
+                _settle(lambda: self.blobs.delete(writer.key))  # named, maybe, but not durable
+                raise
+            outcome, to_delete = self._index(record, blob, origin)
+        else:
+
+            def publish() -> str:
+                if synced is not None:
+                    synced.result()
+                return writer.commit()
+
+            published = self._background.submit(publish)
+            try:
+                outcome, to_delete = self._index(record, blob, origin, ready=published.result)
+            finally:
+                _settle(published.result)
         if to_delete:
             self.blobs.delete(to_delete)
         log.info(

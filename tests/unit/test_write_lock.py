@@ -84,3 +84,34 @@ def test_nested_write_on_one_thread_does_not_deadlock(tmp_path: Path) -> None:
             a.execute(text("UPDATE counter SET n = n + 1"))
     with engine.connect() as conn:
         assert conn.execute(text("SELECT n FROM counter")).scalar_one() == 3
+
+
+def test_busy_tells_whether_another_writer_holds_the_lock(tmp_path: Path) -> None:
+    """What Archive.store_incoming asks before it decides to fsync inline (pacs.index.engine)."""
+    from pacs.index.engine import write_lock_busy
+
+    _url, engine, lock_file = _setup(tmp_path)
+    assert not write_lock_busy(engine)
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with engine.connect().execution_options(pacs_write=True) as conn, conn.begin():
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    assert held.wait(10)
+    assert write_lock_busy(engine)  # another thread
+    release.set()
+    t.join(10)
+    assert not write_lock_busy(engine)
+    with engine.connect().execution_options(pacs_write=True) as conn, conn.begin():
+        assert not write_lock_busy(engine)  # this very thread holds it
+    fd = os.open(lock_file, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as another process would (a separate open file)
+        assert write_lock_busy(engine)
+    finally:
+        os.close(fd)
+    assert not write_lock_busy(engine)
