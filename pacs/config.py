@@ -52,7 +52,7 @@ class DicomSettings:
     network_timeout: float = 60.0
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
-    workers: int = 0  # listener processes sharing the port (SO_REUSEPORT); 0 = one per CPU core
+    workers: int = 0  # listener processes, associations given to the least busy; 0 = one per core
     tcp_nodelay: bool = True
     fast_store: bool = True  # C-STORE handled on the association's reader thread (pacs.scp.faststore)
     max_find_results: int = 10000
