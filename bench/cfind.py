@@ -280,9 +280,12 @@ def _instance(i: int) -> bytes:
 
 
 def serve_orthanc(
-    tmp: Path, n: int, plugins: tuple[str, ...] = ()
+    tmp: Path, n: int, plugins: tuple[str, ...] = (), config: dict[str, object] | None = None
 ) -> tuple[subprocess.Popen[bytes], int, str]:
-    """Orthanc on fresh storage loaded with ``n`` one-instance studies; (process, DICOM port, HTTP base)."""
+    """Orthanc on fresh storage loaded with ``n`` one-instance studies; (process, DICOM port, HTTP base).
+
+    ``config`` is merged over the default configuration (e.g. ``{"DefaultEncoding": "Utf8"}``).
+    """
     dport, hport = _free_port(), _free_port()
     cfg = {
         "Name": "bench",
@@ -300,6 +303,7 @@ def serve_orthanc(
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         "LimitFindResults": 0,
         "LimitFindInstances": 0,
+        **(config or {}),
     }
     (tmp / "orthanc.json").write_text(json.dumps(cfg))
     proc = subprocess.Popen(
