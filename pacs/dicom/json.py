@@ -155,15 +155,26 @@ class ResultPlan:
         ]
 
     def text(self, row: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> str:
-        """One match as DICOM JSON text (compact, UTF-8 characters unescaped)."""
+        """One match as DICOM JSON text (compact, UTF-8 characters unescaped). ``extra`` maps
+        further tags to DICOM JSON elements, as objects or as :class:`JsonText`."""
         parts = []
         for tag, key, how in self._texts:
             if how is None:
                 if extra and tag in extra:
-                    parts.append(key + _dumps(extra[tag]))
+                    value = extra[tag]
+                    parts.append(key + (value if isinstance(value, JsonText) else _dumps(value)))
             elif how[0] in row:
                 parts.append(key + how[1](row[how[0]]))
         return "{" + ",".join(parts) + "}"
+
+
+class JsonText(str):
+    """A DICOM JSON element already written as text (see :meth:`ResultPlan.text`)."""
+
+
+def text_element(vr: str, value: str) -> JsonText:
+    """``{"vr": vr, "Value": [value]}`` as JSON text, for a single string value."""
+    return JsonText(f'{{"vr":"{vr}","Value":[{_quote(value)}]}}')
 
 
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Connection, Select, and_, false, or_, select
+from sqlalchemy import Column, ColumnElement, Connection, Select, and_, bindparam, false, or_, select
 
 from pacs.dicom.attributes import Attribute, Match
 from pacs.index.schema import TABLES, instances, patients, series, studies
@@ -174,8 +174,9 @@ def build_select(query: Query) -> Select[Any]:
 
 def run_query(conn: Connection, query: Query) -> list[dict[str, Any]]:
     """Run a query; each result is ``{keyword: value}`` for the return keys (values may be None)."""
-    rows = conn.execute(build_select(query)).mappings().all()
-    results = [dict(r) for r in rows]
+    result = conn.execute(build_select(query))
+    keys = list(result.keys())
+    results = [dict(zip(keys, r, strict=True)) for r in result.all()]
     wants_modalities = any(a.keyword == "ModalitiesInStudy" for a in query.return_keys)
     if wants_modalities and results and query.level is not Level.PATIENT:
         id_key = "_id" if query.level is Level.STUDY else "_study_id"
@@ -188,17 +189,18 @@ def run_query(conn: Connection, query: Query) -> list[dict[str, Any]]:
     return results
 
 
+_MODALITIES = (
+    select(series.c.study_fk, series.c.modality)
+    .where(series.c.study_fk.in_(bindparam("ids", expanding=True)), series.c.modality.is_not(None))
+    .distinct()
+)
+
+
 def modalities_by_study(conn: Connection, study_ids: Sequence[int]) -> dict[int, str]:
     """``{study row id: 'CT\\\\SR'}`` for the given studies, in one query per 500 ids."""
     out: dict[int, list[str]] = {}
     ids = list(dict.fromkeys(study_ids))
     for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
-        stmt = (
-            select(series.c.study_fk, series.c.modality)
-            .where(series.c.study_fk.in_(chunk), series.c.modality.is_not(None))
-            .distinct()
-        )
-        for study_fk, modality in conn.execute(stmt):
+        for study_fk, modality in conn.execute(_MODALITIES, {"ids": ids[i : i + 500]}):
             out.setdefault(study_fk, []).append(modality)
     return {k: "\\".join(sorted(v)) for k, v in out.items()}

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 
 from pacs import limits
 from pacs.dicom import pixels
-from pacs.dicom.json import ResultPlan, dataset_to_json, tag_hex
+from pacs.dicom.json import ResultPlan, dataset_to_json, tag_hex, text_element
 from pacs.errors import (
     DuplicateInstance,
     InvalidInstance,
@@ -88,7 +88,7 @@ class DicomWeb:
         parts = []
         for row in rows:
             url = retrieve_url(row)
-            parts.append(plan.text(row, {"00081190": {"vr": "UR", "Value": [url]}} if url else None))
+            parts.append(plan.text(row, {"00081190": text_element("UR", url)} if url else None))
         return "[" + ",".join(parts) + "]", len(parts), more
 
     # ------------------------------------------------------------------ retrieve (10.4)

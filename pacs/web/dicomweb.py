@@ -89,7 +89,7 @@ def dicom_json(request: Request, payload: Any, status: int = 200) -> Response:
     body = text.encode("utf-8")
     headers = {"Vary": "Accept-Encoding"}
     if len(body) >= _GZIP_MIN and "gzip" in request.headers.get("accept-encoding", "").lower():
-        body = gzip.compress(body, compresslevel=5)
+        body = gzip.compress(body, compresslevel=1)
         headers["Content-Encoding"] = "gzip"
     return Response(body, status_code=status, media_type=DICOM_JSON, headers=headers)
 
