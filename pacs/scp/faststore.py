@@ -36,9 +36,9 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
-if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
+from pacs.scp import status
 
+if TYPE_CHECKING:
     from pacs.scp.server import _ReceiveFile
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,8 @@ class _Request:
 
 #: Makes (and begins) the spool of a request: (association, SOP class, SOP instance, transfer syntax).
 SpoolFactory = Callable[[Any, str, str, str], "_ReceiveFile"]
-#: Stores a received request: (association, spool, SOP class, SOP instance) -> status data set.
-StoreFunction = Callable[[Any, "_ReceiveFile", str, str], "Dataset"]
+#: Stores a received request: (association, spool, SOP class, SOP instance) -> (status, comment).
+StoreFunction = Callable[[Any, "_ReceiveFile", str, str], tuple[int, str]]
 
 
 class StoreFastPath:
@@ -279,8 +279,9 @@ class StoreFastPath:
         assert request is not None
         self._request = None
         try:
-            status = self._store(self.assoc, request.spool, request.sop_class_uid, request.sop_instance_uid)
-            code, comment = int(status.Status), str(status.get("ErrorComment", "") or "")
+            spool, sop_class, sop = request.spool, request.sop_class_uid, request.sop_instance_uid
+            code, text = self._store(self.assoc, spool, sop_class, sop)
+            comment = status.comment(text)
         except Exception:
             log.exception("C-STORE of %s failed unexpectedly", request.sop_instance_uid)
             code, comment = 0xC211, "unexpected error in the archive; see its log"

@@ -605,14 +605,15 @@ class DicomServer:
         if not isinstance(spool, _ReceiveFile):  # build_ae always sets up the chunked receive
             log.error("C-STORE sop=%s arrived without a receive spool", req.AffectedSOPInstanceUID)
             return status.dataset(0xC211, "internal error: no receive spool")
-        return self.store_received(
+        code, comment = self.store_received(
             event.assoc, spool, str(req.AffectedSOPClassUID or ""), str(req.AffectedSOPInstanceUID or "")
         )
+        return status.dataset(code, comment)
 
     def store_received(
         self, assoc: Any, spool: _ReceiveFile, sop_class_uid: str, sop_instance_uid: str
-    ) -> Dataset:
-        """Store a received C-STORE data set through the archive; the response status data set.
+    ) -> tuple[int, str]:
+        """Store a received C-STORE data set through the archive; the response (status, comment).
 
         Success only once the instance is durable and indexed. Used by pynetdicom's storage
         service class (:meth:`handle_store`) and by the fast path (:mod:`pacs.scp.faststore`).
@@ -631,7 +632,7 @@ class DicomServer:
                 origin.address,
                 spool.error,
             )
-            return status.dataset(status.OUT_OF_RESOURCES_STORE, f"cannot receive: {spool.error.strerror}")
+            return status.OUT_OF_RESOURCES_STORE, f"cannot receive: {spool.error.strerror}"
         incoming = spool.incoming
         expected = dict(expected_sop_instance_uid=sop_instance_uid, expected_sop_class_uid=sop_class_uid)
         try:
@@ -655,5 +656,5 @@ class DicomServer:
                 code,
                 exc,
             )
-            return status.dataset(code, str(exc))
-        return status.dataset(status.for_store_outcome(result.outcome))
+            return code, str(exc)
+        return status.for_store_outcome(result.outcome), ""

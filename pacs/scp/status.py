@@ -56,10 +56,15 @@ def for_query_error(exc: PacsError) -> int:
     return _QUERY_ERRORS.get(type(exc), UNABLE_TO_PROCESS)
 
 
-def dataset(code: int, comment: str = "") -> Dataset:
+def comment(text: str) -> str:
+    """An Error Comment value: no backslash (the LO value delimiter), at most 64 characters."""
+    return text.replace("\\", "/")[:64]
+
+
+def dataset(code: int, text: str = "") -> Dataset:
     """A status dataset with an Error Comment (truncated to the 64 characters LO allows)."""
     ds = Dataset()
     ds.Status = code
-    if comment:
-        ds.ErrorComment = comment.replace("\\", "/")[:64]
+    if text:
+        ds.ErrorComment = comment(text)
     return ds
