@@ -89,6 +89,49 @@ def test_rendered_png_matches_reference(sqlite_client, sqlite_rt, name, changes)
     assert np.abs(got - ref).mean() < 1.0, (name, np.abs(got - ref).mean())
 
 
+@pytest.mark.parametrize(
+    ("flag", "syntax", "bits"),
+    [
+        ("+eb", "1.2.840.10008.1.2.4.50", 8),
+        ("+ee", "1.2.840.10008.1.2.4.51", 12),
+        ("+el", "1.2.840.10008.1.2.4.57", 16),
+    ],
+    ids=["baseline-8bit", "extended-12bit", "lossless"],
+)
+def test_rendered_from_dcmtk_jpeg_encoders(sqlite_client, sqlite_rt, tmp_path, flag, syntax, bits):
+    """JPEG as DCMTK's dcmcjpeg writes it (baseline 8-bit, extended 12-bit, lossless), rendered
+    and compared with the reference computed from pydicom's decoding of the same file."""
+    import subprocess
+
+    from tests.conftest import require_tool
+
+    exe = require_tool("dcmcjpeg")
+    src = relabel("CT_small.dcm")
+    if bits == 8:  # baseline is 8-bit: scale the CT's 16-bit values down first
+        arr = src.pixel_array.astype(np.float64)
+        src.PixelData = np.round((arr - arr.min()) / max(np.ptp(arr), 1) * 255).astype(np.uint16).tobytes()
+        src.BitsStored, src.HighBit, src.PixelRepresentation = 8, 7, 0
+        src.RescaleIntercept, src.RescaleSlope = 0, 1
+        for kw in ("WindowCenter", "WindowWidth"):
+            if kw in src:
+                delattr(src, kw)
+    elif bits == 12:
+        arr = src.pixel_array.astype(np.int32)
+        src.PixelData = np.clip(arr - arr.min(), 0, 4095).astype(np.uint16).tobytes()
+        src.BitsStored, src.HighBit, src.PixelRepresentation = 12, 11, 0
+    src.save_as(tmp_path / "in.dcm", enforce_file_format=True)
+    subprocess.run([exe, flag, str(tmp_path / "in.dcm"), str(tmp_path / "out.dcm")], check=True, timeout=60)
+    ds = pydicom.dcmread(tmp_path / "out.dcm")
+    assert ds.file_meta.TransferSyntaxUID == syntax
+    store(sqlite_rt, ds)
+    r = sqlite_client.get(f"{_url(ds)}/rendered", headers={"Accept": "image/png"})
+    assert r.status_code == 200, r.text
+    got, ref = _decode(r.content), _reference(ds)
+    assert got.shape[:2] == ref.shape[:2]
+    assert np.abs(got - ref).mean() < 1.0, (flag, np.abs(got - ref).mean())
+    assert got.std() > 5  # an image, not a flat field
+
+
 def test_window_viewport_quality_and_frames(sqlite_client, sqlite_rt):
     ds = relabel("MR_small.dcm")
     store(sqlite_rt, ds)
