@@ -42,15 +42,6 @@ pw = pytest.importorskip("playwright.sync_api")
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_dicom"
 ARTIFACTS = ROOT / "test-artifacts" / "ohif"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CT_STUDY = "2.25.37791947776283557902640339443700618723"  # sample_dicom/ct_head, Explicit VR LE
 MR_STUDY = "2.25.274522239810563157023444190746939846124"  # sample_dicom/mr_brain, RLE Lossless
 US_STUDY = "2.25.81377593151429389125606721213513610090"  # sample_dicom/us_abdomen, 10 RGB frames
@@ -134,18 +125,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         with serve(tmp, db, storage=storage, env={"PACS_HTTP_CORS_ORIGINS": cors}) as srv:
             viewer.config = ohif.app_config(f"{srv.base_url}/dicom-web")
             yield Stack(viewer, srv, study)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, driven by Playwright (no browser download)."""
-    exe = require_tool("chromium")
-    with pw.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @dataclass

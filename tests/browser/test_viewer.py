@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from tests.conftest import require_tool
 from tests.factories import make_dataset, write
 from tests.serve import Served, serve
 
@@ -32,15 +31,6 @@ pw = pytest.importorskip("playwright.sync_api")
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_dicom"
 ARTIFACTS = ROOT / "test-artifacts" / "viewer"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 BIG_SLICES = 300
 BIG_PATIENT = "Phạm^Minh Tuấn"
 
@@ -112,18 +102,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, driven by Playwright (no browser download)."""
-    exe = require_tool("chromium")
-    with pw.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 #: Tests that provoke HTTP errors on purpose (the browser logs those to the console).
 EXPECTS_HTTP_ERRORS = {"test_login_appears_only_behind_401_and_sends_bearer_token"}
 
@@ -163,7 +141,14 @@ def _search(pg: Any, base: str, **fields: str) -> None:
         else:
             field.fill(value)
     pg.click("#search button[type=submit]")
-    pg.wait_for_function("!document.querySelector('#studies').hasAttribute('aria-busy')")
+    _wait_listed(pg)
+
+
+def _wait_listed(pg: Any) -> None:
+    """Until the table shows the search in the address (the submit only sets the hash; the
+    search starts on the hashchange that follows, and the page's first listing may finish first)."""
+    shown = "(t => !t.hasAttribute('aria-busy') && t.dataset.for === location.hash)"
+    pg.wait_for_function(f"{shown}(document.querySelector('#studies'))")
 
 
 def _rows(pg: Any) -> list[str]:

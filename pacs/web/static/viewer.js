@@ -436,6 +436,7 @@
       $("#empty").textContent = t("Search failed: {0}", e.message);
       $("#empty").hidden = false;
       status("");
+      table.dataset.for = location.hash; // the search this table shows (tests wait for it)
       table.removeAttribute("aria-busy");
       return;
     }
@@ -454,6 +455,7 @@
     $("#page-info").textContent = rows.length
       ? t("Page {0} · studies {1}–{2}", page, (page - 1) * PAGE_SIZE + 1, (page - 1) * PAGE_SIZE + rows.length)
       : t("Page {0}", page);
+    table.dataset.for = location.hash;
     table.removeAttribute("aria-busy");
     status(t("{0} studies", `${rows.length}${more ? "+" : ""}`));
   }
