@@ -7,6 +7,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pydicom.filereader import _read_file_meta_info, read_preamble
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.presentation import build_context
 
 from pacs.blobstore import FileBlobStore
 from pacs.index.engine import make_engine
@@ -23,6 +26,22 @@ def open_archive(database_url: str, storage: Path) -> Iterator[Archive]:
         yield Archive(engine, FileBlobStore(storage))
     finally:
         engine.dispose()
+
+
+@contextmanager
+def associate(port: int, contexts: list[tuple[str, str]]) -> Iterator[Association]:
+    """An association as PYNETDICOM proposing one context per (SOP class, transfer syntax)."""
+    ae = AE(ae_title="PYNETDICOM")
+    ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in contexts]
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+    assert assoc.is_established, "association refused"
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
 
 
 def dataset_part(data: bytes | Path) -> bytes:

@@ -11,43 +11,33 @@ import io
 import struct
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pynetdicom import AE
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind, Verification
 
 from pacs.errors import NotFound
 from tests.factories import make_dataset, write
-from tests.protocol.store_util import dataset_part, files_under, open_archive
+from tests.protocol.store_util import associate, dataset_part, files_under, open_archive
 from tests.serve import Served, serve
 
 
-@contextmanager
-def _association(port: int) -> Iterator[Association]:
-    ae = AE(ae_title="PYNETDICOM")
-    ae.requested_contexts = [
-        build_context(CTImageStorage, [ExplicitVRLittleEndian]),
-        build_context(Verification),
-        build_context(PatientRootQueryRetrieveInformationModelFind),
-    ]
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
-    assert assoc.is_established
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        ae.shutdown()
+def _association(port: int) -> AbstractContextManager[Association]:
+    return associate(
+        port,
+        [
+            (CTImageStorage, ExplicitVRLittleEndian),
+            (Verification, ImplicitVRLittleEndian),
+            (PatientRootQueryRetrieveInformationModelFind, ImplicitVRLittleEndian),
+        ],
+    )
 
 
 def _instance(tmp: Path, n: int) -> tuple[str, bytes, Path]:

@@ -9,8 +9,6 @@ the association.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 
@@ -19,15 +17,13 @@ import pytest
 from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, _config
-from pynetdicom.association import Association
-from pynetdicom.presentation import build_context
+from pynetdicom import _config
 from sqlalchemy import text
 
 from pacs.errors import NotFound
 from pacs.model import Level
 from tests.factories import make_dataset, write
-from tests.protocol.store_util import dataset_part, files_under, open_archive, stored_bytes
+from tests.protocol.store_util import associate, dataset_part, files_under, open_archive, stored_bytes
 from tests.serve import serve
 
 
@@ -35,22 +31,6 @@ from tests.serve import serve
 def _send_raw_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Send files as their encoded bytes (what a modality sends), not re-encoded by pydicom."""
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
-
-
-@contextmanager
-def associate(port: int, contexts: list[tuple[str, str]]) -> Iterator[Association]:
-    """An association as PYNETDICOM proposing one context per (SOP class, transfer syntax)."""
-    ae = AE(ae_title="PYNETDICOM")
-    ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in contexts]
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
-    assert assoc.is_established, "association refused"
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        ae.shutdown()
 
 
 def _status(ds: Dataset | None) -> tuple[int, str]:
