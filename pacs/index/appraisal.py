@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from pacs.index.prepared import Prepared
 from pacs.index.schema import (
     appraisal_line_members,
     appraisal_lines,
@@ -91,18 +92,18 @@ def series_add_instance(
     """Add one instance's facts to its series row; False when the series has no row yet."""
     present = {k: v for k, v in facts.items() if v is not None}
     stmt = _series_update(frozenset(present))
-    return conn.execute(stmt, {"uid": series_instance_uid, "count": count, **present}).rowcount > 0
+    return stmt.run(conn, {"uid": series_instance_uid, "count": count, **present}) > 0
 
 
 @functools.lru_cache(maxsize=64)
-def _series_update(present: frozenset[str]) -> Any:
+def _series_update(present: frozenset[str]) -> Prepared:
     """The series UPDATE for one combination of known facts, built (and compiled) once: building
     it per instance, with its ~20 CASE expressions, cost as much as the rest of the store."""
     values: dict[str, Any] = {"instance_count": S.c.instance_count + bindparam("count")}
     for col, key, how in _MINMAX:
         if key in present:
             values[col] = _extend(S.c[col], key, how)
-    return update(S).where(S.c.series_instance_uid == bindparam("uid")).values(values)
+    return Prepared(update(S).where(S.c.series_instance_uid == bindparam("uid")).values(values))
 
 
 def series_insert(conn: Connection, row: dict[str, Any]) -> bool:

@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from pacs.dicom.attributes import at_level
 from pacs.errors import DuplicateInstance, InvalidInstance
+from pacs.index.prepared import Prepared
 from pacs.index.schema import events, instances, patients, series, studies
 from pacs.model import InstanceRecord, Level, Origin, StoredInstance, StoreOutcome
 
@@ -60,8 +61,8 @@ def patient_identity(values: dict[str, Any]) -> str:
 
 def existing_instance(conn: Connection, sop_instance_uid: str) -> dict[str, Any] | None:
     """The index row facts of an instance (id, blob key, hashes, parent UIDs), or None."""
-    row = conn.execute(_EXISTING, {"_uid": sop_instance_uid}).mappings().first()
-    return dict(row) if row else None
+    row = _EXISTING_Q.first(conn, {"_uid": sop_instance_uid})
+    return dict(zip(_EXISTING_KEYS, row, strict=True)) if row else None
 
 
 def store_instance(
@@ -116,7 +117,7 @@ def store_instance(
         return StoreOutcome.REPLACED, existing["blob_key"]
 
     now = blob.received_at
-    parents = conn.execute(_SERIES_PARENTS, {"_uid": record.series_instance_uid}).first()
+    parents = _SERIES_PARENTS_Q.first(conn, {"_uid": record.series_instance_uid})
     if parents is not None:
         # The common case: the 2nd..nth instance of a series. No upserts needed.
         series_id, study_id, pid, study_uid = parents
@@ -128,10 +129,10 @@ def store_instance(
     else:
         series_id, study_id, pid, new_series, new_study = _upsert_parents(conn, record, now)
 
-    conn.execute(instances.insert(), {"series_fk": series_id, **_instance_values(record, blob, origin)})
-    conn.execute(_COUNT_SERIES, {"_id": series_id})
-    conn.execute(_COUNT_STUDY, {"_id": study_id, "_series": int(new_series), "_now": now})
-    conn.execute(_COUNT_PATIENT, {"_id": pid, "_series": int(new_series), "_studies": int(new_study)})
+    _INSERT_INSTANCE.run(conn, {"series_fk": series_id, **_instance_values(record, blob, origin)})
+    _COUNT_SERIES_Q.run(conn, {"_id": series_id})
+    _COUNT_STUDY_Q.run(conn, {"_id": study_id, "_series": int(new_series), "_now": now})
+    _COUNT_PATIENT_Q.run(conn, {"_id": pid, "_series": int(new_series), "_studies": int(new_study)})
     if event:
         _event(conn, "instance.stored", record, origin, now, {"size": blob.size, "new_study": new_study})
     return StoreOutcome.STORED, None
@@ -181,6 +182,17 @@ _COUNT_PATIENT = (
         ),
     )
 )
+
+
+# The same, run on the DB-API cursor (pacs.index.prepared): these run for every stored instance.
+_EXISTING_Q = Prepared(_EXISTING)
+_EXISTING_KEYS = tuple(_EXISTING.selected_columns.keys())
+_SERIES_PARENTS_Q = Prepared(_SERIES_PARENTS)
+_INSERT_INSTANCE = Prepared(instances.insert())
+_INSERT_EVENT = Prepared(events.insert())
+_COUNT_SERIES_Q = Prepared(_COUNT_SERIES)
+_COUNT_STUDY_Q = Prepared(_COUNT_STUDY)
+_COUNT_PATIENT_Q = Prepared(_COUNT_PATIENT)
 
 
 def _upsert_parents(
@@ -262,8 +274,8 @@ def _event(
     at: datetime,
     details: dict[str, Any],
 ) -> None:
-    conn.execute(
-        events.insert(),
+    _INSERT_EVENT.run(
+        conn,
         {
             "at": at,
             "kind": kind,
