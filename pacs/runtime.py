@@ -35,6 +35,7 @@ class Runtime:
         """Flush the audit trail and release database connections."""
         if self.audit is not None:
             self.audit.close()
+        self.archive.close()
         self.engine.dispose()
 
 

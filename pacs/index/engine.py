@@ -18,7 +18,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,19 @@ class WriteLock:
         if self._depth == 0 and self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._lock.release()
+
+
+def release_write_lock(conn: Connection) -> None:
+    """Release the SQLite write lock a connection took at BEGIN IMMEDIATE, if it holds it.
+
+    Normally released when the connection goes back to the pool; a connection kept checked out
+    between transactions (``Archive._store_write``) releases it here, after its COMMIT.
+    """
+    lock: WriteLock | None = getattr(conn.engine, "pacs_write_lock", None)
+    if lock is None or conn.invalidated or conn.closed:
+        return
+    if conn.connection.info.pop("pacs_lock", False):
+        lock.release()
 
 
 def write_lock_busy(engine: Engine) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from pacs.dicom.meta import encode_file_meta
 from pacs.dicom.text import is_valid_uid
 from pacs.errors import InvalidInstance, NotFound, StorageUnavailable
 from pacs.index import repo
-from pacs.index.engine import write_lock_busy
+from pacs.index.engine import release_write_lock, write_lock_busy
 from pacs.index.sql import run_query
 from pacs.model import InstanceRecord, Level, Origin, StoredInstance, StoreOutcome, StoreResult
 from pacs.query import Query
@@ -107,6 +108,16 @@ class Archive:
         #: fsync + rename of new blobs, overlapped with parsing and indexing (threads: the
         #: syscalls release the GIL).
         self._background = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-sync")
+        #: Idle write connections of the store path, kept checked out (see _store_write).
+        self._store_conns: list[Connection] = []
+        self._store_conns_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the store path's idle connections (before the engine is disposed)."""
+        with self._store_conns_lock:
+            conns, self._store_conns = self._store_conns, []
+        for conn in conns:
+            conn.close()
 
     # ------------------------------------------------------------------ transactions
 
@@ -114,6 +125,29 @@ class Archive:
     def _write(self) -> Iterator[Connection]:
         with self.engine.connect().execution_options(pacs_write=True) as conn, conn.begin():
             yield conn
+
+    @contextmanager
+    def _store_write(self) -> Iterator[Connection]:
+        """:meth:`_write` for the per-instance store transaction, on a connection kept between
+        transactions: a pool checkout and checkin (with its events, and on PostgreSQL a ping)
+        per instance was a quarter of a C-STORE's Python time. A connection that saw an error
+        is closed rather than kept."""
+        with self._store_conns_lock:
+            conn = self._store_conns.pop() if self._store_conns else None
+        if conn is None:
+            conn = self.engine.connect().execution_options(pacs_write=True)
+        ok = False
+        try:
+            with conn.begin():
+                yield conn
+            ok = True
+        finally:
+            release_write_lock(conn)
+            if ok and not conn.invalidated:
+                with self._store_conns_lock:
+                    self._store_conns.append(conn)
+            else:
+                conn.close()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -296,7 +330,7 @@ class Archive:
             _settle(ready)
         for attempt in (1, 2):
             try:
-                with self._write() as conn:
+                with self._store_write() as conn:
                     outcome, key = repo.store_instance(
                         conn,
                         record,
