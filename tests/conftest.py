@@ -93,9 +93,11 @@ def archive(db_url: str, storage_dir: Path) -> Iterator[Archive]:
     """An :class:`Archive` on a migrated index (SQLite and PostgreSQL) and a file blob store."""
     engine = make_engine(db_url)
     migrate(engine)
+    archive = Archive(engine, FileBlobStore(storage_dir))
     try:
-        yield Archive(engine, FileBlobStore(storage_dir))
+        yield archive
     finally:
+        archive.close()
         engine.dispose()
 
 

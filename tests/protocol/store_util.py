@@ -22,9 +22,11 @@ from pacs.services.archive import Archive
 def open_archive(database_url: str, storage: Path) -> Iterator[Archive]:
     """A second :class:`Archive` on the storage and index of a running server (for reading)."""
     engine = make_engine(database_url)
+    archive = Archive(engine, FileBlobStore(storage))
     try:
-        yield Archive(engine, FileBlobStore(storage))
+        yield archive
     finally:
+        archive.close()
         engine.dispose()
 
 

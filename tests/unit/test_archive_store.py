@@ -139,3 +139,39 @@ def test_reindex_rebuilds_the_index_from_files(archive: Archive) -> None:
     after = archive.search(from_qido(Level.IMAGE, [], default_limit=100, max_limit=100))
     assert sorted(r["SOPInstanceUID"] for r in after) == sorted(r["SOPInstanceUID"] for r in before)
     assert archive.verify().ok
+
+
+def test_concurrent_stores_share_commits_and_fail_alone(archive: Archive) -> None:
+    """Group commit (Archive.GroupCommit): stores from many threads at once all land, and a
+    store that fails (a different object under a stored UID) fails alone, not its batch."""
+    import threading
+
+    first = make_dataset(patient_id="CONFLICT")
+    archive.store_bytes(to_bytes(first), ORIGIN)
+    changed = first.copy()
+    changed.StudyDescription = "changed"
+    good = [to_bytes(make_dataset(patient_id=f"P{i % 3}", instance_number=i)) for i in range(24)]
+    bad = [to_bytes(changed)] * 4
+    outcomes: list[object] = []
+    lock = threading.Lock()
+    start = threading.Barrier(len(good) + len(bad))
+
+    def send(data: bytes) -> None:
+        start.wait(10)
+        try:
+            result: object = archive.store_bytes(data, ORIGIN).outcome
+        except DuplicateInstance as exc:
+            result = exc
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=send, args=(d,)) for d in good + bad]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(o is StoreOutcome.STORED for o in outcomes) == len(good)
+    assert sum(isinstance(o, DuplicateInstance) for o in outcomes) == len(bad)
+    assert archive.count(Level.IMAGE) == len(good) + 1
+    assert _blob_count(archive) == len(good) + 1
+    assert archive.verify().ok
