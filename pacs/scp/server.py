@@ -301,19 +301,15 @@ class _Handed(OSError):
 
 
 class _Listener(ThreadedAssociationServer):
-    """Adds SO_REUSEPORT or dispatch to other processes, and TCP_NODELAY on accepted sockets."""
+    """Adds dispatch to other listener processes, and TCP_NODELAY on accepted sockets."""
 
-    reuse_port = False
     nodelay = True
     dispatch: Dispatch | None = None
     bind_port = True  # False in a listener process that only takes connections handed to it
 
     def server_bind(self) -> None:
-        if not self.bind_port:
-            return
-        if self.reuse_port and hasattr(socket, "SO_REUSEPORT"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # type: ignore[union-attr]
-        super().server_bind()
+        if self.bind_port:
+            super().server_bind()
 
     def server_activate(self) -> None:
         if self.bind_port:
@@ -388,7 +384,6 @@ class DicomServer:
         archive: Archive,
         *,
         extensions: list[Extension] | None = None,
-        reuse_port: bool = False,
         audit: Audit | None = None,
         dispatch: Dispatch | None = None,
         inbox: socket.socket | None = None,
@@ -399,7 +394,6 @@ class DicomServer:
         #: association's close is recorded, so the trail reads in order.
         self.audit = audit
         self.extensions = extensions or []
-        self.reuse_port = reuse_port
         #: Several listener processes: the first accepts and dispatches (``dispatch`` with
         #: channels), the others take what it hands them through ``inbox`` and bind nothing.
         self.dispatch = dispatch
@@ -457,7 +451,6 @@ class DicomServer:
         d = self.settings.dicom
         tempfile.tempdir = str(incoming_dir(self.settings.storage.path))  # pynetdicom's chunked receive
         ae = self.build_ae()
-        _Listener.reuse_port = self.reuse_port
         _Listener.nodelay = d.tcp_nodelay
         _Listener.dispatch = self.dispatch
         _Listener.bind_port = self.inbox is None
