@@ -320,12 +320,18 @@ class _Listener(ThreadedAssociationServer):
         # so a slow or hostile TLS client cannot hold up the accept loop.
         sock, addr = self.socket.accept()  # type: ignore[union-attr]
         dispatch = self.dispatch
-        if dispatch is not None:
-            slot = dispatch.pick()
-            if slot != dispatch.index and dispatch.hand_over(slot, sock, addr):
-                raise _Handed
-            dispatch.add(dispatch.index, 1)
-        return self.prepare(sock), addr
+        if dispatch is None:
+            return self.prepare(sock), addr
+        slot = dispatch.pick()
+        if slot != dispatch.index and dispatch.hand_over(slot, sock, addr):
+            raise _Handed
+        dispatch.add(dispatch.index, 1)  # counted down when its request thread ends
+        try:
+            return self.prepare(sock), addr
+        except Exception:
+            dispatch.add(dispatch.index, -1)
+            sock.close()
+            raise OSError("cannot set up an accepted connection") from None
 
     def prepare(self, sock: socket.socket) -> socket.socket:
         """Socket options (and TLS wrapping) of an accepted connection."""

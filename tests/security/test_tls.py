@@ -5,6 +5,7 @@ without a certificate is refused; the association is audited with the certificat
 
 from __future__ import annotations
 
+import re
 import ssl
 import subprocess
 import sys
@@ -75,6 +76,7 @@ def test_dicom_tls_and_https(tmp_path: Path) -> None:
         "PACS_HTTP_TLS_CERT": str(pki["server.pem"]),
         "PACS_HTTP_TLS_KEY": str(pki["server.key"]),
         "PACS_AUTH_ENABLED": "true",
+        "PACS_DICOM_WORKERS": "2",  # the second listener process does its own TLS handshakes
     }
     with serve(tmp_path, db, env=env) as srv:
         port = str(srv.dicom_port)
@@ -134,7 +136,18 @@ def test_dicom_tls_and_https(tmp_path: Path) -> None:
         assert assoc.send_c_echo().Status == 0
         assert assoc.send_c_store(make_dataset(patient_id="PID-TLS2")).Status == 0
         cipher = assoc.dul.socket.socket.cipher()  # type: ignore[union-attr]
+        # While it is open, the next association is handed to the other listener process, which
+        # wraps the passed socket in TLS itself.
+        r = subprocess.run(
+            [storescu, *tls_args, "-aet", "STORESCU", "-aec", "PACS", "127.0.0.1", port, str(f)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
         assoc.release()
+        accepted = re.findall(r"\[(\d+)\] association accepted", srv.log())
+        assert len(set(accepted)) == 2, accepted
         assert cipher[1] in ("TLSv1.2", "TLSv1.3")
         no_cert = tls.client_context(pki["ca.pem"])
         assoc = ae.associate("127.0.0.1", srv.dicom_port, ae_title="PACS", tls_args=(no_cert, "localhost"))
@@ -178,5 +191,5 @@ def test_dicom_tls_and_https(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 3  # echoscu, storescu, pynetdicom (the refused ones never opened)
+    assert len(lines) == 4  # echoscu, storescu twice, pynetdicom (the refused ones never opened)
     assert all("\tMODALITY1\t" in ln and '"tls": true' in ln for ln in lines)
