@@ -23,6 +23,32 @@ from pacs.index.engine import make_engine, migrate
 from pacs.services.archive import Archive
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _close_pynetdicom_reactor_race() -> None:
+    """pynetdicom's SCU loses a response now and then (pydicom/pynetdicom#875): a ``send_*()``
+    clears the reactor's checkpoint and goes on as soon as the reactor looks paused, but the
+    reactor may be just past its pause, about to take a message off the queue; if the response
+    is already there it takes it ("Received unexpected C-FIND service message") and the
+    ``send_*()`` waits out its DIMSE timeout. A fast server makes that likelier. The test
+    clients' reactor takes nothing while a ``send_*()`` has the checkpoint cleared (the server's
+    own reactor, pacs/scp/reactor.py, checks the same)."""
+    import threading
+
+    from pynetdicom.dimse import DIMSEServiceProvider
+
+    get_msg = DIMSEServiceProvider.get_msg
+
+    def checked(self: DIMSEServiceProvider, block: bool = False) -> tuple[int | None, object]:
+        assoc = self.assoc
+        if threading.current_thread() is assoc and not assoc._reactor_checkpoint.is_set():
+            return None, None
+        return get_msg(self, block)  # type: ignore[return-value]
+
+    DIMSEServiceProvider.get_msg = checked  # type: ignore[method-assign]
+
+
+_close_pynetdicom_reactor_race()
 PG_URL = os.environ.get("PACS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

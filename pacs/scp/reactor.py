@@ -281,6 +281,10 @@ class WakeupAssociation(Association):
             self._work.clear()
             self._reactor_checkpoint.wait()
             self._is_paused = False
+            if not self._reactor_checkpoint.is_set():
+                # A send_*() cleared it just as we left the wait, and may have seen us paused:
+                # its response must be left to it (the race of pydicom/pynetdicom#875).
+                continue
 
             context_id, msg = self.dimse.get_msg(block=False)
             if msg:
