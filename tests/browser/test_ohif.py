@@ -162,7 +162,12 @@ def page(browser: Any, stack: Stack) -> Iterator[tuple[Any, Seen]]:
     pg.on("pageerror", lambda e: seen.errors.append(str(e)))
     pg.on("console", lambda m: seen.console.append(m.text) if m.type == "error" else None)
     pg.on("response", lambda r: seen.dicomweb.append(r) if "/dicom-web/" in r.url else None)
-    pg.on("requestfailed", lambda r: seen.failed.append(f"{r.url} {r.failure}"))
+    # net::ERR_ABORTED is the page cancelling its own request (OHIF drops the frame prefetches
+    # of a study it leaves); anything else (reset, empty or invalid response) is ours.
+    pg.on(
+        "requestfailed",
+        lambda r: None if r.failure == "net::ERR_ABORTED" else seen.failed.append(f"{r.url} {r.failure}"),
+    )
     pg.set_default_timeout(30_000)
     try:
         yield pg, seen
