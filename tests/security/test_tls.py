@@ -91,13 +91,17 @@ def test_dicom_tls_and_https(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stdout + r.stderr
         ds = make_dataset(patient_id="PID-TLS")
         f = write(ds, tmp_path / "ct.dcm")
-        r = subprocess.run(
-            [storescu, *tls_args, "-aet", "STORESCU", "-aec", "PACS", "127.0.0.1", port, str(f)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert r.returncode == 0, r.stdout + r.stderr
+
+        def store_over_tls() -> None:
+            r = subprocess.run(
+                [storescu, *tls_args, "-aet", "STORESCU", "-aec", "PACS", "127.0.0.1", port, str(f)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert r.returncode == 0, r.stdout + r.stderr
+
+        store_over_tls()
         # no client certificate: refused when client certificates are required
         r = subprocess.run(
             [
@@ -138,13 +142,7 @@ def test_dicom_tls_and_https(tmp_path: Path) -> None:
         cipher = assoc.dul.socket.socket.cipher()  # type: ignore[union-attr]
         # While it is open, the next association is handed to the other listener process, which
         # wraps the passed socket in TLS itself.
-        r = subprocess.run(
-            [storescu, *tls_args, "-aet", "STORESCU", "-aec", "PACS", "127.0.0.1", port, str(f)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert r.returncode == 0, r.stdout + r.stderr
+        store_over_tls()
         assoc.release()
         accepted = re.findall(r"\[(\d+)\] association accepted", srv.log())
         assert len(set(accepted)) == 2, accepted
