@@ -27,10 +27,10 @@ class Prepared:
 
     def __init__(self, stmt: ClauseElement) -> None:
         self.stmt = stmt
-        self._plans: dict[tuple[str, tuple[str, ...]], tuple[str, Any, bool]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...]], tuple[str, Any]] = {}
         self._lock = threading.Lock()
 
-    def _plan(self, conn: Connection, keys: tuple[str, ...]) -> tuple[str, Any, bool]:
+    def _plan(self, conn: Connection, keys: tuple[str, ...]) -> tuple[str, Any]:
         dialect = conn.dialect
         key = (dialect.name, keys)
         plan = self._plans.get(key)
@@ -66,14 +66,14 @@ class Prepared:
                     return out
 
                 convert = named
-            plan = (compiled.string, convert, bool(getattr(compiled, "returning", None)))
+            plan = (compiled.string, convert)
             with self._lock:
                 self._plans[key] = plan
         return plan
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Run in ``conn``'s transaction; returns the DB-API cursor (``rowcount``, ``fetchone``)."""
-        sql, convert, _returning = self._plan(conn, tuple(sorted(params)))
+        sql, convert = self._plan(conn, tuple(sorted(params)))
         dialect = conn.dialect
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         args = convert(params)

@@ -169,7 +169,6 @@ class StoreFastPath:
         self._request: _Request | None = None  # a fast-path data set is being received
         self._passing = False  # pynetdicom has the current message, until it ends
         self._passed_command = bytearray()
-        self._passed_has_data = False
 
     # ------------------------------------------------------------------ entry point
 
@@ -319,10 +318,8 @@ class StoreFastPath:
                     except MalformedPDU:
                         has_data = False
                     self._passed_command.clear()
-                    self._passed_has_data = has_data
                     self._passing = has_data
             elif ctrl & 0x02:
-                self._passed_has_data = False
                 self._passing = False
             else:
                 self._passing = True

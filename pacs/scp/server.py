@@ -83,7 +83,11 @@ class Extension:
 
 def origin_of(event: evt.Event, user: str = "") -> Origin:
     """The :class:`Origin` of a DIMSE event (peer address and AE titles)."""
-    assoc = event.assoc
+    return assoc_origin(event.assoc, user)
+
+
+def assoc_origin(assoc: Any, user: str = "") -> Origin:
+    """The :class:`Origin` of an association (peer address and AE titles)."""
     return Origin(
         address=str(assoc.requestor.address),
         calling_ae=str(assoc.requestor.ae_title).strip(),
@@ -617,12 +621,7 @@ class DicomServer:
         Success only once the instance is durable and indexed. Used by pynetdicom's storage
         service class (:meth:`handle_store`) and by the fast path (:mod:`pacs.scp.faststore`).
         """
-        origin = Origin(
-            address=str(assoc.requestor.address),
-            calling_ae=str(assoc.requestor.ae_title).strip(),
-            called_ae=str(assoc.acceptor.ae_title).strip(),
-            protocol="dimse",
-        )
+        origin = assoc_origin(assoc)
         if spool.error is not None:
             log.warning(
                 "C-STORE refused sop=%s from %s@%s: 0xA700 cannot spool the instance: %s",

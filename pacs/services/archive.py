@@ -111,13 +111,8 @@ class Archive:
         #: Idle write connections of the store path, kept checked out (see _store_write).
         self._store_conns: list[Connection] = []
         self._store_conns_lock = threading.Lock()
-
-    @property
-    def _group(self) -> GroupCommit:
-        group = self.__dict__.get("_group_commit")
-        if group is None:
-            group = self.__dict__["_group_commit"] = GroupCommit(self._store_write)
-        return group
+        #: Concurrent store transactions committed together.
+        self._group = GroupCommit(self._store_write)
 
     def close(self) -> None:
         """Close the store path's idle connections (before the engine is disposed)."""
