@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pacs.appraisal_registers import load_registers
 from pacs.config import AppraisalSettings
+from pacs.index.database import Database
 from pacs.index.engine import make_engine, migrate
 from pacs.index.schema import instances, metadata, mpps, patients, series, studies
 from pacs.model import Origin
@@ -209,7 +210,7 @@ def main() -> None:
     regs = load_registers(
         "01001", REG / "devices.csv", REG / "services.csv", REG / "staff.csv", REG / "reference_times.csv"
     )
-    svc = Appraisal(engine, settings, regs)
+    svc = Appraisal(Database(engine), settings, regs)
     if not args.reuse:
         build_lines(svc, engine)
     elif svc.rebuild_lines_if_needed():

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from pacs.blobstore import FileBlobStore
 from pacs.config import Settings
+from pacs.index.database import Database
 from pacs.index.engine import make_engine, migrate
 from pacs.services.archive import Archive
 
@@ -22,7 +23,7 @@ class Runtime:
     """Everything a running archive needs, built from settings."""
 
     settings: Settings
-    engine: Engine
+    db: Database
     blobs: FileBlobStore
     archive: Archive
     appraisal: Any = None  # pacs.services.appraisal.Appraisal, built by build()
@@ -36,7 +37,12 @@ class Runtime:
         if self.audit is not None:
             self.audit.close()
         self.archive.close()
-        self.engine.dispose()
+        self.db.close()
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine behind :attr:`db` (for migrations and tests)."""
+        return self.db.engine
 
 
 def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = False) -> Runtime:
@@ -55,17 +61,18 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
     )
     if run_migrations:
         migrate(engine)
+    db = Database(engine)
     blobs = FileBlobStore(settings.storage.path, fsync=settings.storage.fsync)
     if clean_tmp:
         removed = blobs.clean_tmp()
         if removed:
             log.warning("removed %d unfinished write(s) left by an interrupted run", removed)
-    archive = Archive(engine, blobs, duplicate_policy=settings.storage.duplicate_policy)
-    rt = Runtime(settings=settings, engine=engine, blobs=blobs, archive=archive)
-    rt.appraisal = _appraisal(settings, engine)
+    archive = Archive(db, blobs, duplicate_policy=settings.storage.duplicate_policy)
+    rt = Runtime(settings=settings, db=db, blobs=blobs, archive=archive)
+    rt.appraisal = _appraisal(settings, db)
     archive.index_hooks.append(rt.appraisal)  # service lines kept in step in the store transaction
     rt.appraisal.rebuild_lines_if_needed()
-    rt.auth, rt.audit = _security(settings, engine)
+    rt.auth, rt.audit = _security(settings, db)
     rt.dicomweb, rt.renderer = _web_services(settings, archive)
     return rt
 
@@ -79,18 +86,18 @@ def _web_services(settings: Settings, archive: Archive) -> tuple[Any, Any]:
     return DicomWeb(archive, cache), Renderer(archive, cache)
 
 
-def _security(settings: Settings, engine: Engine) -> tuple[Any, Any]:
+def _security(settings: Settings, db: Database) -> tuple[Any, Any]:
     """Users and tokens, and the audit trail."""
     from datetime import timedelta
 
     from pacs.services.audit import Audit
     from pacs.services.auth import Auth
 
-    auth = Auth(engine, token_lifetime=timedelta(minutes=settings.auth.token_lifetime_minutes))
-    return auth, Audit(engine, source_id=settings.dicom.ae_title)
+    auth = Auth(db, token_lifetime=timedelta(minutes=settings.auth.token_lifetime_minutes))
+    return auth, Audit(db, source_id=settings.dicom.ae_title)
 
 
-def _appraisal(settings: Settings, engine: Engine) -> Any:
+def _appraisal(settings: Settings, db: Database) -> Any:
     """The appraisal service with its registers (a bad register file fails start-up, with the line)."""
     from pacs.appraisal_registers import RegisterError, load_registers
     from pacs.config import ConfigError
@@ -107,7 +114,7 @@ def _appraisal(settings: Settings, engine: Engine) -> Any:
         )
     except RegisterError as exc:
         raise ConfigError(str(exc)) from exc
-    return Appraisal(engine, a, registers)
+    return Appraisal(db, a, registers)
 
 
 def dimse_extensions(rt: Runtime) -> list[Any]:

@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 
 from pacs import config, runtime
 from pacs.blobstore import FileBlobStore
+from pacs.index.database import Database
 from pacs.index.engine import make_engine, migrate
 from pacs.services.archive import Archive
 
@@ -119,12 +120,13 @@ def archive(db_url: str, storage_dir: Path) -> Iterator[Archive]:
     """An :class:`Archive` on a migrated index (SQLite and PostgreSQL) and a file blob store."""
     engine = make_engine(db_url)
     migrate(engine)
-    archive = Archive(engine, FileBlobStore(storage_dir))
+    db = Database(engine)
+    archive = Archive(db, FileBlobStore(storage_dir))
     try:
         yield archive
     finally:
         archive.close()
-        engine.dispose()
+        db.close()
 
 
 def settings_for(db_url: str, storage: Path, **http: object) -> config.Settings:

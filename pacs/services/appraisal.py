@@ -35,8 +35,8 @@ from xml.sax.saxutils import escape as xml_escape
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from pacs.appraisal_registers import Registers, fold
 from pacs.config import AppraisalSettings
@@ -47,10 +47,10 @@ from pacs.errors import (
     InvalidQuery,
     NotFound,
     PacsError,
-    StorageUnavailable,
 )
 from pacs.index import appraisal as sql
 from pacs.index import repo
+from pacs.index.database import Database
 from pacs.index.schema import appraisal_lines
 from pacs.model import InstanceRecord, Origin, StoreOutcome
 
@@ -339,30 +339,17 @@ class Appraisal:
 
     def __init__(
         self,
-        engine: Engine,
+        db: Database,
         settings: AppraisalSettings,
         registers: Registers,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.engine = engine
+        self.db = db
         self.settings = settings
         self.registers = registers
         self.clock = clock
         self.device_tz = parse_offset(settings.device_utc_offset) or VIETNAM
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect().execution_options(pacs_write=True) as conn, conn.begin():
-                yield conn
-        except OperationalError as exc:
-            raise StorageUnavailable(f"the index is not available: {exc.orig or exc}") from exc
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
 
     @property
     def label(self) -> dict[str, str]:
@@ -399,7 +386,7 @@ class Appraisal:
             peer_address=origin.address[:64] or None,
         )
         try:
-            with self._write() as conn:
+            with self.db.write() as conn:
                 if sql.mpps_get(conn, uid) is not None:
                     raise DuplicateInstance(f"procedure step {uid} already exists")
                 sql.mpps_insert(conn, values)
@@ -437,7 +424,7 @@ class Appraisal:
         if status and status not in MPPS_STATUSES:
             raise InvalidInstance(f"invalid PerformedProcedureStepStatus {status!r}")
         now = self.clock()
-        with self._write() as conn:
+        with self.db.write() as conn:
             row = sql.mpps_get(conn, uid, for_update=True)
             if row is None:
                 raise NotFound(f"no procedure step {uid}")
@@ -635,7 +622,7 @@ class Appraisal:
         then the same line rules as the store and MPPS transactions.
         """
         now = self.clock()
-        with self._write() as conn:
+        with self.db.write() as conn:
             sql.lines_clear(conn)
             study_rows, series_rows, steps = sql.rebuild_sources(conn)
             by_key: dict[str, int] = {}
@@ -720,7 +707,7 @@ class Appraisal:
 
     def rebuild_lines_if_needed(self) -> bool:
         """Rebuild the lines when the line table is empty and the index is not (after upgrade)."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             needed = sql.lines_missing(conn)
         if needed:
             self.rebuild_lines()
@@ -778,7 +765,7 @@ class Appraisal:
         """
         key = record_id.strip()
         if is_valid_uid(key):
-            with self._read() as conn:
+            with self.db.read() as conn:
                 key = sql.line_id_of_study(conn, key) or ""
         records: list[dict[str, Any]] = []
         if key and _LINE_KEY.fullmatch(key):
@@ -823,7 +810,7 @@ class Appraisal:
         details: dict[str, Any] = {"request": what, "filters": filters, "count": count}
         if not complete:
             details["complete"] = False
-        with self._write() as conn:
+        with self.db.write() as conn:
             repo.add_event(conn, "appraisal.access", self.clock(), origin, details=details)
         log.info(
             "appraisal %s by %s@%s filters=%s count=%d%s",
@@ -838,7 +825,7 @@ class Appraisal:
     def _page(
         self, flt: sql.LineFilter, after: int, limit: int, builder: _Builder | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        with _gc_paused(), self._read() as conn:
+        with _gc_paused(), self.db.read() as conn:
             lines = sql.list_lines(conn, flt, after, limit + 1)
             more = len(lines) > limit
             lines = lines[:limit]
@@ -879,7 +866,7 @@ class Appraisal:
             if flt.date_to
             else None
         )
-        with _gc_paused(), self._read() as conn:
+        with _gc_paused(), self.db.read() as conn:
             rows = sql.device_series(conn, lo.astimezone(UTC), hi.astimezone(UTC) if hi else None)
         tol = self.settings.clock_tolerance_seconds
         assumed = _assumed(self.settings)

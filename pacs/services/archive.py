@@ -16,10 +16,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
@@ -28,8 +27,8 @@ from typing import Any, BinaryIO, Protocol
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy import Connection
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from pacs import limits
 from pacs.blobstore import BlobStore, BlobWriter
@@ -38,7 +37,7 @@ from pacs.dicom.meta import encode_file_meta
 from pacs.dicom.text import is_valid_uid
 from pacs.errors import InvalidInstance, NotFound, StorageUnavailable
 from pacs.index import repo
-from pacs.index.engine import release_write_lock, write_lock_busy
+from pacs.index.database import Database, unavailable
 from pacs.index.sql import run_query
 from pacs.model import InstanceRecord, Level, Origin, StoredInstance, StoreOutcome, StoreResult
 from pacs.query import Query
@@ -93,13 +92,13 @@ class Archive:
 
     def __init__(
         self,
-        engine: Engine,
+        db: Database,
         blobs: BlobStore,
         *,
         duplicate_policy: str = "reject",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.engine = engine
+        self.db = db
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
         self.clock = clock
@@ -108,60 +107,14 @@ class Archive:
         #: fsync + rename of new blobs, overlapped with parsing and indexing (threads: the
         #: syscalls release the GIL).
         self._background = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-sync")
-        #: Idle write connections of the store path, kept checked out (see _store_write).
-        self._store_conns: list[Connection] = []
-        self._store_conns_lock = threading.Lock()
-        #: Concurrent store transactions committed together.
-        self._group = GroupCommit(self._store_write)
 
     def close(self) -> None:
-        """Close the store path's idle connections (before the engine is disposed)."""
-        with self._store_conns_lock:
-            conns, self._store_conns = self._store_conns, []
-        for conn in conns:
-            conn.close()
+        """Stop the blob-sync workers (the database is closed by its owner)."""
+        self._background.shutdown(wait=True)
 
-    # ------------------------------------------------------------------ transactions
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(pacs_write=True) as conn, conn.begin():
-            yield conn
-
-    @contextmanager
-    def _store_write(self) -> Iterator[Connection]:
-        """:meth:`_write` for the per-instance store transaction, on a connection kept between
-        transactions: a pool checkout and checkin (with its events, and on PostgreSQL a ping)
-        per instance was a quarter of a C-STORE's Python time. A connection that saw an error
-        is closed rather than kept."""
-        with self._store_conns_lock:
-            conn = self._store_conns.pop() if self._store_conns else None
-        if conn is None:
-            conn = self.engine.connect().execution_options(pacs_write=True)
-        ok = False
-        try:
-            with conn.begin():
-                yield conn
-            ok = True
-        finally:
-            release_write_lock(conn)
-            if ok and not conn.invalidated:
-                with self._store_conns_lock:
-                    self._store_conns.append(conn)
-            else:
-                conn.close()
-
-    @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A read-only connection (a consistent snapshot for the duration of the block).
-
-        A database that cannot be reached is :class:`StorageUnavailable` (C-FIND 0xA700, HTTP 503).
-        """
-        try:
-            with self.engine.connect() as conn, conn.begin():
-                yield conn
-        except (OperationalError, InterfaceError) as exc:
-            raise StorageUnavailable(f"the index is not available: {exc.orig or exc}") from exc
+    def read(self) -> AbstractContextManager[Connection]:
+        """A read-only transaction (``Database.read``: an unreachable index is StorageUnavailable)."""
+        return self.db.read()
 
     # ------------------------------------------------------------------ store
 
@@ -241,7 +194,7 @@ class Archive:
             # Alone, the blob's fsync runs on a worker while we parse and index. When other
             # writers hold the index (several associations), it is made durable inline before
             # queueing for the index: no thread hand-offs, and the CPU is busy anyway.
-            inline = write_lock_busy(self.engine)
+            inline = self.db.write_lock_busy()
             if not inline:
                 synced = self._background.submit(incoming.writer.sync)
             with open(path, "rb") as fh:
@@ -326,7 +279,7 @@ class Archive:
             _settle(ready)
             self.blobs.delete(blob.blob_key)
 
-        if write_lock_busy(self.engine):
+        if self.db.write_lock_busy():
             # Others are writing: make the blob durable before queueing for the lock, so that
             # the lock is never held through an fsync (with one writer they overlap instead).
             _settle(ready)
@@ -347,7 +300,7 @@ class Archive:
 
         for attempt in (1, 2):
             try:
-                return self._group.run(job)
+                return self.db.group_write(job)
             except IntegrityError:
                 # A concurrent association indexed the same instance first: look again.
                 if attempt == 2:
@@ -356,9 +309,9 @@ class Archive:
             except DataError as exc:  # a value the database refuses: the instance's fault, not ours
                 drop()
                 raise InvalidInstance(f"a header value cannot be indexed: {exc.orig or exc}") from exc
-            except (OperationalError, DBAPIError) as exc:
+            except DBAPIError as exc:
                 drop()
-                raise StorageUnavailable(f"the index is not available: {exc.orig or exc}") from exc
+                raise unavailable(exc) from exc
             except BaseException:
                 drop()
                 raise
@@ -389,7 +342,7 @@ class Archive:
 
     def search(self, query: Query) -> list[dict[str, Any]]:
         """Run a C-FIND / QIDO-RS query: ``{keyword: value}`` per match."""
-        with self.read() as conn:
+        with self.db.read() as conn:
             return run_query(conn, query)
 
     def instances(
@@ -399,7 +352,7 @@ class Archive:
         sop_instance_uid: str | None = None,
     ) -> list[StoredInstance]:
         """Stored instances under a study, series or single instance; raises NotFound if none."""
-        with self.read() as conn:
+        with self.db.read() as conn:
             found = repo.stored_instances(conn, study_instance_uid, series_instance_uid, sop_instance_uid)
         if not found:
             what = sop_instance_uid or series_instance_uid or study_instance_uid or "anything"
@@ -421,12 +374,12 @@ class Archive:
 
     def count(self, level: Level) -> int:
         """Number of indexed patients, studies, series or instances."""
-        with self.read() as conn:
+        with self.db.read() as conn:
             return repo.count(conn, level)
 
     def record_event(self, kind: str, origin: Origin, **fields: Any) -> None:
         """Append an event (association, query, retrieve) to the event log."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             repo.add_event(conn, kind, self.clock(), origin, **fields)
 
     # ------------------------------------------------------------------ maintenance
@@ -434,7 +387,7 @@ class Archive:
     def reindex(self, progress: Callable[[int], None] | None = None) -> ReindexReport:
         """Rebuild the patient/study/series/instance index from the blobs alone."""
         report = ReindexReport()
-        with self._write() as conn:
+        with self.db.write() as conn:
             repo.clear(conn)
             for hook in self.index_hooks:
                 hook.index_cleared(conn)
@@ -457,7 +410,7 @@ class Archive:
         self, batch: list[tuple[InstanceRecord, repo.BlobFacts, Origin]], report: ReindexReport
     ) -> int:
         done = 0
-        with self._write() as conn:
+        with self.db.write() as conn:
             for record, blob, origin in batch:
                 try:
                     with conn.begin_nested():
@@ -509,7 +462,7 @@ class Archive:
         """Check every indexed file exists with its recorded SHA-256 and every blob is indexed."""
         report = VerifyReport()
         indexed: set[str] = set()
-        with self.read() as conn:
+        with self.db.read() as conn:
             facts = list(repo.iter_blob_facts(conn))
         for sop, key, sha in facts:
             indexed.add(key)
@@ -526,79 +479,6 @@ class Archive:
                 progress(report.checked)
         report.unindexed = [k for k in self.blobs.keys() if k not in indexed]
         return report
-
-
-class _Job:
-    __slots__ = ("done", "error", "result", "run")
-
-    def __init__(self, run: Callable[[Connection], Any]) -> None:
-        self.run = run
-        self.done = False
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-
-class GroupCommit:
-    """Index transactions of concurrent stores committed together (leader and followers).
-
-    Each store's statements run in its own savepoint, but the batch waiting at that moment
-    shares one BEGIN ... COMMIT: on SQLite one write lock hand-over and one WAL fsync for all of
-    them instead of one each, which was the limit with several associations at once (the
-    COMMIT's fsync is taken under the write lock). A store's failure rolls back its savepoint
-    only; a failed COMMIT fails every store of the batch. A store alone goes through at once.
-    """
-
-    def __init__(self, transaction: Callable[[], Any]) -> None:
-        self._transaction = transaction  # a context manager factory yielding a Connection
-        self._cv = threading.Condition()
-        self._queue: list[_Job] = []
-        self._leading = False
-
-    def run(self, work: Callable[[Connection], Any]) -> Any:
-        """Run ``work(conn)`` in a transaction, possibly shared; its result, or its exception."""
-        job = _Job(work)
-        with self._cv:
-            self._queue.append(job)
-            while not job.done and self._leading:
-                self._cv.wait()
-            if not job.done:
-                self._leading = True
-        if not job.done:
-            try:
-                while not job.done:
-                    with self._cv:
-                        batch, self._queue = self._queue, []
-                    self._commit(batch)
-                    with self._cv:
-                        self._cv.notify_all()
-            finally:
-                with self._cv:
-                    self._leading = False
-                    self._cv.notify_all()
-        if job.error is not None:
-            raise job.error
-        return job.result
-
-    def _commit(self, batch: list[_Job]) -> None:
-        try:
-            with self._transaction() as conn:
-                if len(batch) == 1:
-                    batch[0].result = batch[0].run(conn)
-                else:
-                    for job in batch:
-                        try:
-                            with conn.begin_nested():
-                                job.result = job.run(conn)
-                        except Exception as exc:
-                            job.error = exc
-        except BaseException as exc:
-            for job in batch:
-                if job.error is None:
-                    job.error = exc
-                    job.result = None
-        finally:
-            for job in batch:
-                job.done = True
 
 
 def _settle(wait: Callable[[], object]) -> None:

@@ -20,17 +20,15 @@ import logging
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from sqlalchemy import Connection, Engine
-
 from pacs.index import auth_repo
 from pacs.index.auth_repo import EventFilter
+from pacs.index.database import Database
 from pacs.model import Origin
 
 log = logging.getLogger("pacs.audit")
@@ -122,13 +120,13 @@ class Audit:
 
     def __init__(
         self,
-        engine: Engine,
+        db: Database,
         *,
         source_id: str = "PACS",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         batch: int = 500,
     ) -> None:
-        self.engine = engine
+        self.db = db
         self.source_id = source_id
         self.clock = clock
         self.batch = batch
@@ -206,7 +204,7 @@ class Audit:
     def _append(self, rows: list[dict[str, Any]]) -> None:
         for attempt in range(3):
             try:
-                with self.engine.connect().execution_options(pacs_write=True) as conn, conn.begin():
+                with self.db.write() as conn:
                     auth_repo.append_events(conn, rows)
                 return
             except Exception as exc:  # the database may be briefly unavailable; never lose silently
@@ -218,15 +216,10 @@ class Audit:
 
     # ------------------------------------------------------------------ reading
 
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
-
     def query(self, flt: EventFilter, limit: int = 1000) -> list[dict[str, Any]]:
         """Events matching ``flt`` (oldest first), each with its ``outcome`` and patient, if known."""
         self.flush()
-        with self._read() as conn:
+        with self.db.read() as conn:
             rows = auth_repo.query_events(conn, flt, limit)
             patients = auth_repo.patients_of_studies(conn, (r["study_instance_uid"] for r in rows))
         for r in rows:

@@ -16,18 +16,17 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from pacs.errors import PacsError
 from pacs.index import auth_repo
+from pacs.index.database import Database
 from pacs.model import Origin
 
 log = logging.getLogger("pacs.auth")
@@ -148,27 +147,17 @@ class Auth:
 
     def __init__(
         self,
-        engine: Engine,
+        db: Database,
         *,
         token_lifetime: timedelta = timedelta(hours=8),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         hasher: PasswordHasher | None = None,
     ) -> None:
-        self.engine = engine
+        self.db = db
         self.token_lifetime = token_lifetime
         self.clock = clock
         self.hasher = hasher or PasswordHasher()
         self._dummy = ""  # a hash verified for unknown users (equal work), made on first use
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(pacs_write=True) as conn, conn.begin():
-            yield conn
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
 
     # ------------------------------------------------------------------ users
 
@@ -184,7 +173,7 @@ class Auth:
             raise AuthError("the password must have at least 8 characters")
         digest = self.hasher.hash(password)
         try:
-            with self._write() as conn:
+            with self.db.write() as conn:
                 auth_repo.add_user(conn, name, role, digest, self.clock())
         except IntegrityError:
             raise AuthError(f"user {name!r} already exists") from None
@@ -192,12 +181,12 @@ class Auth:
 
     def list_users(self) -> list[auth_repo.UserRow]:
         """Every user."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             return auth_repo.list_users(conn)
 
     def set_disabled(self, name: str, disabled: bool = True) -> None:
         """Disable (revoking every token) or re-enable a user."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             user = auth_repo.get_user(conn, name)
             if user is None:
                 raise AuthError(f"no user {name!r}")
@@ -210,7 +199,7 @@ class Auth:
         """Replace a user's password (tokens already issued stay valid until they expire)."""
         if len(password) < 8:
             raise AuthError("the password must have at least 8 characters")
-        with self._write() as conn:
+        with self.db.write() as conn:
             if not auth_repo.set_user(conn, name, self.clock(), password_hash=self.hasher.hash(password)):
                 raise AuthError(f"no user {name!r}")
 
@@ -221,7 +210,7 @@ class Auth:
 
         The same argon2 work is done for unknown users, so timing does not reveal names.
         """
-        with self._read() as conn:
+        with self.db.read() as conn:
             user = auth_repo.get_user(conn, name) if _NAME.fullmatch(name or "") else None
         if not self._dummy:
             self._dummy = self.hasher.hash(secrets.token_hex(16))
@@ -235,7 +224,7 @@ class Auth:
         token = secrets.token_urlsafe(32)
         now = self.clock()
         expires = now + self.token_lifetime
-        with self._write() as conn:
+        with self.db.write() as conn:
             auth_repo.add_token(conn, user.id, _sha256(token), now, expires, origin.address)
             if self.hasher.check_needs_rehash(user.password_hash):
                 auth_repo.set_user(conn, user.name, now, password_hash=self.hasher.hash(password))
@@ -250,7 +239,7 @@ class Auth:
         """The principal of a valid, unexpired token of an enabled user; None otherwise."""
         if not token or len(token) > 256:
             return None
-        with self._read() as conn:
+        with self.db.read() as conn:
             found = auth_repo.token_user(conn, _sha256(token), self.clock())
         if found is None:
             return None

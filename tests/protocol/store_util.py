@@ -12,6 +12,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
 from pacs.blobstore import FileBlobStore
+from pacs.index.database import Database
 from pacs.index.engine import make_engine
 from pacs.model import Level
 from pacs.query import from_qido
@@ -21,13 +22,13 @@ from pacs.services.archive import Archive
 @contextmanager
 def open_archive(database_url: str, storage: Path) -> Iterator[Archive]:
     """A second :class:`Archive` on the storage and index of a running server (for reading)."""
-    engine = make_engine(database_url)
-    archive = Archive(engine, FileBlobStore(storage))
+    db = Database(make_engine(database_url))
+    archive = Archive(db, FileBlobStore(storage))
     try:
         yield archive
     finally:
         archive.close()
-        engine.dispose()
+        db.close()
 
 
 @contextmanager

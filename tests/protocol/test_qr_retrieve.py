@@ -28,6 +28,7 @@ from pynetdicom.sop_class import (
 )
 
 from pacs.blobstore import FileBlobStore
+from pacs.index.database import Database
 from pacs.index.engine import make_engine
 from pacs.services.archive import Archive
 from tests.conftest import require_tool
@@ -202,12 +203,12 @@ def test_get_cancel_and_failed_suboperations(tmp_path: Path, db_url: str) -> Non
             assert statuses[-1] == 0xFE00
             assert 1 <= len(received) < 13
             # Remove one CT file from storage behind the archive's back.
-            archive = Archive(make_engine(db_url), FileBlobStore(srv.storage))
+            archive = Archive(Database(make_engine(db_url)), FileBlobStore(srv.storage))
             victim = archive.instances(STUDY, SERIES)[0]
             path = archive.path(victim)
             assert path is not None
             path.unlink()
-            archive.engine.dispose()
+            archive.db.close()
             received.clear()
             final = None
             for st, ident in assoc.send_c_get(_study_query(), StudyRootQueryRetrieveInformationModelGet):

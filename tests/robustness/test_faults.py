@@ -259,7 +259,7 @@ def test_verify_and_reindex_recover_a_lost_or_stale_index(
     with open_archive(db_url, storage) as archive:
         from pacs.index.engine import migrate
 
-        migrate(archive.engine)
+        migrate(archive.db.engine)
         for d in datasets:
             archive.store(io.BytesIO(to_bytes(d)), ORIGIN)
         [gone] = archive.instances(sop_instance_uid=datasets[0].SOPInstanceUID)

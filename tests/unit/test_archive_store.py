@@ -128,7 +128,7 @@ def test_reindex_rebuilds_the_index_from_files(archive: Archive) -> None:
     for i in range(5):
         archive.store_bytes(to_bytes(make_dataset(instance_number=i)), ORIGIN)
     before = archive.search(from_qido(Level.IMAGE, [], default_limit=100, max_limit=100))
-    with archive._write() as conn:
+    with archive.db.write() as conn:
         from pacs.index import repo
 
         repo.clear(conn)
@@ -142,7 +142,7 @@ def test_reindex_rebuilds_the_index_from_files(archive: Archive) -> None:
 
 
 def test_concurrent_stores_share_commits_and_fail_alone(archive: Archive) -> None:
-    """Group commit (Archive.GroupCommit): stores from many threads at once all land, and a
+    """Group commit (pacs.index.database.GroupCommit): stores from many threads at once all land, and a
     store that fails (a different object under a stored UID) fails alone, not its batch."""
     import threading
 

@@ -187,7 +187,7 @@ def test_matching_table(archive: Archive) -> None:
             wrong.append(f"{level} {keys}: expected {sorted(expected)}, got {sorted(got)}")
     assert not wrong, "\n".join(wrong)
     # The SQL-looking value was taken literally: the table is still there.
-    assert "studies" in inspect(archive.engine).get_table_names()
+    assert "studies" in inspect(archive.db.engine).get_table_names()
 
 
 def test_names_exact_when_folding_is_off(archive: Archive) -> None:
