@@ -8,13 +8,13 @@ parameterised SQL. Matching kinds per attribute come from the catalogue in
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from pacs.dicom.attributes import ATTRIBUTES, BY_KEYWORD, UNIQUE_KEY, Attribute, Match, at_level, lookup
+from pacs.dicom.attributes import ATTRIBUTES, BY_KEYWORD, UNIQUE_KEY, Attribute, Match, lookup
 from pacs.dicom.text import is_valid_uid, name_key, normalise_date, normalise_time
 from pacs.errors import InvalidQuery
 from pacs.model import Level
@@ -470,10 +470,3 @@ def _known_dicom_key(item: str) -> bool:
     from pydicom.datadict import tag_for_keyword
 
     return tag_for_keyword(item) is not None or bool(re.fullmatch(r"[0-9A-Fa-f]{8}", item))
-
-
-def keys_at_or_above(level: Level) -> Iterable[Attribute]:
-    """All catalogue attributes at ``level`` or above it."""
-    for lv in Level:
-        if lv.depth <= level.depth:
-            yield from at_level(lv)

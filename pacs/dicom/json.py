@@ -17,7 +17,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from pacs.dicom.attributes import BY_KEYWORD, Attribute
+from pacs.dicom.attributes import Attribute
 
 log = logging.getLogger("pacs.dicom.json")
 
@@ -223,8 +223,3 @@ def _text_converter(attr: Attribute) -> Callable[[Any], str]:
         return head + _quote(value) + "]}"
 
     return text
-
-
-def keyword_json(keyword: str, value: Any) -> dict[str, Any]:
-    """An element of a catalogue keyword; raises ``KeyError`` for keywords not in the catalogue."""
-    return attribute_json(BY_KEYWORD[keyword], value)

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import struct
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import UID
-
 IMPLEMENTATION_CLASS_UID = "2.25.121038856505597671843989960980704295441"  # UUID-derived (PS3.5 B.2)
 IMPLEMENTATION_VERSION_NAME = "PACS_010"
 PREAMBLE = b"\x00" * 128 + b"DICM"
@@ -54,20 +51,3 @@ def encode_file_meta(
     if ae:
         body += _short(0x0002, 0x0016, b"AE", _text(ae))
     return PREAMBLE + _short(0x0002, 0x0000, b"UL", struct.pack("<I", len(body))) + body
-
-
-def build_file_meta(
-    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str
-) -> FileMetaDataset:
-    """The same file meta as a pydicom dataset."""
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    ae = source_ae_title(source_ae)
-    if ae:
-        meta.SourceApplicationEntityTitle = ae
-    return meta

@@ -5,12 +5,36 @@ from __future__ import annotations
 from io import BytesIO
 
 import pytest
+from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless
 
-from pacs.dicom.meta import PREAMBLE, build_file_meta, encode_file_meta
+from pacs.dicom.meta import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    PREAMBLE,
+    encode_file_meta,
+    source_ae_title,
+)
+
+
+def build_file_meta(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str
+) -> FileMetaDataset:
+    """The same file meta, built as a pydicom dataset (the reference)."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    ae = source_ae_title(source_ae)
+    if ae:
+        meta.SourceApplicationEntityTitle = ae
+    return meta
 
 
 def _pydicom_bytes(*args: str) -> bytes:
