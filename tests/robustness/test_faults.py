@@ -121,6 +121,11 @@ def test_database_unavailable_then_back(db_url: str, tmp_path: Path) -> None:
                 statuses = c_store(srv.dicom_port, first)
                 r = _stow(srv.base_url, second)
                 assert httpx.get(srv.base_url + "/dicom-web/studies", timeout=30).status_code in (200, 503)
+                # Appraisal reads and audits through the same Database object: 503, never 500.
+                records = httpx.get(srv.base_url + "/api/appraisal/v1/records", timeout=30)
+            assert records.status_code == 503, records.text
+            assert records.headers["content-type"].startswith("application/problem+json")
+            assert "index is not available" in records.json()["detail"]
             assert statuses == [OUT_OF_RESOURCES] * 3, [hex(s) for s in statuses]
             assert r.status_code == 503, r.text
             assert r.headers.get("Retry-After")
@@ -130,6 +135,7 @@ def test_database_unavailable_then_back(db_url: str, tmp_path: Path) -> None:
             # The database is back: the same instances go through.
             assert c_store(srv.dicom_port, first) == [0, 0, 0]
             assert _stow(srv.base_url, second).status_code == 200
+            assert httpx.get(srv.base_url + "/api/appraisal/v1/records", timeout=30).status_code == 200
     finally:
         if proxy is not None:
             proxy.stop()
