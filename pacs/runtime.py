@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydicom.config
 from sqlalchemy import Engine
@@ -14,6 +14,13 @@ from pacs.config import Settings
 from pacs.index.database import Database
 from pacs.index.engine import make_engine, migrate
 from pacs.services.archive import Archive
+
+if TYPE_CHECKING:  # imported where built: a CLI command that needs none of them stays quick
+    from pacs.services.appraisal import Appraisal
+    from pacs.services.audit import Audit
+    from pacs.services.auth import Auth
+    from pacs.services.dicomweb import DicomWeb
+    from pacs.services.render import Renderer
 
 log = logging.getLogger("pacs")
 
@@ -26,16 +33,15 @@ class Runtime:
     db: Database
     blobs: FileBlobStore
     archive: Archive
-    appraisal: Any = None  # pacs.services.appraisal.Appraisal, built by build()
-    auth: Any = None  # pacs.services.auth.Auth
-    audit: Any = None  # pacs.services.audit.Audit
-    dicomweb: Any = None  # pacs.services.dicomweb.DicomWeb
-    renderer: Any = None  # pacs.services.render.Renderer
+    appraisal: Appraisal
+    auth: Auth
+    audit: Audit
+    dicomweb: DicomWeb
+    renderer: Renderer
 
     def close(self) -> None:
         """Flush the audit trail and release database connections."""
-        if self.audit is not None:
-            self.audit.close()
+        self.audit.close()
         self.archive.close()
         self.db.close()
 
@@ -68,16 +74,25 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
         if removed:
             log.warning("removed %d unfinished write(s) left by an interrupted run", removed)
     archive = Archive(db, blobs, duplicate_policy=settings.storage.duplicate_policy)
-    rt = Runtime(settings=settings, db=db, blobs=blobs, archive=archive)
-    rt.appraisal = _appraisal(settings, db)
-    archive.index_hooks.append(rt.appraisal)  # service lines kept in step in the store transaction
-    rt.appraisal.rebuild_lines_if_needed()
-    rt.auth, rt.audit = _security(settings, db)
-    rt.dicomweb, rt.renderer = _web_services(settings, archive)
-    return rt
+    appraisal = _appraisal(settings, db)
+    archive.index_hooks.append(appraisal)  # service lines kept in step in the store transaction
+    appraisal.rebuild_lines_if_needed()
+    auth, audit = _security(settings, db)
+    dicomweb, renderer = _web_services(settings, archive)
+    return Runtime(
+        settings=settings,
+        db=db,
+        blobs=blobs,
+        archive=archive,
+        appraisal=appraisal,
+        auth=auth,
+        audit=audit,
+        dicomweb=dicomweb,
+        renderer=renderer,
+    )
 
 
-def _web_services(settings: Settings, archive: Archive) -> tuple[Any, Any]:
+def _web_services(settings: Settings, archive: Archive) -> tuple[DicomWeb, Renderer]:
     """DICOMweb metadata/frames and rendering, with their caches under the storage root."""
     from pacs.services.dicomweb import DicomWeb
     from pacs.services.render import Renderer
@@ -86,7 +101,7 @@ def _web_services(settings: Settings, archive: Archive) -> tuple[Any, Any]:
     return DicomWeb(archive, cache), Renderer(archive, cache)
 
 
-def _security(settings: Settings, db: Database) -> tuple[Any, Any]:
+def _security(settings: Settings, db: Database) -> tuple[Auth, Audit]:
     """Users and tokens, and the audit trail."""
     from datetime import timedelta
 
@@ -97,7 +112,7 @@ def _security(settings: Settings, db: Database) -> tuple[Any, Any]:
     return auth, Audit(db, source_id=settings.dicom.ae_title)
 
 
-def _appraisal(settings: Settings, db: Database) -> Any:
+def _appraisal(settings: Settings, db: Database) -> Appraisal:
     """The appraisal service with its registers (a bad register file fails start-up, with the line)."""
     from pacs.appraisal_registers import RegisterError, load_registers
     from pacs.config import ConfigError
