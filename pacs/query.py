@@ -235,6 +235,8 @@ def _combine_datetimes(conditions: list[Condition]) -> list[Condition]:
         dc, tc = by_kw.get(date_kw), by_kw.get(time_kw)
         if dc is None or tc is None or not isinstance(tc.matcher, Range):
             continue
+        dlo: str | None
+        dhi: str | None
         if isinstance(dc.matcher, Equal):
             dlo = dhi = str(dc.matcher.value)
         elif isinstance(dc.matcher, Range):

@@ -27,7 +27,10 @@ class BlobWriter(Protocol):
     """An in-progress write. Use as a context manager: leaving without commit discards it."""
 
     size: int
-    key: str  # the key the blob will have once committed
+
+    @property
+    def key(self) -> str:
+        """The key the blob will have once committed."""
 
     def write(self, data: bytes) -> None:
         """Append bytes."""

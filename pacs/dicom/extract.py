@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import pydicom
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -33,6 +33,7 @@ def read_header(fp: BinaryIO | str, *, dataset_at: tuple[int, str] | None = None
     whose file meta we wrote ourselves (parsing it again was a third of the cost).
     Raises :class:`InvalidInstance` for anything pydicom cannot parse.
     """
+    ds: Dataset
     try:
         if dataset_at is None:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=4096, force=False)
@@ -135,7 +136,7 @@ def _check_trailing_element(fp: BinaryIO, ds: Dataset) -> None:
         if head.strip(b"\x00"):
             raise InvalidInstance("truncated DICOM stream: incomplete element header at the end")
         return
-    order = "little" if little else "big"
+    order: Literal["little", "big"] = "little" if little else "big"
     if implicit or not (head[4:6].isalpha() and head[4:6].isupper()):
         length = int.from_bytes(head[4:8], order)
         value_at = start + 8
@@ -163,6 +164,7 @@ def extract(ds: Dataset, transfer_syntax_uid: str | None = None) -> InstanceReco
     """
     record = InstanceRecord()
     try:
+        value: Any
         for uid_kw in REQUIRED_UIDS:
             value = str(ds.get(uid_kw, "") or "").strip()
             if not value:
@@ -207,7 +209,11 @@ def extract(ds: Dataset, transfer_syntax_uid: str | None = None) -> InstanceReco
 
 
 #: The catalogue attributes read from a header, with their tags (looked up once).
-_EXTRACTED = [(attr, Tag(tag_for_keyword(attr.keyword))) for attr in ATTRIBUTES if not attr.computed]
+_EXTRACTED = [
+    (attr, Tag(attr.keyword))
+    for attr in ATTRIBUTES
+    if not attr.computed  # KeyError-free: keywords checked
+]
 
 
 _CHARSET = Tag(0x00080005)

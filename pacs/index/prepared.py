@@ -35,7 +35,8 @@ class Prepared:
         key = (dialect.name, keys)
         plan = self._plans.get(key)
         if plan is None:
-            compiled = self.stmt.compile(dialect=dialect, column_keys=list(keys))
+            # SQLCompiler internals (SQLAlchemy 2.0): bind processors, binds, positional order.
+            compiled: Any = self.stmt.compile(dialect=dialect, column_keys=list(keys))
             processors = dict(compiled._bind_processors)
             # Values the statement carries itself (the 1 of "count + 1"), converted once.
             static = {}

@@ -129,6 +129,7 @@ def _modalities_in_study(m: object) -> ColumnElement[bool]:
     """ModalitiesInStudy matches when any series of the study matches (PS3.4 C.6.2.1.2)."""
     s2 = series.alias("s2")
     mod = s2.c.modality
+    pred: ColumnElement[bool]
     if isinstance(m, AnyOf):
         pred = mod.in_([str(v) for v in m.values])
     elif isinstance(m, Wildcard):
