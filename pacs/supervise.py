@@ -2,7 +2,7 @@
 
 The first process builds the runtime (migrating the schema, cleaning unfinished writes), accepts
 every association and hands each to the listener process with the fewest in progress
-(:class:`pacs.scp.server.Dispatch`); ``[http] workers`` web processes share the HTTP port with
+(:class:`pacs.scp.listener.Dispatch`); ``[http] workers`` web processes share the HTTP port with
 SO_REUSEPORT. Every child exits with its parent, even when the parent was killed outright.
 """
 
@@ -49,7 +49,7 @@ def _dicom_worker(
     import dataclasses
 
     from pacs import runtime
-    from pacs.scp.server import DicomServer, Dispatch
+    from pacs.scp.listener import DicomServer, Dispatch
 
     settings = dataclasses.replace(settings, dicom=dataclasses.replace(settings.dicom, port=port))
     configure_logging(settings)
@@ -83,14 +83,14 @@ def serve(settings: Settings) -> int:
     Prints ``READY dicom=HOST:PORT http=HOST:PORT ...`` once every listener accepts.
     """
     from pacs import runtime
-    from pacs.scp.server import DicomServer, Dispatch
+    from pacs.scp.listener import DicomServer, Dispatch
 
     configure_logging(settings)
     rt = runtime.build(settings, clean_tmp=True)
     workers = settings.dicom.workers or os.cpu_count() or 1
     ctx = multiprocessing.get_context("spawn")
     # This process accepts every association and hands each to the listener process with the
-    # fewest in progress (pacs.scp.server.Dispatch): one socket pair per further process.
+    # fewest in progress (pacs.scp.listener.Dispatch): one socket pair per further process.
     loads = ctx.Array("i", workers)
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(workers - 1)]
     dispatch = Dispatch(loads, 0, [ours for ours, _ in pairs]) if workers > 1 else None

@@ -11,8 +11,9 @@ and four thread hand-offs per instance, most of the ingest cost after the archiv
 thread: it splits the PDU into its presentation data values (PS3.8 9.3.5), decodes the command
 set (implicit VR little endian, PS3.7 6.3.1), writes the data set fragments straight into the
 archive's incoming blob (as pynetdicom's chunked receive would, through the same
-:class:`~pacs.scp.server._ReceiveFile`), calls the same store code as the C-STORE handler, and
-sends the C-STORE response (PS3.7 9.3.1.2) itself.
+:class:`~pacs.scp.receive.ReceiveFile`), calls the same store code as the C-STORE handler
+(:meth:`~pacs.scp.receive.Receiver.store`), and sends the C-STORE response (PS3.7 9.3.1.2)
+itself. The listener gives each association its :class:`StoreFastPath` (``assoc.fast_path``).
 
 Everything else goes to pynetdicom unchanged, PDU by PDU: any other command (C-ECHO, C-FIND,
 C-MOVE, N-CREATE ...), a command set that does not fit in one PDU, a SOP class that is not a
@@ -30,16 +31,17 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
+from pacs.dicom.status import HANDLER_FAILED
 from pacs.scp import status
 
 if TYPE_CHECKING:
-    from pacs.scp.server import _ReceiveFile
+    from pacs.services.archive import Incoming
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +139,24 @@ def pdata_pdu(context_id: int, command: bytes) -> bytes:
     return struct.pack(">BBL", 0x04, 0x00, len(item)) + item
 
 
+class Spool(Protocol):
+    """Where a request's data set goes (:class:`pacs.scp.receive.ReceiveFile`)."""
+
+    name: str
+    incoming: Incoming | None
+
+    def write(self, data: bytes) -> int: ...
+
+    def close(self) -> None: ...
+
+
 class _Request:
     """The C-STORE request being received."""
 
     __slots__ = ("context_id", "message_id", "sop_class_uid", "sop_instance_uid", "spool")
 
     def __init__(
-        self, context_id: int, message_id: int, sop_class_uid: str, sop_instance_uid: str, spool: _ReceiveFile
+        self, context_id: int, message_id: int, sop_class_uid: str, sop_instance_uid: str, spool: Spool
     ) -> None:
         self.context_id = context_id
         self.message_id = message_id
@@ -153,9 +166,9 @@ class _Request:
 
 
 #: Makes (and begins) the spool of a request: (association, SOP class, SOP instance, transfer syntax).
-SpoolFactory = Callable[[Any, str, str, str], "_ReceiveFile"]
+SpoolFactory = Callable[[Any, str, str, str], Spool]
 #: Stores a received request: (association, spool, SOP class, SOP instance) -> (status, comment).
-StoreFunction = Callable[[Any, "_ReceiveFile", str, str], tuple[int, str]]
+StoreFunction = Callable[[Any, Any, str, str], tuple[int, str]]
 
 
 class StoreFastPath:
@@ -283,7 +296,7 @@ class StoreFastPath:
             comment = status.comment(text)
         except Exception:
             log.exception("C-STORE of %s failed unexpectedly", request.sop_instance_uid)
-            code, comment = 0xC211, "unexpected error in the archive; see its log"
+            code, comment = HANDLER_FAILED, "unexpected error in the archive; see its log"
         finally:
             if request.spool.incoming is not None:
                 request.spool.incoming.abort()  # a no-op once committed
@@ -340,7 +353,7 @@ class StoreFastPath:
             self._release(request.spool)
 
     @staticmethod
-    def _release(spool: _ReceiveFile) -> None:
+    def _release(spool: Spool) -> None:
         spool.close()
         if spool.incoming is None:
             try:

@@ -12,43 +12,32 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
-from pacs.errors import DuplicateInstance, InvalidInstance, NotFound, PacsError, StorageUnavailable
+from pacs.dicom import status as codes
+from pacs.errors import PacsError
 from pacs.scp import status
-from pacs.scp.server import STORAGE_TRANSFER_SYNTAXES, Extension, origin_of
+from pacs.scp.contexts import STORAGE_TRANSFER_SYNTAXES, Extension
+from pacs.scp.origin import origin_of
 from pacs.services.appraisal import Appraisal, MissingAttribute, StepNotInProgress
 
 log = logging.getLogger("pacs.dimse.mpps")
 
-PROCESSING_FAILURE = 0x0110
-DUPLICATE_SOP_INSTANCE = 0x0111
-NO_SUCH_OBJECT_INSTANCE = 0x0112
-NO_SUCH_SOP_CLASS = 0x0118
-INVALID_ATTRIBUTE_VALUE = 0x0106
-MISSING_ATTRIBUTE = 0x0120
-MISSING_ATTRIBUTE_VALUE = 0x0121
-RESOURCE_LIMITATION = 0x0213
-#: Error ID of "Performed Procedure Step Object may no longer be updated" (PS3.4 F.7.2.2.3).
-PPS_NO_LONGER_UPDATABLE = 0xA710
-
 
 def for_error(exc: PacsError, *, create: bool) -> Dataset:
-    """The N-CREATE / N-SET failure status dataset of a domain error, with an Error Comment."""
+    """The N-CREATE / N-SET failure status dataset of a domain error, with an Error Comment.
+
+    The status table (:mod:`pacs.dicom.status`) answers for the domain errors; the appraisal
+    service's own two are refined here: a missing attribute (0x0120 on N-CREATE, 0x0121 on
+    N-SET) and a step that is no longer in progress (0x0110 with its Error ID).
+    """
     if isinstance(exc, StepNotInProgress):
-        ds = status.dataset(PROCESSING_FAILURE, str(exc))
-        ds.ErrorID = PPS_NO_LONGER_UPDATABLE
+        ds = status.dataset(codes.PROCESSING_FAILURE, str(exc))
+        ds.ErrorID = codes.PPS_NO_LONGER_UPDATABLE_ERROR_ID
         return ds
-    if isinstance(exc, DuplicateInstance):
-        code = DUPLICATE_SOP_INSTANCE
-    elif isinstance(exc, NotFound):
-        code = NO_SUCH_OBJECT_INSTANCE
-    elif isinstance(exc, MissingAttribute):
-        code = MISSING_ATTRIBUTE if create else MISSING_ATTRIBUTE_VALUE
-    elif isinstance(exc, InvalidInstance):
-        code = INVALID_ATTRIBUTE_VALUE
-    elif isinstance(exc, StorageUnavailable):
-        code = RESOURCE_LIMITATION
+    if isinstance(exc, MissingAttribute):
+        code = codes.MISSING_ATTRIBUTE if create else codes.MISSING_ATTRIBUTE_VALUE
     else:
-        code = PROCESSING_FAILURE
+        answers = codes.answer(exc)
+        code = answers.n_create if create else answers.n_set
     return status.dataset(code, str(exc))
 
 
@@ -60,7 +49,7 @@ def extension(appraisal: Appraisal) -> Extension:
         req = event.request
         origin = origin_of(event)
         if str(req.AffectedSOPClassUID) != ModalityPerformedProcedureStep:
-            return NO_SUCH_SOP_CLASS, None
+            return codes.NO_SUCH_SOP_CLASS, None
         try:
             uid = appraisal.create_step(str(req.AffectedSOPInstanceUID or ""), event.attribute_list, origin)
         except PacsError as exc:
@@ -77,14 +66,14 @@ def extension(appraisal: Appraisal) -> Extension:
         out = Dataset()
         if req.AffectedSOPInstanceUID is None:
             out.AffectedSOPInstanceUID = uid
-        return status.SUCCESS, out
+        return codes.SUCCESS, out
 
     def handle_n_set(event: evt.Event) -> tuple[Dataset | int, Dataset | None]:
         """N-SET: a procedure step is updated, completed or discontinued."""
         req = event.request
         origin = origin_of(event)
         if str(req.RequestedSOPClassUID) != ModalityPerformedProcedureStep:
-            return NO_SUCH_SOP_CLASS, None
+            return codes.NO_SUCH_SOP_CLASS, None
         try:
             appraisal.update_step(str(req.RequestedSOPInstanceUID or ""), event.modification_list, origin)
         except PacsError as exc:
@@ -98,7 +87,7 @@ def extension(appraisal: Appraisal) -> Extension:
                 exc,
             )
             return reply, None
-        return status.SUCCESS, Dataset()
+        return codes.SUCCESS, Dataset()
 
     return Extension(
         contexts=[(ModalityPerformedProcedureStep, STORAGE_TRANSFER_SYNTAXES[:3], {})],

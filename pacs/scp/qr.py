@@ -4,7 +4,7 @@ Patient Root and Study Root information models, levels PATIENT, STUDY, SERIES an
 Identifiers parse into :class:`pacs.query.Query` (``from_identifier``) and run through
 ``Archive.search``, exactly as QIDO-RS does; matching rules live there, not here.
 
-Status choices (codes in ``pacs.scp.status``):
+Status choices (codes in ``pacs.dicom.status``, the one table):
 
 - Malformed identifier (bad level, key below the level, invalid range, date or UID):
   ``0xA900`` Identifier does not match SOP Class, with an Error Comment; an identifier that
@@ -55,7 +55,8 @@ from pacs.errors import InvalidQuery, NotFound, PacsError
 from pacs.model import Level, Origin, StoredInstance
 from pacs.query import AnyOf, Condition, Equal, Query, from_identifier
 from pacs.scp import status
-from pacs.scp.server import STORAGE_TRANSFER_SYNTAXES, Extension, origin_of
+from pacs.scp.contexts import STORAGE_TRANSFER_SYNTAXES, Extension
+from pacs.scp.origin import origin_of
 from pacs.services.archive import Archive
 from pacs.services.audit import Audit
 

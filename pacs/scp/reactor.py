@@ -28,6 +28,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import evt
@@ -156,10 +157,11 @@ class WakeupDUL(DULServiceProvider):
         self._recv_pdu.put(pdu)
 
     def _fast_path(self) -> Any:
-        """The association's C-STORE fast path (:mod:`pacs.scp.faststore`), if its server has one."""
+        """The association's C-STORE fast path (:mod:`pacs.scp.faststore`), if its listener gave
+        it one (:attr:`WakeupAssociation.fast_path`)."""
         fast = self._fast
         if fast is _UNSET:
-            make = getattr(getattr(self.assoc, "_server", None), "fast_path", None)
+            make = getattr(self.assoc, "fast_path", None)
             fast = self._fast = make(self) if make is not None else None
         return fast
 
@@ -241,10 +243,19 @@ class WakeupAssociation(Association):
     """An association whose reactor waits on the DUL's wake-up instead of sleeping.
 
     Acceptors become one in :class:`WakeupRequestHandler`; requestors (the associations the
-    server opens for C-MOVE) when ``DicomServer`` makes pynetdicom's AE build them. A requestor's
-    ``send_c_store`` first waits for the reactor to pause: with pynetdicom's loop that is up to
-    its 1 ms sleep per C-STORE sub-operation; this one is paused whenever it waits.
+    server opens for C-MOVE) because :mod:`pacs.scp.pynetdicom_patches` makes pynetdicom's AE
+    build them. A requestor's ``send_c_store`` first waits for the reactor to pause: with
+    pynetdicom's loop that is up to its 1 ms sleep per C-STORE sub-operation; this one is paused
+    whenever it waits.
     """
+
+    #: Set by the listener on each association it accepts: makes the C-STORE fast path of the
+    #: association from its DUL (:mod:`pacs.scp.faststore`); None: pynetdicom's own path.
+    fast_path: Callable[[WakeupDUL], Any] | None = None
+    #: Set by the listener on each association it accepts: its C-STORE receive path
+    #: (:class:`pacs.scp.receive.Receiver`), where a :class:`~pacs.scp.receive.ReceiveFile`
+    #: made by pynetdicom's chunked receive finds the archive.
+    receiver: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -336,5 +347,5 @@ class WakeupRequestHandler(RequestHandler):
         assoc = super()._create_association()
         assoc.__class__ = WakeupAssociation  # same layout; only the run loops differ
         assoc._install()  # type: ignore[attr-defined]
-        self.assoc = assoc  # for the listener's bookkeeping (pacs.scp.server.Dispatch)
+        self.assoc = assoc  # for the listener's bookkeeping (pacs.scp.listener.Dispatch)
         return assoc

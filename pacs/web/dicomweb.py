@@ -22,9 +22,10 @@ from starlette.routing import BaseRoute, Route
 
 from pacs import query as q
 from pacs.dicom import pixels
+from pacs.dicom import status as status_table
 from pacs.dicom.text import is_valid_uid
-from pacs.errors import DuplicateInstance, NotAcceptable, StorageUnavailable
-from pacs.model import Level, StoredInstance, StoreOutcome
+from pacs.errors import NotAcceptable, StorageUnavailable
+from pacs.model import Level, StoredInstance
 from pacs.services.dicomweb import ANY, DicomWeb, StowOutcome
 from pacs.services.render import Renderer, RenderParams
 from pacs.web.errors import HttpProblem
@@ -493,23 +494,6 @@ async def thumbnail(request: Request) -> Response:
 
 # ---------------------------------------------------------------- STOW-RS (PS3.18 10.5)
 
-#: FailureReason values (PS3.18 Table 10.5.3-2 and PS3.4 B.2.3).
-FAILURE_PROCESSING = 0x0110
-FAILURE_DUPLICATE = 0x0111
-FAILURE_OUT_OF_RESOURCES = 0xA700
-FAILURE_MISMATCH = 0xA900
-FAILURE_CANNOT_UNDERSTAND = 0xC000
-
-
-def _failure_reason(outcome: StowOutcome) -> int:
-    if outcome.mismatch:
-        return FAILURE_MISMATCH
-    if isinstance(outcome.error, DuplicateInstance):
-        return FAILURE_DUPLICATE
-    if isinstance(outcome.error, StorageUnavailable):
-        return FAILURE_OUT_OF_RESOURCES
-    return FAILURE_CANNOT_UNDERSTAND
-
 
 async def _spool(request: Request, limit: int) -> Any:
     declared = request.headers.get("content-length")
@@ -601,8 +585,9 @@ def _stow_response(request: Request, outcomes: list[StowOutcome]) -> Response:
                     ],
                 },
             }
-            if r.outcome is StoreOutcome.REPLACED:
-                item["00081196"] = {"vr": "US", "Value": [0xB000]}  # WarningReason: coercion/replaced
+            warning = status_table.STORE_OUTCOMES[r.outcome].stow_warning
+            if warning is not None:
+                item["00081196"] = {"vr": "US", "Value": [warning]}  # WarningReason (replaced)
             referenced.append(item)
         else:
             failed.append(
@@ -611,7 +596,10 @@ def _stow_response(request: Request, outcomes: list[StowOutcome]) -> Response:
                     "00081155": {"vr": "UI", "Value": [o.sop_instance_uid]}
                     if o.sop_instance_uid
                     else {"vr": "UI"},
-                    "00081197": {"vr": "US", "Value": [_failure_reason(o)]},
+                    "00081197": {  # FailureReason: the C-STORE status (PS3.18 10.5.3)
+                        "vr": "US",
+                        "Value": [status_table.stow_failure_reason(o.error, study_mismatch=o.mismatch)],
+                    },
                 }
             )
     body: dict[str, Any] = {}
@@ -621,20 +609,13 @@ def _stow_response(request: Request, outcomes: list[StowOutcome]) -> Response:
         body["00081198"] = {"vr": "SQ", "Value": failed}
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
-    if not failed:
-        status = 200
-    elif referenced:
-        status = 202
-    elif all(isinstance(o.error, StorageUnavailable) for o in outcomes):
-        status = 503
-    else:
-        status = 409
+    status = status_table.stow_http_status(len(referenced), [o.error for o in outcomes if o.result is None])
     reasons = "; ".join(f"{o.sop_instance_uid or '?'}: {o.error}" for o in outcomes if o.error)[:500]
     request.state.detail = f"stored={len(referenced)} failed={len(failed)}" + (
         f" ({reasons})" if reasons else ""
     )
     response = dicom_json(request, body, status=status)
-    if status == 503:
+    if status == status_table.HTTP_SERVICE_UNAVAILABLE:
         response.headers["Retry-After"] = "30"  # the store can be sent again (RFC 9110 10.2.3)
     return response
 

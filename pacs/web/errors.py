@@ -1,4 +1,7 @@
-"""Domain errors -> HTTP problem details (RFC 9457, ``application/problem+json``)."""
+"""Domain errors -> HTTP problem details (RFC 9457, ``application/problem+json``).
+
+Which HTTP status a domain error gets is the status table's (:mod:`pacs.dicom.status`).
+"""
 
 from __future__ import annotations
 
@@ -10,28 +13,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pacs.errors import (
-    DuplicateInstance,
-    InvalidInstance,
-    InvalidQuery,
-    NoPixelData,
-    NotAcceptable,
-    NotFound,
-    PacsError,
-    StorageUnavailable,
-)
+from pacs.dicom.status import HTTP_SERVICE_UNAVAILABLE, answer
+from pacs.errors import PacsError
 
 log = logging.getLogger("pacs.web")
 
-_STATUS: dict[type[PacsError], int] = {
-    NotFound: 404,
-    InvalidQuery: 400,
-    InvalidInstance: 422,
-    DuplicateInstance: 409,
-    StorageUnavailable: 503,
-    NotAcceptable: 406,
-    NoPixelData: 404,
-}
 _TITLES = {
     400: "Bad Request",
     404: "Not Found",
@@ -69,18 +55,15 @@ def problem(status: int, detail: str, headers: dict[str, str] | None = None, **e
 
 
 def status_for(exc: PacsError) -> int:
-    """The HTTP status of a domain error."""
-    for cls in type(exc).__mro__:
-        if cls in _STATUS:
-            return _STATUS[cls]
-    return 500
+    """The HTTP status of a domain error (the one status table, :mod:`pacs.dicom.status`)."""
+    return answer(exc).http
 
 
 async def handle_pacs_error(request: Request, exc: Exception) -> Response:
     """Domain error -> problem+json."""
     assert isinstance(exc, PacsError)
     status = status_for(exc)
-    headers = {"Retry-After": "30"} if status == 503 else None
+    headers = {"Retry-After": "30"} if status == HTTP_SERVICE_UNAVAILABLE else None
     request.state.reason = str(exc)
     return problem(status, str(exc), headers)
 

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from pacs import config, runtime
 from pacs.config import AllowedAE
 from pacs.model import Origin
-from pacs.scp.server import DicomServer
+from pacs.scp.listener import DicomServer
 from pacs.services.audit import EventFilter
 from tests.factories import make_dataset, to_bytes
 from tests.security.conftest import PASSWORD, Secured
