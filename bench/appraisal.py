@@ -39,7 +39,6 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
 import orjson
 from sqlalchemy import text
@@ -48,14 +47,15 @@ from starlette.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pacs.appraisal_registers import load_registers
 from pacs.config import AppraisalSettings
 from pacs.index.database import Database
 from pacs.index.engine import make_engine, migrate
 from pacs.index.schema import instances, metadata, mpps, patients, series, studies
 from pacs.model import Origin
 from pacs.services.appraisal import Appraisal
+from pacs.services.appraisal.registers import load_registers
 from pacs.web.appraisal import routes
+from pacs.web.errors import EXCEPTION_HANDLERS
 
 REG = Path(__file__).resolve().parents[1] / "registers"
 
@@ -260,7 +260,9 @@ def main() -> None:
         flush=True,
     )
     # the same month through the HTTP route (service + JSON encoding + in-process ASGI client)
-    with TestClient(Starlette(routes=routes(SimpleNamespace(appraisal=svc)))) as client:
+    app = Starlette(routes=routes(), exception_handlers=EXCEPTION_HANDLERS)
+    app.state.appraisal = svc
+    with TestClient(app) as client:
         lat, total, cursor, biggest = [], 0, None, 0
         for _ in range(2):  # warm, then measure
             lat, total, cursor, biggest = [], 0, None, 0

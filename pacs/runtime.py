@@ -114,9 +114,9 @@ def _security(settings: Settings, db: Database) -> tuple[Auth, Audit]:
 
 def _appraisal(settings: Settings, db: Database) -> Appraisal:
     """The appraisal service with its registers (a bad register file fails start-up, with the line)."""
-    from pacs.appraisal_registers import RegisterError, load_registers
     from pacs.config import ConfigError
     from pacs.services.appraisal import Appraisal
+    from pacs.services.appraisal.registers import RegisterError, load_registers
 
     a = settings.appraisal
     try:

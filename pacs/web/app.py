@@ -80,7 +80,7 @@ def routes(rt: Any) -> list[BaseRoute]:
     out: list[BaseRoute] = [
         Route("/healthz", health),
         Mount("/dicom-web", routes=dicomweb.routes()),
-        *appraisal.routes(rt),
+        *appraisal.routes(),
         *auth.routes(),
     ]
     if STATIC_DIR.is_dir():
@@ -112,6 +112,7 @@ def create_app(rt: Any) -> Starlette:
     auth.install(app, rt)
     app.state.settings = settings
     app.state.archive = rt.archive
+    app.state.appraisal = rt.appraisal
     app.state.dicomweb = rt.dicomweb
     app.state.renderer = rt.renderer
     return app

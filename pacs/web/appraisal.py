@@ -1,53 +1,35 @@
 """Appraisal API (read-only JSON, CSV / XML exports, printable HTML) under ``/api/appraisal/v1``.
 
-Thin edge over :class:`pacs.services.appraisal.Appraisal`: parse parameters, build an
-:class:`~pacs.model.Origin` (the service audits every call), map domain errors to problem+json.
+Thin edge over :class:`pacs.services.appraisal.Appraisal` (on ``app.state.appraisal``): parse
+parameters, build an :class:`~pacs.model.Origin` (the service audits every call), answer. Domain
+errors become problem+json in the application's exception handlers (:mod:`pacs.web.errors`).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from pacs.errors import InvalidQuery, NotFound, PacsError, StorageUnavailable
+from pacs.errors import InvalidQuery, NotFound
 from pacs.web.origin import origin_of
 
-log = logging.getLogger("pacs.web.appraisal")
+if TYPE_CHECKING:
+    from pacs.services.appraisal import Appraisal
 
 PREFIX = "/api/appraisal/v1"
 FILTERS = ("from", "to", "facility", "modality", "device", "accession", "patient_id", "service_code")
 
-
-def _problem(status: int, detail: str) -> JSONResponse:
-    titles = {400: "Bad Request", 404: "Not Found", 503: "Service Unavailable", 500: "Internal Server Error"}
-    return JSONResponse(
-        {"type": "about:blank", "title": titles.get(status, "Error"), "status": status, "detail": detail},
-        status_code=status,
-        media_type="application/problem+json",
-    )
+# ---------------------------------------------------------------- helpers
 
 
-def _guard(
-    fn: Callable[[Request], Awaitable[Response]],
-) -> Callable[[Request], Awaitable[Response]]:
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await fn(request)
-        except PacsError as exc:
-            code = 404 if isinstance(exc, NotFound) else 400 if isinstance(exc, InvalidQuery) else 503
-            if not isinstance(exc, NotFound | InvalidQuery | StorageUnavailable):
-                code = 500
-            log.warning("appraisal %s %s -> %d: %s", request.method, request.url.path, code, exc)
-            return _problem(code, str(exc))
-
-    return wrapped
+def _service(request: Request) -> Appraisal:
+    return request.app.state.appraisal  # type: ignore[no-any-return]
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -70,83 +52,93 @@ def _filters(request: Request) -> dict[str, str]:
     return {k: request.query_params[k] for k in FILTERS if request.query_params.get(k)}
 
 
-def routes(rt: Any) -> list[BaseRoute]:
-    """The appraisal routes over a runtime (``rt.appraisal``)."""
-    svc = rt.appraisal
+async def _export(request: Request, fmt: str) -> Response:
+    svc = _service(request)
+    stream = svc.stream_csv if fmt == "csv" else svc.stream_xml
+    chunks = stream(_filters(request), origin_of(request))  # InvalidQuery here -> 400
+    # the first chunk waits for the first page of records: an index failure is still a 503
+    first = await run_in_threadpool(next, chunks, b"")
+    media = "text/csv; charset=utf-8" if fmt == "csv" else "application/xml; charset=utf-8"
+    return StreamingResponse(
+        _prepend(first, chunks),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="pacs-extract.{fmt}"'},
+    )
 
-    @_guard
-    async def list_records(request: Request) -> Response:
-        params = _filters(request)
-        raw_limit = request.query_params.get("limit")
-        try:
-            limit = int(raw_limit) if raw_limit else None
-        except ValueError:
-            raise InvalidQuery(f"limit must be an integer, got {raw_limit!r}") from None
-        fmt = request.query_params.get("format", "json")
-        if fmt in ("csv", "xml"):
-            return await _export(request, fmt)
-        if fmt != "json":
-            raise InvalidQuery("format must be json, csv or xml")
-        page = await run_in_threadpool(
-            svc.list_records,
-            params,
-            origin_of(request),
-            cursor=request.query_params.get("cursor"),
-            limit=limit,
-        )
-        return _json(
-            {
-                "label": svc.label,
-                "count": len(page.records),
-                "next_cursor": page.next_cursor,
-                "records": page.records,
-            }
-        )
 
-    async def _export(request: Request, fmt: str) -> Response:
-        params = _filters(request)
-        stream = svc.stream_csv if fmt == "csv" else svc.stream_xml
-        chunks = stream(params, origin_of(request))  # InvalidQuery here -> 400
-        # the first chunk waits for the first page of records: an index failure is still a 503
-        first = await run_in_threadpool(next, chunks, b"")
-        media = "text/csv; charset=utf-8" if fmt == "csv" else "application/xml; charset=utf-8"
-        return StreamingResponse(
-            _prepend(first, chunks),
-            media_type=media,
-            headers={"Content-Disposition": f'attachment; filename="pacs-extract.{fmt}"'},
-        )
+async def _html(request: Request, record_id: str) -> Response:
+    text = await run_in_threadpool(_service(request).record_html, record_id, origin_of(request))
+    return HTMLResponse(text)
 
-    @_guard
-    async def export(request: Request) -> Response:
-        fmt = request.path_params["fmt"]
-        if fmt not in ("csv", "xml"):
-            raise NotFound(f"no export format {fmt!r}: use export.csv or export.xml")
+
+# ---------------------------------------------------------------- routes
+
+
+async def list_records(request: Request) -> Response:
+    """A page of records (``?format=csv|xml``: the export of every matching record)."""
+    params = _filters(request)
+    raw_limit = request.query_params.get("limit")
+    try:
+        limit = int(raw_limit) if raw_limit else None
+    except ValueError:
+        raise InvalidQuery(f"limit must be an integer, got {raw_limit!r}") from None
+    fmt = request.query_params.get("format", "json")
+    if fmt in ("csv", "xml"):
         return await _export(request, fmt)
+    if fmt != "json":
+        raise InvalidQuery("format must be json, csv or xml")
+    svc = _service(request)
+    page = await run_in_threadpool(
+        svc.list_records,
+        params,
+        origin_of(request),
+        cursor=request.query_params.get("cursor"),
+        limit=limit,
+    )
+    return _json(
+        {
+            "label": svc.label,
+            "count": len(page.records),
+            "next_cursor": page.next_cursor,
+            "records": page.records,
+        }
+    )
 
-    @_guard
-    async def get_record(request: Request) -> Response:
-        record_id = request.path_params["id"]
-        if request.query_params.get("format") == "html":
-            return await _html(request, record_id)
-        record = await run_in_threadpool(svc.get_record, record_id, origin_of(request))
-        return _json(record)
 
-    async def _html(request: Request, record_id: str) -> Response:
-        text = await run_in_threadpool(svc.record_html, record_id, origin_of(request))
-        return HTMLResponse(text)
+async def export(request: Request) -> Response:
+    """``export.csv`` / ``export.xml``: every matching record, streamed."""
+    fmt = request.path_params["fmt"]
+    if fmt not in ("csv", "xml"):
+        raise NotFound(f"no export format {fmt!r}: use export.csv or export.xml")
+    return await _export(request, fmt)
 
-    @_guard
-    async def get_record_html(request: Request) -> Response:
-        return await _html(request, request.path_params["id"])
 
-    @_guard
-    async def devices(request: Request) -> Response:
-        params = {k: request.query_params[k] for k in ("from", "to", "device") if request.query_params.get(k)}
-        return _json(await run_in_threadpool(svc.device_clocks, params, origin_of(request)))
+async def get_record(request: Request) -> Response:
+    """One record (``?format=html``: its printable view)."""
+    record_id = request.path_params["id"]
+    if request.query_params.get("format") == "html":
+        return await _html(request, record_id)
+    return _json(await run_in_threadpool(_service(request).get_record, record_id, origin_of(request)))
 
-    async def openapi(request: Request) -> Response:
-        return _json(openapi_document())
 
+async def get_record_html(request: Request) -> Response:
+    """The printable view of one record."""
+    return await _html(request, request.path_params["id"])
+
+
+async def devices(request: Request) -> Response:
+    """Observed device clock facts over a window of receipt dates."""
+    params = {k: request.query_params[k] for k in ("from", "to", "device") if request.query_params.get(k)}
+    return _json(await run_in_threadpool(_service(request).device_clocks, params, origin_of(request)))
+
+
+async def openapi(request: Request) -> Response:
+    """The OpenAPI description of this API."""
+    return _json(openapi_document())
+
+
+def routes() -> list[BaseRoute]:
+    """The appraisal routes (the service on ``app.state.appraisal``)."""
     return [
         Route(f"{PREFIX}/openapi.json", openapi, methods=["GET"]),
         Route(f"{PREFIX}/records", list_records, methods=["GET"]),

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from pacs import runtime
 from pacs.config import load
 from pacs.web.appraisal import routes
+from pacs.web.errors import EXCEPTION_HANDLERS
 
 REGISTERS = Path(__file__).resolve().parents[2] / "registers"
 FACILITY = "01001"
@@ -51,6 +52,8 @@ def rt(db_url: str, storage_dir: Path, tmp_path: Path) -> Iterator[runtime.Runti
 
 @pytest.fixture
 def client(rt: runtime.Runtime) -> Iterator[TestClient]:
-    """An HTTP client on the appraisal routes."""
-    with TestClient(Starlette(routes=routes(rt))) as c:
+    """An HTTP client on the appraisal routes (with the application's error handlers)."""
+    app = Starlette(routes=routes(), exception_handlers=EXCEPTION_HANDLERS)
+    app.state.appraisal = rt.appraisal
+    with TestClient(app) as c:
         yield c

@@ -177,3 +177,39 @@ def test_rebuild_gives_the_same_records(rt: Runtime, client: TestClient) -> None
     assert rt.appraisal.rebuild_lines() == 3
     after = client.get("/api/appraisal/v1/records", params={"limit": "50"}).json()["records"]
     assert sorted(after, key=lambda r: r["id"]) == sorted(before, key=lambda r: r["id"])
+
+
+def test_rebuild_keeps_the_request_facts_of_the_image_headers(rt: Runtime, client: TestClient) -> None:
+    """A rebuild merges a study's facts by the rule of the store path: procedure codes and the SPS ID
+    that only the image headers carry (``_line_for_study``) survive ``rebuild_lines`` (issue 13)."""
+    rt.archive.clock = lambda: RECEIVED
+    coded = make_dataset(accession="ACC-C", StudyDescription="khác")
+    coded.RequestedProcedureCodeSequence = [_code("CT-SN", "CT sọ não")]
+    _store(rt, coded)
+    sps_only = make_dataset(accession="", StudyDescription="khác")
+    request = Dataset()
+    request.ScheduledProcedureStepID = "SPS-11"
+    sps_only.RequestAttributesSequence = [request]
+    sps_only.ProcedureCodeSequence = [_code("CT-SN", "CT sọ não")]
+    _store(rt, sps_only)
+    # the usual order: N-CREATE without a code, the images with one, then an N-SET with another
+    study = generate_uid()
+    step_ds = _mpps(study, accession="ACC-M")
+    del step_ds.ProcedureCodeSequence
+    step = rt.appraisal.create_step(None, step_ds, MODALITY)
+    imaged = make_dataset(study_uid=study, accession="ACC-M", StudyDescription="khác")
+    imaged.ProcedureCodeSequence = [_code("CT-SN", "CT sọ não")]
+    _store(rt, imaged)
+    later = Dataset()
+    later.ProcedureCodeSequence = [_code("OTHER", "không có trong danh mục")]
+    rt.appraisal.update_step(step, later, MODALITY)
+
+    before = client.get("/api/appraisal/v1/records", params={"limit": "50"}).json()["records"]
+    by_id = {r["id"]: r for r in before}
+    assert set(by_id) == {"acc:ACC-C", "sps:SPS-11", "acc:ACC-M"}
+    for rec in by_id.values():
+        assert rec["service"]["service_code"] == "18.0001.0001"
+        assert rec["service"]["procedure_code"] == "CT-SN"
+    assert rt.appraisal.rebuild_lines() == 3
+    after = client.get("/api/appraisal/v1/records", params={"limit": "50"}).json()["records"]
+    assert sorted(after, key=lambda r: r["id"]) == sorted(before, key=lambda r: r["id"])

@@ -23,8 +23,9 @@ from starlette.testclient import TestClient
 from pacs.index.schema import events
 from pacs.model import Origin
 from pacs.runtime import Runtime
-from pacs.services import appraisal as svc_mod
-from pacs.services.appraisal import CSV_FIELDS, _claim_row
+from pacs.services.appraisal import exports as svc_mod
+from pacs.services.appraisal.exports import CSV_FIELDS, claim_row
+from pacs.services.appraisal.records import RecordBuilder
 from tests.appraisal.test_records import MODALITY, RECEIVED, _complete, _mpps, _store_study
 from tests.factories import make_dataset, to_bytes
 
@@ -61,7 +62,7 @@ def _reference_csv(rt: Runtime, params: dict[str, str], records: list[dict[str, 
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for n, rec in enumerate(records, 1):
-        writer.writerow(_claim_row(rec, n))
+        writer.writerow(claim_row(rec, n))
     return out.getvalue()
 
 
@@ -75,7 +76,7 @@ def _reference_xml(rt: Runtime, params: dict[str, str], records: list[dict[str, 
     body = ET.SubElement(ET.SubElement(root, "CHITIEU_CHITIET_DVKT_VTYT"), "DSACH_CHI_TIET_DVKT")
     for n, rec in enumerate(records, 1):
         item = ET.SubElement(body, "CHI_TIET_DVKT")
-        for k, v in _claim_row(rec, n).items():
+        for k, v in claim_row(rec, n).items():
             ET.SubElement(item, k).text = str(v)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
@@ -124,7 +125,6 @@ def test_paged_records_equal_one_page_and_get(
     assert paged == small_index
     for rec in small_index:
         assert client.get(f"/api/appraisal/v1/records/{rec['id']}").json() == rec
-    assert gc.isenabled()  # the collector pause around page building is released
 
 
 def test_export_cut_short_is_audited_as_incomplete(rt: Runtime, small_index: list[dict[str, Any]]) -> None:
@@ -147,30 +147,26 @@ def test_bad_export_filter_is_400_before_streaming(client: TestClient) -> None:
     assert client.get(f"{EXPORT}.xml", params={"to": "2025-13-99x"}).status_code == 400
 
 
-def test_gc_pause_nests_and_collects_under_sustained_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_request_leaves_the_garbage_collector_alone(
+    client: TestClient, small_index: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building records changes no process-wide state: the collector stays as the application set it."""
+    seen: list[bool] = []
+    build = RecordBuilder.record
+
+    def spy(self: RecordBuilder, *rows: Any) -> dict[str, Any]:
+        seen.append(gc.isenabled())
+        return build(self, *rows)
+
+    monkeypatch.setattr(RecordBuilder, "record", spy)
     assert gc.isenabled()
-    now = [100.0]
-    monkeypatch.setattr(svc_mod, "_monotonic", lambda: now[0])
-    collected: list[int] = []
-    monkeypatch.setattr(svc_mod, "_collect", lambda: collected.append(1))
-    outer = svc_mod._gc_paused()
-    outer.__enter__()
-    try:
-        assert not gc.isenabled()
-        with svc_mod._gc_paused():  # overlapping request, short
-            assert not gc.isenabled()
-        assert not gc.isenabled() and collected == []  # still paused by the outer one
-        now[0] += svc_mod.GC_PAUSE_LIMIT + 1
-        with svc_mod._gc_paused():  # overlapping request after the limit: it collects
-            pass
-        assert collected == [1] and not gc.isenabled()
-    finally:
-        outer.__exit__(None, None, None)
-    assert gc.isenabled()
+    assert client.get("/api/appraisal/v1/records").json()["count"] == len(small_index)
+    assert client.get(f"{EXPORT}.csv").status_code == 200
+    assert len(seen) == 2 * len(small_index) and all(seen) and gc.isenabled()
     gc.disable()  # a collector the application disabled stays disabled
     try:
-        with svc_mod._gc_paused():
-            pass
-        assert not gc.isenabled()
+        seen.clear()
+        assert client.get("/api/appraisal/v1/records").json()["count"] == len(small_index)
+        assert len(seen) == len(small_index) and not any(seen) and not gc.isenabled()
     finally:
         gc.enable()

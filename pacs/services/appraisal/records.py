@@ -1,0 +1,426 @@
+"""The record of one service line, built from its line, study, series and MPPS rows.
+
+A record reports what the archive saw (PS3.4 Annex F steps, the device's acquisition times with
+the attribute each came from, receipt times, devices, people, clock facts) and orderings between
+those times; it never turns a time into a judgement on the service (appraisal domain notes).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timezone
+from typing import Any
+
+from pacs.config import AppraisalSettings
+from pacs.services.appraisal.clocks import OFFSET_BASIS, clock_facts
+from pacs.services.appraisal.lines import MPPS_CODE_SOURCE
+from pacs.services.appraisal.people import names, patient_ids
+from pacs.services.appraisal.registers import Registers
+from pacs.services.appraisal.times import (
+    as_utc,
+    assumed_offset,
+    claim_time,
+    iso,
+    ordering_check,
+    parse_dicom_datetime,
+    series_times,
+    stamp,
+    utc_iso,
+)
+
+_NO_SERVICE = "service code not found in the service register: MA_DICH_VU left empty"
+_NO_IMAGES = "images: none yet (no image of this service line is in the archive)"
+_NO_MA_LK = "MA_LK (episode key) comes from the HIS and is not known to the PACS"
+_SPAN_BASIS = "first to last image acquisition time written by the device"
+_RECEIPT_SOURCE = "archive receive log (instances received_at, events instance.stored)"
+_STEP_START_SOURCE = "PerformedProcedureStepStartDate/Time (0040,0244/0245)"
+_STEP_END_SOURCE = "PerformedProcedureStepEndDate/Time (0040,0250/0251)"
+
+
+class RecordBuilder:
+    """Builds the records of one request (a page, one record or an export).
+
+    Register look-ups (service, machine code, staff licence, reference times) are made once per
+    distinct key for the whole request; everything else is a straight pass over the rows.
+    """
+
+    def __init__(
+        self, settings: AppraisalSettings, registers: Registers, device_tz: timezone, label: dict[str, str]
+    ) -> None:
+        self.regs = registers
+        self.tol = settings.clock_tolerance_seconds
+        self.device_tz = device_tz
+        self.assumed = assumed_offset(settings)
+        self.label = label
+        self.facility = settings.facility_code or None
+        self._services: dict[tuple[str | None, str | None], tuple[Any, bool]] = {}
+        self._machines: dict[tuple[str | None, str | None], Any] = {}
+        self._licences: dict[str, str | None] = {}
+        self._refs: dict[str, list[Any]] = {}
+        self._patients: dict[tuple[str | None, ...], dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ cached look-ups
+
+    def service(self, procedure_code: str | None, description: str | None) -> tuple[Any, bool]:
+        """(service entry or None, whether it was found by procedure code)."""
+        key = (procedure_code, description)
+        got = self._services.get(key)
+        if got is None:
+            entry = self.regs.service(procedure_code, None)
+            got = (entry, True) if entry is not None else (self.regs.service(None, description), False)
+            self._services[key] = got
+        return got
+
+    def machine_code(self, serial: str | None, station: str | None) -> Any:
+        key = (serial, station)
+        code = self._machines.get(key)
+        if code is None:
+            code = self._machines[key] = self.regs.machine_code(serial, station)
+        return code
+
+    def people(self, names: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for n in names:
+            if n in self._licences:
+                code = self._licences[n]
+            else:
+                code = self._licences[n] = self.regs.licence(n)
+            out.append({"dicom_name": n, "licence_code": code})
+        return out
+
+    def patient(self, patient_id: str | None, issuer: str | None, others: str | None) -> dict[str, Any]:
+        key = (patient_id, issuer, others)
+        got = self._patients.get(key)
+        if got is None:
+            got = self._patients[key] = patient_ids(patient_id, issuer, others)
+        return dict(got)
+
+    def references(self, code: str | None) -> list[dict[str, Any]]:
+        if not code:
+            return []
+        refs = self._refs.get(code)
+        if refs is None:
+            refs = self._refs[code] = self.regs.reference_times.get(code, [])
+        return [
+            {
+                "service_code": ref.service_code,
+                "reference_minutes": ref.reference_minutes,
+                "source": ref.source,
+                "note": ref.note,
+                "reference_only": True,
+            }
+            for ref in refs
+        ]
+
+    # ------------------------------------------------------------------ parts
+
+    def step(self, row: dict[str, Any]) -> tuple[dict[str, Any], datetime | None, dict[str, Any]]:
+        """One procedure step: (its record entry, its start, its stored attributes)."""
+        attrs = json.loads(row["attributes"] or "{}")
+        start = parse_dicom_datetime((row["start_date"] or "") + (row["start_time"] or ""), self.device_tz)
+        end = (
+            parse_dicom_datetime((row["end_date"] or "") + (row["end_time"] or ""), self.device_tz)
+            if row["end_date"]
+            else None
+        )
+        entry = {
+            "sop_instance_uid": row["sop_instance_uid"],
+            "status": row["status"],
+            "start": iso(start[0]) if start else None,
+            "start_source": _STEP_START_SOURCE,
+            "end": iso(end[0]) if end else None,
+            "end_source": _STEP_END_SOURCE,
+            "performed_station_ae_title": row["performed_station_ae_title"],
+            "performed_station_name": row["performed_station_name"],
+            "modality": row["modality"],
+            "accession_number": row["accession_number"],
+            "requested_procedure_id": row["requested_procedure_id"],
+            "scheduled_procedure_step_id": row["scheduled_procedure_step_id"],
+            "procedure_code": row["procedure_code"],
+            "performed_series": attrs.get("performed_series", []),
+            "sending_ae_title": row["calling_ae"],
+            "received_at": utc_iso(row["created_at"]),
+            "updated_at": utc_iso(row["updated_at"]),
+        }
+        return entry, (start[0] if start else None), attrs
+
+    def device(
+        self, s: dict[str, Any], sending: list[str], tz_source: str | None, notes: list[str]
+    ) -> dict[str, Any]:
+        code = self.machine_code(s["device_serial_number"], s["station_name"])
+        notes.extend(n for n in code.notes if n not in notes)
+        return {
+            "modality": s["modality"],
+            "manufacturer": s["manufacturer"],
+            "manufacturer_model_name": s["manufacturer_model_name"],
+            "device_serial_number": s["device_serial_number"],
+            "station_name": s["station_name"],
+            "software_versions": s.get("software_versions"),
+            "sending_ae_titles": sending,
+            "machine_code": {
+                "current": code.current or None,
+                "current_format": "3176/QĐ-BYT XX.n.Z",
+                "previous": code.previous or None,
+                "previous_format": "4750/QĐ-BYT XX.n.YYYYY.Z",
+                "in_device_register": code.registered,
+            },
+            "clock": {
+                "timezone_offset_from_utc": None,
+                "timezone_source": tz_source,
+                "acquisition_time_synchronized": None,
+                "time_synchronised": None,
+                "time_source": s["time_source"],
+                "clock_offset_seconds": None,
+                "clock_offset_basis": OFFSET_BASIS,
+                "tolerance_seconds": self.tol,
+                "clock_offset_beyond_tolerance": None,
+                "device_clock_ahead_of_archive": None,
+            },
+            "series": [],
+        }
+
+    # ------------------------------------------------------------------ one record
+
+    def record(
+        self,
+        line: dict[str, Any],
+        study_rows: list[dict[str, Any]],
+        series_rows: list[dict[str, Any]],
+        steps: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """The record of one service line from its line, study, series and MPPS rows."""
+        notes: list[str] = []
+        tol = self.tol
+        study = study_rows[0] if study_rows else None
+
+        # --- service (procedure code from the images or the MPPS, else the study description)
+        procedure_code = line["procedure_code"]
+        code_source = line["procedure_code_source"]
+        if not procedure_code:
+            for st in steps:
+                if st["procedure_code"]:
+                    procedure_code, code_source = st["procedure_code"], MPPS_CODE_SOURCE
+                    break
+        description = (
+            next((s["study_description"] for s in study_rows if s["study_description"]), None)
+            or line["description"]
+        )
+        service, by_code = self.service(procedure_code, description)
+        service_source = code_source if by_code else ("StudyDescription" if service else None)
+        if service is None:
+            notes.append(_NO_SERVICE)
+
+        # --- acquisition times per series
+        series_out: list[dict[str, Any]] = []
+        devices: dict[tuple[Any, ...], dict[str, Any]] = {}
+        first_acq: tuple[datetime, str, str] | None = None
+        last_acq: tuple[datetime, str, str] | None = None
+        first_received: datetime | None = None
+        last_received: datetime | None = None
+        for s in series_rows:
+            first, last, source, tz_source = series_times(s, self.device_tz, self.assumed)
+            r_first, r_last = s["first_received"], s["last_received"]
+            if r_first is not None and (type(r_first) is not datetime or r_first.tzinfo is not UTC):
+                r_first = as_utc(r_first)
+            if r_last is not None and (type(r_last) is not datetime or r_last.tzinfo is not UTC):
+                r_last = as_utc(r_last)
+            for r in (r_first, r_last):
+                if r:
+                    if first_received is None or r < first_received:
+                        first_received = r
+                    if last_received is None or r > last_received:
+                        last_received = r
+            if first and last:
+                if first_acq is None or first < first_acq[0]:
+                    first_acq = (first, source, tz_source)  # type: ignore[assignment]
+                if last_acq is None or last > last_acq[0]:
+                    last_acq = (last, source, tz_source)  # type: ignore[assignment]
+            series_out.append(
+                {
+                    "series_instance_uid": s["series_instance_uid"],
+                    "study_instance_uid": s["study_instance_uid"],
+                    "modality": s["modality"],
+                    "series_date": s["series_date"],
+                    "series_time": s["series_time"],
+                    "instance_count": s["instance_count"],
+                    "first_acquisition": iso(first),
+                    "last_acquisition": iso(last),
+                    "acquisition_time_source": source,
+                    "received_first": iso(r_first),
+                    "received_last": iso(r_last),
+                }
+            )
+            sending = names(s["ae_min"], s["ae_max"])
+            key = (
+                s["modality"],
+                s["manufacturer"],
+                s["manufacturer_model_name"],
+                s["device_serial_number"],
+                s["station_name"],
+                tuple(sending),
+            )
+            dev = devices.get(key)
+            if dev is None:
+                dev = devices[key] = self.device(s, sending, tz_source, notes)
+            dev["series"].append(s["series_instance_uid"])
+            clock_facts(dev["clock"], s, last, r_last, tol)
+        if not series_rows:
+            notes.append(_NO_IMAGES)
+
+        # --- procedure steps
+        steps_out = []
+        step_start: datetime | None = None
+        performing = names(*(s["performing_physician_name"] for s in series_rows))
+        operators = names(*(s["operators_name"] for s in series_rows))
+        for row in steps:
+            entry, start, attrs = self.step(row)
+            steps_out.append(entry)
+            if start and (step_start is None or start < step_start):
+                step_start = start
+            performing = names("\\".join(performing), *attrs.get("performing_physicians", []))
+            operators = names("\\".join(operators), *attrs.get("operators", []))
+
+        # --- people
+        people = {
+            "referring": self.people(
+                names(
+                    *(
+                        n
+                        for s in study_rows
+                        for n in (s["referring_physician_name"], s["requesting_physician"])
+                    )
+                )
+            ),
+            "performing": self.people(performing),
+            "operators": self.people(operators),
+            "reading": self.people(names(*(s["name_of_physicians_reading_study"] for s in study_rows))),
+        }
+        unknown_staff = [p["dicom_name"] for group in people.values() for p in group if not p["licence_code"]]
+        if unknown_staff:
+            notes.append("not in the staff register (licence code left empty): " + "; ".join(unknown_staff))
+
+        # --- ordering checks (facts only; order and result times are not known to the PACS)
+        fa = first_acq[0] if first_acq else None
+        la = last_acq[0] if last_acq else None
+        # each instant formatted once (then shown in the stamps, span, receipt and checks)
+        fa_iso, la_iso, ss_iso = iso(fa), iso(la), iso(step_start)
+        fr_iso, lr_iso = iso(first_received), iso(last_received)
+        checks = [
+            ordering_check(
+                "order_time <= first_acquisition",
+                ("order_time", None, None),
+                ("first_acquisition", fa, fa_iso),
+            ),
+            ordering_check(
+                "first_acquisition <= last_acquisition",
+                ("first_acquisition", fa, fa_iso),
+                ("last_acquisition", la, la_iso),
+            ),
+            ordering_check(
+                "last_acquisition <= result_time",
+                ("last_acquisition", la, la_iso),
+                ("result_time", None, None),
+            ),
+            ordering_check(
+                "first_acquisition <= first_received_at_archive",
+                ("first_acquisition", fa, fa_iso),
+                ("first_received_at_archive", first_received, fr_iso),
+            ),
+        ]
+        if step_start is not None:
+            checks.append(
+                ordering_check(
+                    "procedure_step_start <= first_acquisition",
+                    ("procedure_step_start", step_start, ss_iso),
+                    ("first_acquisition", fa, fa_iso),
+                )
+            )
+
+        code = service.service_code if service else None
+        machine_codes = [d["machine_code"] for d in devices.values()]
+        span = None
+        if fa and la:
+            span = {
+                "from": fa_iso,
+                "to": la_iso,
+                "seconds": round((la - fa).total_seconds(), 1),
+                "basis": _SPAN_BASIS,
+            }
+        device_start = step_start or fa
+        performer_codes = [
+            p["licence_code"] for p in people["performing"] + people["operators"] if p["licence_code"]
+        ]
+        orderer_codes = [p["licence_code"] for p in people["referring"] if p["licence_code"]]
+        src = study if study is not None else line
+        pids = self.patient(src["patient_id"], src["issuer_of_patient_id"], src["other_patient_ids"])
+        notes.append(_NO_MA_LK)
+        has_code = bool(line["procedure_code"])
+        return {
+            "id": line["line_key"],
+            "label": dict(self.label),
+            "facility_code": self.facility,
+            "service_line": {
+                "key_source": line["key_source"],
+                "accession_number": line["accession_number"],
+                "requested_procedure_id": line["requested_procedure_id"],
+                "scheduled_procedure_step_id": line["scheduled_procedure_step_id"],
+                "study_instance_uids": [s["study_instance_uid"] for s in study_rows],
+                "images": "received" if series_rows else "none yet",
+            },
+            "service": {
+                "service_code": code,
+                "service_name": service.service_name if service else None,
+                "source": service_source,
+                "procedure_code": procedure_code,
+                "procedure_coding_scheme": line["procedure_coding_scheme"] if has_code else None,
+                "procedure_code_meaning": line["procedure_code_meaning"] if has_code else None,
+                "procedure_code_source": code_source,
+                "study_description": description,
+            },
+            "patient": pids,
+            "studies": [
+                {
+                    "study_instance_uid": s["study_instance_uid"],
+                    "study_id": s["study_id"],
+                    "study_date": s["study_date"],
+                    "study_time": s["study_time"],
+                    "study_description": s["study_description"],
+                    "accession_number": s["accession_number"],
+                    "number_of_series": s["number_of_study_related_series"],
+                    "number_of_instances": s["number_of_study_related_instances"],
+                }
+                for s in study_rows
+            ],
+            "series": series_out,
+            "procedure_steps": steps_out,
+            "device_timestamps": {
+                "first_acquisition": stamp(first_acq, fa_iso),
+                "last_acquisition": stamp(last_acq, la_iso),
+                "procedure_step_start": ss_iso,
+            },
+            "device_acquisition_span": span,
+            "archive_receipt": {
+                "first_received": fr_iso,
+                "last_received": lr_iso,
+                "source": _RECEIPT_SOURCE,
+            },
+            "devices": list(devices.values()),
+            "people": people,
+            "ordering_checks": checks,
+            "reference_times": self.references(code),
+            "claim_fields": {
+                "MA_LK": "",
+                "MA_DICH_VU": code or "",
+                "TEN_DICH_VU": service.service_name if service else "",
+                "MA_BAC_SI": ";".join(orderer_codes),
+                "NGUOI_THUC_HIEN": ";".join(performer_codes),
+                "NGAY_YL": "",
+                "NGAY_TH_YL": claim_time(device_start),
+                "NGAY_KQ": "",
+                "MA_MAY": ";".join(m["current"] for m in machine_codes if m["current"]),
+                "PACS_MA_MAY_4750": ";".join(m["previous"] for m in machine_codes if m["previous"]),
+                "TG_THIET_BI_BAT_DAU": claim_time(fa),
+                "TG_THIET_BI_KET_THUC": claim_time(la),
+            },
+            "notes": notes,
+        }
