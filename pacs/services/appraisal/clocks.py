@@ -45,6 +45,17 @@ def clock_facts(
         clock["device_clock_ahead_of_archive"] = clock["clock_offset_seconds"] > tol
 
 
+def device_key(s: dict[str, Any]) -> tuple[Any, ...]:
+    """What tells one device from another in a series summary."""
+    return (
+        s["modality"],
+        s["manufacturer"],
+        s["manufacturer_model_name"],
+        s["device_serial_number"],
+        s["station_name"],
+    )
+
+
 def device_clocks(
     rows: list[dict[str, Any]],
     device_filter: str,
@@ -62,13 +73,7 @@ def device_clocks(
     for s in rows:
         if device_filter and device_filter not in (s["device_serial_number"], s["station_name"]):
             continue
-        key = (
-            s["modality"],
-            s["manufacturer"],
-            s["manufacturer_model_name"],
-            s["device_serial_number"],
-            s["station_name"],
-        )
+        key = device_key(s)
         d = out.get(key)
         if d is None:
             d = out[key] = {

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timezone
 from typing import Any
 
 from pacs.config import AppraisalSettings
-from pacs.services.appraisal.clocks import OFFSET_BASIS, clock_facts
+from pacs.services.appraisal.clocks import OFFSET_BASIS, clock_facts, device_key
 from pacs.services.appraisal.lines import MPPS_CODE_SOURCE
 from pacs.services.appraisal.people import names, patient_ids
 from pacs.services.appraisal.registers import Registers
@@ -251,14 +251,7 @@ class RecordBuilder:
                 }
             )
             sending = names(s["ae_min"], s["ae_max"])
-            key = (
-                s["modality"],
-                s["manufacturer"],
-                s["manufacturer_model_name"],
-                s["device_serial_number"],
-                s["station_name"],
-                tuple(sending),
-            )
+            key = (*device_key(s), tuple(sending))
             dev = devices.get(key)
             if dev is None:
                 dev = devices[key] = self.device(s, sending, tz_source, notes)
