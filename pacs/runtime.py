@@ -135,8 +135,10 @@ def _appraisal(settings: Settings, db: Database) -> Appraisal:
 def dimse_extensions(rt: Runtime) -> list[Any]:
     """DIMSE services beyond Verification and Storage (Query/Retrieve, MPPS)."""
     from pacs.scp import mpps, qr
+    from pacs.services.retrieve import Retrieve
 
-    return [qr.extension(rt.archive, rt.settings, rt.audit), mpps.extension(rt.appraisal)]
+    retrieve = Retrieve(rt.archive)
+    return [qr.extension(rt.archive, rt.settings, rt.audit, retrieve), mpps.extension(rt.appraisal)]
 
 
 def web_app(rt: Runtime) -> Any:

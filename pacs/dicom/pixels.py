@@ -194,8 +194,7 @@ def raw_frame(fh: BinaryIO, info: PixelInfo, number: int) -> bytes:
         if len(data) != size:
             raise InvalidInstance(f"frame {number} is truncated")
         if info.transfer_syntax_uid == BIG_ENDIAN and info.bits_allocated > 8:
-            dtype = np.dtype(f">u{info.bits_allocated // 8}")
-            data = np.frombuffer(data, dtype).astype(dtype.newbyteorder("<")).tobytes()
+            data = swap_bytes(data, info.bits_allocated // 8)
         return data
     fh.seek(info.value_offset)
     extended = None
@@ -240,6 +239,14 @@ def decode_frame(fh: BinaryIO, info: PixelInfo, number: int) -> np.ndarray:
         raise InvalidInstance(f"no decoder available for transfer syntax {info.transfer_syntax_uid}") from exc
     except (ValueError, RuntimeError, struct.error, EOFError, OSError) as exc:
         raise InvalidInstance(f"cannot decode frame {number}: {exc}") from exc
+
+
+def swap_bytes(data: bytes, width: int) -> bytes:
+    """``data`` with the bytes of each ``width``-byte word reversed (a trailing partial word kept):
+    big <-> little endian for native samples and OW/OL/OF/OD/OV values (PS3.5 7.3)."""
+    whole = len(data) - len(data) % width
+    swapped = np.frombuffer(data, dtype=f"<u{width}", count=whole // width).byteswap().tobytes()
+    return swapped + data[whole:]
 
 
 def native_frame_bytes(arr: np.ndarray) -> bytes:

@@ -18,10 +18,12 @@ Status choices (codes in ``pacs.dicom.status``, the one table):
 - C-CANCEL: checked before every pending response and every sub-operation; ``0xFE00``.
 - C-MOVE to an AE title not in ``[dicom] destinations``: ``0xA801``.
 
-Retrieve sends each instance as stored when the peer accepted its transfer syntax; otherwise
-it converts what pydicom can (explicit <-> implicit VR, decompression of encapsulated pixel
-data), else the sub-operation counts as failed and its UID goes into the Failed SOP Instance
-UID List. Files are read one at a time while sending, never a whole study in memory.
+C-MOVE and C-GET decode the identifier and hand the rest to :class:`pacs.services.retrieve.Retrieve`:
+the instances it names, each read in a transfer syntax the peer accepted for its SOP class (as
+stored when accepted, else converted by :mod:`pacs.services.transcode`). An instance that cannot
+be sent is a failed sub-operation whose UID goes into the Failed SOP Instance UID List; pynetdicom
+counts the sub-operations and sends the pending and final responses. Files are read one at a time
+while sending, never a whole study in memory.
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pydicom import config, dcmread
+from pydicom import config
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import UID
 from pynetdicom import build_context, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import (
@@ -49,16 +51,17 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from pacs.config import Destination, Settings
+from pacs.config import Settings
 from pacs.dicom.attributes import BY_KEYWORD, BY_TAG, UNIQUE_KEY, Attribute
-from pacs.errors import InvalidQuery, NotFound, PacsError
+from pacs.errors import PacsError
 from pacs.model import Level, Origin, StoredInstance
-from pacs.query import AnyOf, Condition, Equal, Query, from_identifier
+from pacs.query import from_identifier
 from pacs.scp import status
 from pacs.scp.contexts import STORAGE_TRANSFER_SYNTAXES, Extension
 from pacs.scp.origin import origin_of
 from pacs.services.archive import Archive
 from pacs.services.audit import Audit
+from pacs.services.retrieve import Outgoing, Retrieve, Tally, proposals
 
 log = logging.getLogger("pacs.dimse.qr")
 
@@ -181,177 +184,46 @@ def _to_dicom(attr: Attribute, value: Any) -> Any:
     return value
 
 
-def _unique_values(query: Query, keyword: str) -> list[str]:
-    """The values a retrieve identifier gives for one unique key (single value or UID list)."""
-    for cond in query.conditions:
-        if cond.attribute.keyword != keyword:
-            continue
-        m = cond.matcher
-        if isinstance(m, Equal):
-            return [str(m.value)]
-        if isinstance(m, AnyOf):
-            return [str(v) for v in m.values]
-        raise InvalidQuery(f"{keyword} must be a single value or a list of UIDs in a retrieve")
-    return []
+def accepted_syntaxes(contexts: Sequence[PresentationContext]) -> dict[str, list[str]]:
+    """Per SOP class, the transfer syntaxes of the accepted ``contexts``, in their order."""
+    out: dict[str, list[str]] = {}
+    for cx in contexts:
+        out.setdefault(str(cx.abstract_syntax), []).append(str(cx.transfer_syntax[0]))
+    return out
 
 
-def retrieve_set(archive: Archive, identifier: Dataset, *, patient_root: bool) -> list[StoredInstance]:
-    """The stored instances a C-MOVE / C-GET identifier names (PS3.4 C.4.2.2.1, C.4.3.2.1).
-
-    The unique key of the retrieve level must be present with a value (a list of UIDs below
-    the PATIENT level); unique keys above the level narrow the set.
-    """
-    query = from_identifier(identifier, patient_root=patient_root)
-    level = query.level
-    studies = _unique_values(query, "StudyInstanceUID")
-    series = _unique_values(query, "SeriesInstanceUID")
-    sops = _unique_values(query, "SOPInstanceUID")
-    found: dict[str, StoredInstance] = {}
-
-    def add(**uids: str | None) -> None:
-        try:
-            for inst in archive.instances(**uids):
-                found.setdefault(inst.sop_instance_uid, inst)
-        except NotFound:
-            pass
-
-    if level is Level.PATIENT:
-        pids = [c.matcher for c in query.conditions if c.attribute.keyword == "PatientID"]
-        if not pids or not isinstance(pids[0], Equal):
-            raise InvalidQuery("a PATIENT level retrieve needs a single PatientID")
-        study_query = Query(
-            level=Level.STUDY,
-            conditions=(Condition(BY_KEYWORD["PatientID"], pids[0]),),
-            return_keys=(BY_KEYWORD["StudyInstanceUID"],),
-            patient_root=True,
-        )
-        for row in archive.search(study_query):
-            add(study_instance_uid=row["StudyInstanceUID"])
-    elif level is Level.STUDY:
-        if not studies:
-            raise InvalidQuery("a STUDY level retrieve needs StudyInstanceUID")
-        for uid in studies:
-            add(study_instance_uid=uid)
-    elif level is Level.SERIES:
-        if not series:
-            raise InvalidQuery("a SERIES level retrieve needs SeriesInstanceUID")
-        for uid in series:
-            add(study_instance_uid=studies[0] if len(studies) == 1 else None, series_instance_uid=uid)
-    else:
-        if not sops:
-            raise InvalidQuery("an IMAGE level retrieve needs SOPInstanceUID")
-        for uid in sops:
-            add(
-                study_instance_uid=studies[0] if len(studies) == 1 else None,
-                series_instance_uid=series[0] if len(series) == 1 else None,
-                sop_instance_uid=uid,
-            )
-    return list(found.values())
-
-
-def storage_contexts(instances: Sequence[StoredInstance]) -> list[PresentationContext]:
-    """Contexts to propose to a C-MOVE destination: per SOP class, the stored transfer syntaxes
-    (each on its own context, so that a peer can accept them individually) and uncompressed.
-    """
-    contexts: list[PresentationContext] = []
-    seen: set[tuple[str, str]] = set()
-    for inst in instances:
-        ts = UID(inst.transfer_syntax_uid)
-        wanted = [ts] if ts.is_compressed else []
-        wanted.append(ExplicitVRLittleEndian if ts.is_little_endian or ts.is_compressed else ts)
-        for syntax in wanted:
-            key = (inst.sop_class_uid, str(syntax))
-            if key in seen:
-                continue
-            seen.add(key)
-            if syntax.is_compressed:
-                contexts.append(build_context(inst.sop_class_uid, [syntax]))
-            else:
-                contexts.append(
-                    build_context(inst.sop_class_uid, [ExplicitVRLittleEndian, "1.2.840.10008.1.2"])
-                )
-            if len(contexts) >= _MAX_CONTEXTS:
-                return contexts
-    return contexts
-
-
-def dataset_to_send(
-    archive: Archive, inst: StoredInstance, accepted: Sequence[PresentationContext]
-) -> Dataset:
-    """Read one stored instance for a C-STORE sub-operation in a syntax the peer accepted.
-
-    Sends as stored when accepted; explicit/implicit VR little endian convert freely (pynetdicom
-    re-encodes), and big and little endian into each other (pixel bytes swapped); encapsulated
-    pixel data is decompressed with pydicom's decoders when the peer took only uncompressed
-    syntaxes. When nothing works, returns a header-only dataset in the stored syntax: pynetdicom
-    then finds no context, counts the sub-operation as failed and lists its SOP Instance UID.
-    """
-    stored = UID(inst.transfer_syntax_uid)
-    offered = [UID(cx.transfer_syntax[0]) for cx in accepted if cx.abstract_syntax == inst.sop_class_uid]
-    if not offered:
-        return _unsendable(inst, "the peer accepted no context for its SOP class")
-    try:
-        with archive.open(inst) as fh:
-            ds = dcmread(fh)
-    except (NotFound, OSError) as exc:
-        return _unsendable(inst, str(exc))
-    if stored in offered:
-        return ds
-    uncompressed = [t for t in offered if not t.is_compressed and t.is_little_endian]
-    if not stored.is_compressed and stored.is_little_endian and uncompressed:
-        return ds  # pynetdicom converts between explicit and implicit VR little endian
-    if not stored.is_compressed and stored != DeflatedExplicitVRLittleEndian:
-        # Big endian stored, little endian accepted (or the reverse): pydicom re-encodes every
-        # element in the peer's byte order, except the pixel data, which it keeps as raw bytes.
-        native = [t for t in offered if not t.is_compressed and t != DeflatedExplicitVRLittleEndian]
-        target = native[0] if native else None
-        if target is not None and target.is_little_endian != stored.is_little_endian:
-            try:
-                _swap_pixel_bytes(ds, little=target.is_little_endian)
-            except Exception as exc:
-                return _unsendable(inst, f"cannot convert {stored.name}: {type(exc).__name__}: {exc}")
-            ds.file_meta.TransferSyntaxUID = target
-            return ds
-    if stored.is_compressed and uncompressed and "PixelData" in ds:
-        try:
-            ds.decompress(generate_instance_uid=False)
-        except Exception as exc:  # no decoder plugin, corrupt stream: a failed sub-operation
-            return _unsendable(inst, f"cannot decompress {stored.name}: {type(exc).__name__}: {exc}")
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        return ds
-    return _unsendable(inst, f"no accepted transfer syntax can carry {stored.name}")
-
-
-def _swap_pixel_bytes(ds: Dataset, *, little: bool) -> None:
-    """Make ``ds`` encodable in the other byte order: every element decoded (raw values are in
-    the stored order), native pixel data (16/32/64-bit samples) swapped, encoding re-declared."""
-    for _elem in ds.iterall():
-        pass
-    if "PixelData" in ds and int(ds.get("BitsAllocated", 8)) > 8:
-        arr = ds.pixel_array
-        ds.PixelData = arr.astype(arr.dtype.newbyteorder("<" if little else ">")).tobytes()
-    implicit = ds.original_encoding[0]
-    ds.set_original_encoding(bool(implicit), little, ds.original_character_set)
-
-
-def _unsendable(inst: StoredInstance, why: str) -> Dataset:
-    log.warning("retrieve: cannot send sop=%s: %s", inst.sop_instance_uid, why)
+def _dataset(out: Outgoing) -> Dataset:
+    """What pynetdicom sends for one sub-operation. An unsendable instance becomes a header-only
+    dataset in a transfer syntax no peer can have accepted: pynetdicom finds no context, counts
+    the sub-operation as failed and lists its SOP Instance UID (PS3.4 C.4.2.1.3.2)."""
+    if out.dataset is not None:
+        return out.dataset
     ds = Dataset()
-    ds.SOPClassUID = inst.sop_class_uid
-    ds.SOPInstanceUID = inst.sop_instance_uid
+    ds.SOPClassUID, ds.SOPInstanceUID = out.instance.sop_class_uid, out.instance.sop_instance_uid
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = _NO_SYNTAX
     return ds
+
+
+def _peer(origin: Origin) -> str:
+    return f"{origin.calling_ae}@{origin.address}"
 
 
 # ---------------------------------------------------------------- the service
 
 
 class QueryRetrieveSCP:
-    """C-FIND / C-MOVE / C-GET handlers bound to an archive."""
+    """C-FIND / C-MOVE / C-GET handlers bound to an archive and its retrieve service."""
 
-    def __init__(self, archive: Archive, settings: Settings, audit: Audit | None = None) -> None:
+    def __init__(
+        self,
+        archive: Archive,
+        settings: Settings,
+        audit: Audit | None = None,
+        retrieve: Retrieve | None = None,
+    ) -> None:
         self.archive = archive
+        self.retrieve = retrieve if retrieve is not None else Retrieve(archive)
         self.settings = settings
         #: Query and retrieve events go to the audit trail's writer thread when there is one,
         #: so a C-FIND's final status never waits for an audit row's commit.
@@ -385,47 +257,37 @@ class QueryRetrieveSCP:
         plan = ResponsePlan(identifier, query.level, self.ae_title)
         for row in rows[: self.max_results]:
             if event.is_cancelled:
-                log.info(
-                    "C-FIND cancelled by %s@%s after %d matches", origin.calling_ae, origin.address, sent
-                )
+                log.info("C-FIND cancelled by %s after %d matches", _peer(origin), sent)
                 yield status.CANCEL, None
                 return
             yield pending, plan.identifier(row)
             sent += 1
         capped = len(rows) > self.max_results
+        root = "patient-root" if patient_root else "study-root"
+        ms = (time.monotonic() - started) * 1000
         log.info(
-            "C-FIND %s level=%s matches=%d%s in %.1f ms from %s@%s",
-            "patient-root" if patient_root else "study-root",
+            "C-FIND %s level=%s matches=%d%s in %.1f ms from %s",
+            root,
             query.level.value,
             sent,
             " (capped)" if capped else "",
-            (time.monotonic() - started) * 1000,
-            origin.calling_ae,
-            origin.address,
+            ms,
+            _peer(origin),
         )
         self._record("query.find", origin, level=query.level.value, matches=sent, capped=capped)
         if capped:
-            yield (
-                status.dataset(
-                    status.FIND_TOO_MANY_MATCHES, f"more than {self.max_results} matches; refine the query"
-                ),
-                None,
-            )
+            why = f"more than {self.max_results} matches; refine the query"
+            yield status.dataset(status.FIND_TOO_MANY_MATCHES, why), None
 
     # ------------------------------------------------------------------ C-MOVE
 
     def handle_move(self, event: evt.Event) -> Iterator[Any]:
         """C-MOVE (PS3.4 C.4.2): open a storage association to the named destination and send."""
         origin = origin_of(event)
-        dest_title = str(event.move_destination or "").strip()
-        dest = self._destination(dest_title)
+        title = str(event.move_destination or "").strip()
+        dest = next((d for d in self.settings.dicom.destinations if d.ae_title == title), None)
         if dest is None:
-            log.warning(
-                "C-MOVE refused: unknown destination %r requested by %s@%s",
-                dest_title,
-                origin.calling_ae,
-                origin.address,
-            )
+            log.warning("C-MOVE refused: unknown destination %r requested by %s", title, _peer(origin))
             yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
             return
         try:
@@ -447,21 +309,20 @@ class QueryRetrieveSCP:
             if sock is not None and self.settings.dicom.tcp_nodelay:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-        contexts = storage_contexts(instances)
+        contexts = [build_context(sop, list(ts)) for sop, ts in proposals(instances, _MAX_CONTEXTS)]
         yield dest.host, dest.port, {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _accepted)]}
         yield len(instances)
         log.info(
-            "C-MOVE %d instance(s) to %s (%s:%d) for %s@%s",
+            "C-MOVE %d instance(s) to %s (%s:%d) for %s",
             len(instances),
             dest.ae_title,
             dest.host,
             dest.port,
-            origin.calling_ae,
-            origin.address,
+            _peer(origin),
         )
         self._record("retrieve.move", origin, destination=dest.ae_title, instances=len(instances))
         assoc = store_assoc.get("assoc")
-        accepted = list(assoc.accepted_contexts) if assoc is not None else []
+        accepted = accepted_syntaxes(assoc.accepted_contexts if assoc is not None else [])
         yield from self._send(event, instances, accepted, "C-MOVE", origin)
 
     # ------------------------------------------------------------------ C-GET
@@ -476,9 +337,9 @@ class QueryRetrieveSCP:
             yield self._refused("C-GET", exc, origin), None
             return
         yield len(instances)
-        log.info("C-GET %d instance(s) for %s@%s", len(instances), origin.calling_ae, origin.address)
+        log.info("C-GET %d instance(s) for %s", len(instances), _peer(origin))
         self._record("retrieve.get", origin, instances=len(instances))
-        accepted = [cx for cx in event.assoc.accepted_contexts if cx.as_scu]
+        accepted = accepted_syntaxes([cx for cx in event.assoc.accepted_contexts if cx.as_scu])
         yield from self._send(event, instances, accepted, "C-GET", origin)
 
     # ------------------------------------------------------------------ shared
@@ -487,45 +348,33 @@ class QueryRetrieveSCP:
         self,
         event: evt.Event,
         instances: Sequence[StoredInstance],
-        accepted: Sequence[PresentationContext],
+        accepted: dict[str, list[str]],
         what: str,
         origin: Origin,
     ) -> Iterator[Response]:
-        for i, inst in enumerate(instances):
+        """One pending C-STORE sub-operation per instance; pynetdicom counts their outcomes."""
+        tally = Tally()
+        for i, out in enumerate(self.retrieve.outgoing(instances, accepted, tally)):
             if event.is_cancelled:
-                log.info(
-                    "%s cancelled by %s@%s after %d of %d",
-                    what,
-                    origin.calling_ae,
-                    origin.address,
-                    i,
-                    len(instances),
-                )
+                log.info("%s cancelled by %s after %d of %d", what, _peer(origin), i, len(instances))
                 yield status.CANCEL, None
                 return
-            yield status.PENDING, dataset_to_send(self.archive, inst, accepted)
+            yield status.PENDING, _dataset(out)
+        log.info("%s for %s prepared %s", what, _peer(origin), tally)
 
     def _retrieve_set(self, event: evt.Event) -> list[StoredInstance]:
         patient_root = str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT
         identifier = event.identifier
         assume_utf8_when_undeclared(identifier)
-        return retrieve_set(self.archive, identifier, patient_root=patient_root)
-
-    def _destination(self, ae_title: str) -> Destination | None:
-        for d in self.settings.dicom.destinations:
-            if d.ae_title == ae_title:
-                return d
-        return None
+        return self.retrieve.instances(from_identifier(identifier, patient_root=patient_root))
 
     def _refused(self, what: str, exc: Exception, origin: Origin) -> Dataset:
         if isinstance(exc, PacsError):
             code, reason = status.for_query_error(exc), str(exc)
         else:  # an identifier pydicom cannot decode, or values it cannot convert
-            code, reason = (
-                status.UNABLE_TO_PROCESS,
-                f"cannot read the identifier: {type(exc).__name__}: {exc}",
-            )
-        log.warning("%s refused from %s@%s: 0x%04X %s", what, origin.calling_ae, origin.address, code, reason)
+            code = status.UNABLE_TO_PROCESS
+            reason = f"cannot read the identifier: {type(exc).__name__}: {exc}"
+        log.warning("%s refused from %s: 0x%04X %s", what, _peer(origin), code, reason)
         return status.dataset(code, reason)
 
     def _record(self, kind: str, origin: Origin, **details: Any) -> None:
@@ -538,13 +387,15 @@ class QueryRetrieveSCP:
             log.warning("cannot record %s event: %s", kind, exc)
 
 
-def extension(archive: Archive, settings: Settings, audit: Audit | None = None) -> Extension:
+def extension(
+    archive: Archive, settings: Settings, audit: Audit | None = None, retrieve: Retrieve | None = None
+) -> Extension:
     """Presentation contexts and handlers of the Q/R services.
 
     The storage contexts are re-declared with both roles allowed so that a C-GET requester can
     take the Storage SCP role on its own association (PS3.7 D.3.3.4 role selection).
     """
-    scp = QueryRetrieveSCP(archive, settings, audit)
+    scp = QueryRetrieveSCP(archive, settings, audit, retrieve)
     contexts: list[tuple[str, list[str], dict[str, Any]]] = [
         (str(uid), list(_QR_SYNTAXES), {})
         for uid in (
@@ -570,4 +421,4 @@ def extension(archive: Archive, settings: Settings, audit: Audit | None = None) 
     )
 
 
-__all__ = ["QueryRetrieveSCP", "dataset_to_send", "extension", "response_identifier", "retrieve_set"]
+__all__ = ["QueryRetrieveSCP", "accepted_syntaxes", "extension", "response_identifier"]

@@ -32,11 +32,12 @@ from pacs.errors import (
 )
 from pacs.model import Origin, StoredInstance, StoreResult
 from pacs.query import Query
+from pacs.services import transcode
 from pacs.services.archive import Archive
 
 log = logging.getLogger("pacs.dicomweb")
 
-ANY = "*"
+ANY = transcode.ANY
 _CHUNK = 256 * 1024
 #: Binary values up to this many bytes are sent inline in metadata (PS3.18 F.2.7).
 INLINE_BINARY_LIMIT = 1024
@@ -101,43 +102,34 @@ class DicomWeb:
 
     def check_acceptable(self, instances: list[StoredInstance], syntaxes: Collection[str]) -> None:
         """Raise :class:`NotAcceptable` unless every instance can be sent in one of ``syntaxes``."""
-        if ANY in syntaxes:
-            return
         for inst in instances:
-            if inst.transfer_syntax_uid in syntaxes:
-                continue
-            if pixels.EXPLICIT_LE in syntaxes and inst.transfer_syntax_uid != pixels.BIG_ENDIAN:
-                continue
+            self.retrieve_syntax(inst, syntaxes)
+
+    def retrieve_syntax(self, inst: StoredInstance, syntaxes: Collection[str]) -> str:
+        """The transfer syntax one instance is sent in (:func:`transcode.choose`); raises
+        :class:`NotAcceptable` when none of ``syntaxes`` can carry it."""
+        ts = transcode.choose(inst.transfer_syntax_uid, syntaxes)
+        if ts is None:
             raise NotAcceptable(
                 f"instance {inst.sop_instance_uid} is stored as {inst.transfer_syntax_uid} and cannot be "
                 f"sent as {', '.join(sorted(syntaxes))}"
             )
+        return ts
 
     def retrieve_instance_bytes(self, inst: StoredInstance, syntaxes: Collection[str]) -> Iterator[bytes]:
-        """The Part-10 bytes of one instance: streamed as stored, or transcoded to Explicit VR LE."""
-        if ANY in syntaxes or inst.transfer_syntax_uid in syntaxes:
-            with self.archive.open(inst) as fh:
+        """The Part-10 bytes of one instance: streamed as stored (never parsed) when accepted,
+        else converted by the transcoder (:class:`transcode.CannotTranscode` says why not)."""
+        ts = self.retrieve_syntax(inst, syntaxes)
+        with self.archive.open(inst) as fh:
+            if ts == inst.transfer_syntax_uid:
                 while chunk := fh.read(_CHUNK):
                     yield chunk
-            return
-        yield self._transcode(inst)
-
-    def _transcode(self, inst: StoredInstance) -> bytes:
-        with self.archive.open(inst) as fh:
-            ds = pydicom.dcmread(fh)
-        try:
-            if ds.file_meta.TransferSyntaxUID.is_compressed:
-                ds.decompress(generate_instance_uid=False)
-            else:
-                ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-            buf = io.BytesIO()
-            ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
-        except Exception as exc:
-            raise NotAcceptable(
-                f"instance {inst.sop_instance_uid} cannot be transcoded "
-                f"from {inst.transfer_syntax_uid}: {exc}"
-            ) from exc
-        return buf.getvalue()
+                return
+            try:
+                data = transcode.part10_as(fh, ts)
+            except transcode.CannotTranscode as exc:
+                raise transcode.CannotTranscode(f"instance {inst.sop_instance_uid}: {exc}") from exc
+        yield data
 
     def retrieve_metadata(
         self, instances: list[StoredInstance], base_url: Callable[[StoredInstance], str]
@@ -184,15 +176,13 @@ class DicomWeb:
             info = pixels.locate(fh)
             pixels.check_frame_numbers(info, numbers)
             stored = info.transfer_syntax_uid
-            if not info.encapsulated and (
-                ANY in syntaxes or pixels.EXPLICIT_LE in syntaxes or stored in syntaxes
-            ):
-                return Frames(pixels.EXPLICIT_LE, [pixels.raw_frame(fh, info, n) for n in numbers])
-            if info.encapsulated and (ANY in syntaxes or stored in syntaxes):
-                return Frames(stored, [pixels.raw_frame(fh, info, n) for n in numbers])
-            if pixels.EXPLICIT_LE in syntaxes:
-                decoded = [pixels.native_frame_bytes(pixels.decode_frame(fh, info, n)) for n in numbers]
-                return Frames(pixels.EXPLICIT_LE, decoded)
+            ts = transcode.choose_frames(stored, syntaxes)
+            if ts is not None and info.encapsulated and ts != stored:  # decoded to native
+                return Frames(
+                    ts, [pixels.native_frame_bytes(pixels.decode_frame(fh, info, n)) for n in numbers]
+                )
+            if ts is not None:  # as stored (native frames: little endian)
+                return Frames(ts, [pixels.raw_frame(fh, info, n) for n in numbers])
         raise NotAcceptable(
             f"frames of {inst.sop_instance_uid} are stored as {stored} and cannot be sent as "
             f"{', '.join(sorted(syntaxes))}"

@@ -224,11 +224,7 @@ async def retrieve(request: Request) -> Response:
 
     def parts() -> Iterator[tuple[str, Iterator[bytes]]]:
         for inst in instances:
-            ts = (
-                inst.transfer_syntax_uid
-                if (ANY in syntaxes or inst.transfer_syntax_uid in syntaxes)
-                else (pixels.EXPLICIT_LE)
-            )
+            ts = svc.retrieve_syntax(inst, syntaxes)
             yield f"application/dicom; transfer-syntax={ts}", svc.retrieve_instance_bytes(inst, syntaxes)
 
     request.state.detail = f"instances={len(instances)}"
