@@ -19,6 +19,14 @@ class InvalidInstance(PacsError):
     """A dataset that cannot be archived: unparsable, truncated, or with missing or invalid UIDs."""
 
 
+class MissingAttribute(InvalidInstance):
+    """A required attribute is absent or empty (e.g. MPPS type 1 attributes, PS3.4 F.7.2.1)."""
+
+
+class StepNotInProgress(PacsError):
+    """An update to a procedure step that is already COMPLETED or DISCONTINUED (PS3.4 F.7.2.2)."""
+
+
 class DuplicateInstance(PacsError):
     """A different object arrived under an SOP Instance UID already stored (policy ``reject``)."""
 

@@ -20,10 +20,12 @@ from pacs.errors import (
     DuplicateInstance,
     InvalidInstance,
     InvalidQuery,
+    MissingAttribute,
     NoPixelData,
     NotAcceptable,
     NotFound,
     PacsError,
+    StepNotInProgress,
     StorageUnavailable,
 )
 from pacs.model import StoreOutcome
@@ -174,6 +176,22 @@ ANSWERS: dict[type[PacsError], Answers] = {
         INVALID_ATTRIBUTE_VALUE,
         INVALID_ATTRIBUTE_VALUE,
         422,
+    ),
+    MissingAttribute: Answers(  # listed before its base InvalidInstance by the MRO walk
+        CANNOT_UNDERSTAND,
+        UNABLE_TO_PROCESS,
+        UNABLE_TO_PROCESS,
+        MISSING_ATTRIBUTE,
+        MISSING_ATTRIBUTE_VALUE,
+        422,
+    ),
+    StepNotInProgress: Answers(  # N-SET adds the Error ID PPS_NO_LONGER_UPDATABLE_ERROR_ID
+        CANNOT_UNDERSTAND,
+        UNABLE_TO_PROCESS,
+        UNABLE_TO_PROCESS,
+        PROCESSING_FAILURE,
+        PROCESSING_FAILURE,
+        409,
     ),
     DuplicateInstance: Answers(
         DUPLICATE_SOP_INSTANCE,

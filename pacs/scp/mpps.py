@@ -13,11 +13,11 @@ from pynetdicom import evt
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from pacs.dicom import status as codes
-from pacs.errors import PacsError
+from pacs.errors import PacsError, StepNotInProgress
 from pacs.scp import status
 from pacs.scp.contexts import STORAGE_TRANSFER_SYNTAXES, Extension
 from pacs.scp.origin import origin_of
-from pacs.services.appraisal import Appraisal, MissingAttribute, StepNotInProgress
+from pacs.services.appraisal import Appraisal
 
 log = logging.getLogger("pacs.dimse.mpps")
 
@@ -25,20 +25,14 @@ log = logging.getLogger("pacs.dimse.mpps")
 def for_error(exc: PacsError, *, create: bool) -> Dataset:
     """The N-CREATE / N-SET failure status dataset of a domain error, with an Error Comment.
 
-    The status table (:mod:`pacs.dicom.status`) answers for the domain errors; the appraisal
-    service's own two are refined here: a missing attribute (0x0120 on N-CREATE, 0x0121 on
-    N-SET) and a step that is no longer in progress (0x0110 with its Error ID).
+    The codes come from the status table (:mod:`pacs.dicom.status`); a step that is no longer
+    in progress also carries its Error ID (PS3.4 F.7.2.2.3).
     """
+    answers = codes.answer(exc)
+    ds = status.dataset(answers.n_create if create else answers.n_set, str(exc))
     if isinstance(exc, StepNotInProgress):
-        ds = status.dataset(codes.PROCESSING_FAILURE, str(exc))
         ds.ErrorID = codes.PPS_NO_LONGER_UPDATABLE_ERROR_ID
-        return ds
-    if isinstance(exc, MissingAttribute):
-        code = codes.MISSING_ATTRIBUTE if create else codes.MISSING_ATTRIBUTE_VALUE
-    else:
-        answers = codes.answer(exc)
-        code = answers.n_create if create else answers.n_set
-    return status.dataset(code, str(exc))
+    return ds
 
 
 def extension(appraisal: Appraisal) -> Extension:

@@ -52,6 +52,7 @@ from pynetdicom.sop_class import (
 )
 
 from pacs.config import Settings
+from pacs.dicom import status as codes
 from pacs.dicom.attributes import BY_KEYWORD, BY_TAG, UNIQUE_KEY, Attribute
 from pacs.errors import PacsError
 from pacs.model import Level, Origin, StoredInstance
@@ -252,13 +253,13 @@ class QueryRetrieveSCP:
         except Exception as exc:
             yield self._refused("C-FIND", exc, origin), None
             return
-        pending = status.PENDING_WARNING if query.unsupported_return_keys else status.PENDING
+        pending = codes.PENDING_WARNING if query.unsupported_return_keys else codes.PENDING
         sent = 0
         plan = ResponsePlan(identifier, query.level, self.ae_title)
         for row in rows[: self.max_results]:
             if event.is_cancelled:
                 log.info("C-FIND cancelled by %s after %d matches", _peer(origin), sent)
-                yield status.CANCEL, None
+                yield codes.CANCEL, None
                 return
             yield pending, plan.identifier(row)
             sent += 1
@@ -277,7 +278,7 @@ class QueryRetrieveSCP:
         self._record("query.find", origin, level=query.level.value, matches=sent, capped=capped)
         if capped:
             why = f"more than {self.max_results} matches; refine the query"
-            yield status.dataset(status.FIND_TOO_MANY_MATCHES, why), None
+            yield status.dataset(codes.FIND_TOO_MANY_MATCHES, why), None
 
     # ------------------------------------------------------------------ C-MOVE
 
@@ -357,9 +358,9 @@ class QueryRetrieveSCP:
         for i, out in enumerate(self.retrieve.outgoing(instances, accepted, tally)):
             if event.is_cancelled:
                 log.info("%s cancelled by %s after %d of %d", what, _peer(origin), i, len(instances))
-                yield status.CANCEL, None
+                yield codes.CANCEL, None
                 return
-            yield status.PENDING, _dataset(out)
+            yield codes.PENDING, _dataset(out)
         log.info("%s for %s prepared %s", what, _peer(origin), tally)
 
     def _retrieve_set(self, event: evt.Event) -> list[StoredInstance]:
@@ -370,9 +371,11 @@ class QueryRetrieveSCP:
 
     def _refused(self, what: str, exc: Exception, origin: Origin) -> Dataset:
         if isinstance(exc, PacsError):
-            code, reason = status.for_query_error(exc), str(exc)
+            answers = codes.answer(exc)
+            code = answers.c_find if what == "C-FIND" else answers.c_retrieve
+            reason = str(exc)
         else:  # an identifier pydicom cannot decode, or values it cannot convert
-            code = status.UNABLE_TO_PROCESS
+            code = codes.UNABLE_TO_PROCESS
             reason = f"cannot read the identifier: {type(exc).__name__}: {exc}"
         log.warning("%s refused from %s: 0x%04X %s", what, _peer(origin), code, reason)
         return status.dataset(code, reason)

@@ -14,11 +14,10 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from pacs.errors import DuplicateInstance, NotFound
+from pacs.errors import DuplicateInstance, MissingAttribute, NotFound, StepNotInProgress
 from pacs.index.schema import events
 from pacs.model import Origin
 from pacs.runtime import Runtime
-from pacs.services.appraisal import MissingAttribute, StepNotInProgress
 from tests.appraisal.conftest import FACILITY
 from tests.factories import make_dataset, to_bytes
 

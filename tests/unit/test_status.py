@@ -159,6 +159,24 @@ def test_the_answers_the_edges_rely_on() -> None:
     bad = status.answer(errors.InvalidQuery("x"))
     assert (bad.c_find, bad.http) == (0xA900, 400)
     assert status.answer(errors.InvalidInstance("x")).c_store == 0xC000
+    missing = status.answer(errors.MissingAttribute("x"))  # PS3.4 F.7.2.1.3 / F.7.2.2.3
+    assert (missing.n_create, missing.n_set) == (0x0120, 0x0121)
+    done = status.answer(errors.StepNotInProgress("x"))
+    assert (done.n_set, done.http) == (0x0110, 409)
+
+
+def test_a_retrieve_refusal_uses_the_retrieve_column() -> None:
+    """C-MOVE / C-GET answer their own column: a full archive is 0xA701, not C-FIND's 0xA700."""
+    from pacs.model import Origin
+    from pacs.scp import qr
+
+    full = errors.StorageUnavailable("index down")
+    handler = qr.QueryRetrieveSCP.__new__(qr.QueryRetrieveSCP)  # _refused uses no state
+    origin = Origin("127.0.0.1", "MODALITY", "PACS", protocol="dimse")
+    find = handler._refused("C-FIND", full, origin)
+    move = handler._refused("C-MOVE", full, origin)
+    assert (find.Status, move.Status) == (0xA700, 0xA701)
+    assert move.ErrorComment == "index down"
 
 
 def test_stow_failure_reason_is_the_c_store_status() -> None:

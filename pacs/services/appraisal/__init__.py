@@ -17,6 +17,5 @@ cursors), :mod:`.registers` (the administrator's registers) and :mod:`.service` 
 from pacs.services.appraisal.exports import CSV_FIELDS
 from pacs.services.appraisal.lines import line_key
 from pacs.services.appraisal.service import Appraisal, RecordPage
-from pacs.services.appraisal.steps import MissingAttribute, StepNotInProgress
 
-__all__ = ["CSV_FIELDS", "Appraisal", "MissingAttribute", "RecordPage", "StepNotInProgress", "line_key"]
+__all__ = ["CSV_FIELDS", "Appraisal", "RecordPage", "line_key"]

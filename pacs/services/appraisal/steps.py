@@ -13,19 +13,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from pacs.dicom.text import is_valid_uid, normalise_date, normalise_time
-from pacs.errors import InvalidInstance, PacsError
+from pacs.errors import InvalidInstance, MissingAttribute, StepNotInProgress
 from pacs.services.appraisal.people import names
 
 IN_PROGRESS, COMPLETED, DISCONTINUED = "IN PROGRESS", "COMPLETED", "DISCONTINUED"
 MPPS_STATUSES = (IN_PROGRESS, COMPLETED, DISCONTINUED)
-
-
-class StepNotInProgress(PacsError):
-    """An N-SET on a procedure step that is already COMPLETED or DISCONTINUED (PS3.4 F.7.2.2)."""
-
-
-class MissingAttribute(InvalidInstance):
-    """A required MPPS attribute is absent or empty (PS3.4 F.7.2.1, type 1 attributes)."""
 
 
 def created_step(sop_instance_uid: str | None, ds: Dataset) -> tuple[str, dict[str, Any]]:
