@@ -24,6 +24,10 @@ from pacs.services.appraisal.registers import fold
 #: Record ids: ``<kind>:<value>`` for URL-safe values, ``<kind>64:<base64url>`` otherwise.
 LINE_KEY = re.compile(r"^(acc|rp|sps|study|mpps)(64)?:[A-Za-z0-9._\-]{1,128}$")
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+#: The order keys of a line (PS3.4 Table 10.1: accession, requested procedure, scheduled step),
+#: named alike in the study, the procedure step and the line rows.
+ORDER_KEYS = ("accession_number", "requested_procedure_id", "scheduled_procedure_step_id")
+
 KEY_SOURCES = {
     "acc": "AccessionNumber",
     "rp": "RequestedProcedureID",
@@ -112,9 +116,7 @@ def study_facts(uid: str, v: Mapping[str, Any]) -> tuple[str, str, dict[str, Any
         value,
         {
             "key_source": KEY_SOURCES[kind],
-            "accession_number": v.get("accession_number"),
-            "requested_procedure_id": v.get("requested_procedure_id"),
-            "scheduled_procedure_step_id": v.get("scheduled_procedure_step_id"),
+            **{key: v.get(key) for key in ORDER_KEYS},
             "line_date": v.get("study_date"),
             "patient_id": v.get("patient_id"),
             "issuer_of_patient_id": v.get("issuer_of_patient_id"),
@@ -145,9 +147,7 @@ def step_facts(values: Mapping[str, Any], kind: str) -> dict[str, Any]:
     code = values.get("procedure_code")
     return {
         "key_source": KEY_SOURCES[kind],
-        "accession_number": values.get("accession_number"),
-        "requested_procedure_id": values.get("requested_procedure_id"),
-        "scheduled_procedure_step_id": values.get("scheduled_procedure_step_id"),
+        **{key: values.get(key) for key in ORDER_KEYS},
         "line_date": values.get("start_date"),
         "patient_id": values.get("patient_id"),
         "procedure_code": code,

@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 
 from pacs.dicom.text import is_valid_uid, normalise_date, normalise_time
 from pacs.errors import InvalidInstance, MissingAttribute, StepNotInProgress
+from pacs.services.appraisal.lines import ORDER_KEYS
 from pacs.services.appraisal.people import names
 
 IN_PROGRESS, COMPLETED, DISCONTINUED = "IN PROGRESS", "COMPLETED", "DISCONTINUED"
@@ -116,10 +117,7 @@ def step_values(ds: Dataset, *, previous: dict[str, Any] | None = None) -> dict[
         ]
         if items:
             first = attrs["scheduled_steps"][0]
-            values["study_instance_uid"] = first["study_instance_uid"]
-            values["accession_number"] = first["accession_number"]
-            values["requested_procedure_id"] = first["requested_procedure_id"]
-            values["scheduled_procedure_step_id"] = first["scheduled_procedure_step_id"]
+            values.update({key: first[key] for key in ("study_instance_uid", *ORDER_KEYS)})
     if "ProcedureCodeSequence" in ds and ds.ProcedureCodeSequence:
         item = ds.ProcedureCodeSequence[0]
         values["procedure_code"] = text("CodeValue", item)
