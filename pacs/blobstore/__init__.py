@@ -32,7 +32,7 @@ class BlobWriter(Protocol):
     def key(self) -> str:
         """The key the blob will have once committed."""
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append bytes."""
 
     def sync(self) -> None:
@@ -125,7 +125,7 @@ class _FileWriter:
         self.size = 0
         self._done = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         assert self._fh is not None
         self._fh.write(data)
         self.size += len(data)
@@ -315,7 +315,7 @@ class _MemoryWriter:
         self._done = False
         self.key = new_key()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self._buf.write(data)
         self.size += len(data)
 

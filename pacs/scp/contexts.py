@@ -58,7 +58,7 @@ def add_supported_contexts(ae: AE, extensions: list[Extension]) -> None:
     """Verification, every storage SOP class pynetdicom knows, and the extensions' contexts."""
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
+        ae.add_supported_context(str(cx.abstract_syntax), STORAGE_TRANSFER_SYNTAXES)
     for ext in extensions:
         for abstract, syntaxes, roles in ext.contexts:
             ae.add_supported_context(abstract, syntaxes, **roles)

@@ -145,7 +145,7 @@ class Spool(Protocol):
     name: str
     incoming: Incoming | None
 
-    def write(self, data: bytes) -> int: ...
+    def write(self, data: bytes | memoryview) -> int: ...
 
     def close(self) -> None: ...
 
@@ -312,7 +312,7 @@ class StoreFastPath:
             rsp.AffectedSOPInstanceUID = request.sop_instance_uid
             rsp.Status = code
             if comment:
-                rsp.ErrorComment = comment
+                rsp.ErrorComment = comment  # type: ignore[assignment]  # typed None in pynetdicom
             self.assoc.dimse.send_msg(rsp, request.context_id)
             return
         self.dul.socket.send(pdata_pdu(request.context_id, command))

@@ -150,7 +150,7 @@ class _Listener(ThreadedAssociationServer):
                 self.dispatch.add(self.dispatch.index, -1)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        handler = self.RequestHandlerClass(request, client_address, self)
+        handler = self.RequestHandlerClass(request, client_address, self)  # type: ignore[arg-type]
         assoc = getattr(handler, "assoc", None)
         if self.dispatch is not None and assoc is not None:
             assoc.join()  # the association runs in its own thread: count it until it ends
@@ -342,6 +342,7 @@ class DicomServer:
         """
         d = self.settings.dicom
         rq = event.assoc.requestor.primitive
+        assert rq is not None  # the A-ASSOCIATE-RQ, set before EVT_REQUESTED fires
         calling = str(rq.calling_ae_title).strip()
         called = str(rq.called_ae_title).strip()
         address = str(event.assoc.requestor.address)

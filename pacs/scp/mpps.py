@@ -7,9 +7,11 @@ statuses of PS3.4 F.7.2.1.3 / F.7.2.2.3 (and PS3.7 C.5 for the general N-service
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import N_CREATE, N_SET
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from pacs.dicom import status as codes
@@ -40,7 +42,7 @@ def extension(appraisal: Appraisal) -> Extension:
 
     def handle_n_create(event: evt.Event) -> tuple[Dataset | int, Dataset | None]:
         """N-CREATE: a procedure step starts (status IN PROGRESS)."""
-        req = event.request
+        req = cast(N_CREATE, event.request)
         origin = origin_of(event)
         if str(req.AffectedSOPClassUID) != ModalityPerformedProcedureStep:
             return codes.NO_SUCH_SOP_CLASS, None
@@ -64,7 +66,7 @@ def extension(appraisal: Appraisal) -> Extension:
 
     def handle_n_set(event: evt.Event) -> tuple[Dataset | int, Dataset | None]:
         """N-SET: a procedure step is updated, completed or discontinued."""
-        req = event.request
+        req = cast(N_SET, event.request)
         origin = origin_of(event)
         if str(req.RequestedSOPClassUID) != ModalityPerformedProcedureStep:
             return codes.NO_SUCH_SOP_CLASS, None

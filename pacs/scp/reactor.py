@@ -220,7 +220,7 @@ class WakeupDUL(DULServiceProvider):
             idle = False
 
 
-def _recv_exact(sock: socket.socket, n: int, prefix: bytes = b"") -> bytearray:
+def _recv_exact(sock: socket.socket, n: int, prefix: bytes | bytearray = b"") -> bytearray:
     """``prefix`` plus ``n`` bytes read from ``sock`` (fewer only if the peer closed)."""
     start = len(prefix)
     buf = bytearray(start + min(n, FIRST_CHUNK))

@@ -15,12 +15,13 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from pydicom.dataset import Dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta
 
 from pacs.dicom import status as codes
@@ -174,7 +175,7 @@ class ReceiveFile:
         except OSError as exc:
             self._failed(exc)
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         if self.error is not None or not self._started:  # before begin(): pynetdicom's preamble
             return len(data)
         try:
@@ -222,7 +223,7 @@ class Receiver:
 
     def handle_store(self, event: evt.Event) -> Dataset | int:
         """C-STORE (through pynetdicom's service class): see :meth:`store`."""
-        req = event.request
+        req = cast(C_STORE, event.request)
         spool = getattr(req, "_dataset_file", None)
         if not isinstance(spool, ReceiveFile):  # pynetdicom_patches.apply() sets up the chunked receive
             log.error("C-STORE sop=%s arrived without a receive spool", req.AffectedSOPInstanceUID)

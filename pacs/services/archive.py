@@ -433,7 +433,7 @@ class Archive:
         with self.blobs.open(key) as fh:
             _meta, offset = _split_part10(fh)
             fh.seek(offset)
-            return hashlib.file_digest(fh, "sha256").hexdigest()
+            return hashlib.file_digest(fh, "sha256").hexdigest()  # type: ignore[arg-type]  # BinaryIO has readinto
 
     def _facts_from_blob(self, key: str) -> tuple[InstanceRecord, repo.BlobFacts, Origin]:
         with self.blobs.open(key) as fh:
@@ -469,7 +469,7 @@ class Archive:
             report.checked += 1
             try:
                 with self.blobs.open(key) as fh:
-                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
+                    digest = hashlib.file_digest(fh, "sha256").hexdigest()  # type: ignore[arg-type]  # BinaryIO has readinto
             except FileNotFoundError:
                 report.missing.append(sop)
                 continue
@@ -543,7 +543,7 @@ class Incoming:
         self.meta = uids
         self.dataset_offset = len(head)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append data set bytes."""
         self.writer.write(data)
         self._whole.update(data)

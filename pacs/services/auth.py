@@ -215,6 +215,7 @@ class Auth:
         if not self._dummy:
             self._dummy = self.hasher.hash(secrets.token_hex(16))
         digest = user.password_hash if user else self._dummy
+        ok: bool
         try:
             ok = self.hasher.verify(digest, password)
         except (VerificationError, InvalidHashError):

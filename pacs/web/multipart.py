@@ -31,7 +31,9 @@ class MediaRange:
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
-    out, buf, quoted = [], [], False
+    out: list[str] = []
+    buf: list[str] = []
+    quoted = False
     for ch in text:
         if ch == '"':
             quoted = not quoted

@@ -9,7 +9,7 @@ FailedSOPSequence with the status table's FailureReasons (:mod:`pacs.dicom.statu
 from __future__ import annotations
 
 import tempfile
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -86,7 +86,7 @@ async def store_instances(request: Request) -> Response:
             raise HttpProblem(400, "the request holds no body parts")
         origin = origin_of(request)
         outcomes: list[StowOutcome] = []
-        readable = []
+        readable: list[BinaryIO] = []
         for part in parts:
             pt = part.content_type.media_type
             if pt not in ("application/dicom", "application/octet-stream"):
@@ -96,7 +96,7 @@ async def store_instances(request: Request) -> Response:
                 continue
             # Not wrapped in io.BufferedReader: pydicom reopens a BufferedReader by its name to read
             # deferred (large) header values, which fails for a part of a spooled body.
-            readable.append(FileSlice(fh, part.start, part.end))
+            readable.append(cast(BinaryIO, FileSlice(fh, part.start, part.end)))  # a binary file
         outcomes += await run_in_threadpool(_service(request).store_instances, iter(readable), study, origin)
     finally:
         fh.close()
