@@ -47,7 +47,11 @@ class DicomSettings:
     port: int = 11112
     allowed_aes: tuple[AllowedAE, ...] = ()
     destinations: tuple[Destination, ...] = ()
-    max_associations: int = 32
+    max_associations: int = 32  # established associations per listener process
+    # Connections whose association is not negotiated yet (peer not identified): in all per
+    # listener process (at the limit the one negotiating longest is dropped), and per host.
+    max_unidentified: int = 64
+    max_unidentified_per_host: int = 8
     max_pdu: int = 262144
     network_timeout: float = 60.0
     acse_timeout: float = 30.0

@@ -9,6 +9,7 @@ through the one status table (:mod:`pacs.dicom.status`). C-STORE is :mod:`pacs.s
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -81,6 +82,53 @@ class Dispatch:
         return True
 
 
+class Unidentified:
+    """Connections accepted whose association is not yet accepted or refused: the peer has not
+    been identified by its AE title, so it gets its own budget, apart from ``max_associations``.
+
+    At most ``per_host`` such connections per peer address (a new one over that is closed at
+    once) and ``limit`` in all; at the limit the connection negotiating longest is dropped to
+    make room. A modality negotiates in milliseconds and an A-ASSOCIATE-RQ must arrive whole
+    within ``acse_timeout`` (:class:`~pacs.scp.reactor.WakeupDUL`), so under a flood of silent or
+    slow sockets the oldest is always one of them, and legitimate peers still get in.
+    """
+
+    def __init__(self, limit: int, per_host: int) -> None:
+        self.limit = max(1, limit)
+        self.per_host = max(1, per_host)
+        self._lock = threading.Lock()
+        self._socks: dict[socket.socket, str] = {}  # in order of arrival
+
+    def admit(self, sock: socket.socket, host: str) -> bool:
+        """Count a new connection; False (close it) when its host has ``per_host`` already."""
+        with self._lock:
+            if sum(1 for h in self._socks.values() if h == host) >= self.per_host:
+                return False
+            oldest = None
+            if len(self._socks) >= self.limit:
+                oldest = next(iter(self._socks))
+                old_host = self._socks.pop(oldest)
+            self._socks[sock] = host
+        if oldest is not None:
+            log.warning(
+                "%d connections still negotiating: dropping the oldest, from %s", self.limit, old_host
+            )
+            try:
+                oldest.shutdown(socket.SHUT_RDWR)  # its reader sees the close and ends
+            except OSError:
+                pass
+        return True
+
+    def identified(self, sock: object) -> None:
+        """The connection's association was accepted or refused, or the connection ended."""
+        with self._lock:
+            self._socks.pop(sock, None)  # type: ignore[call-overload]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._socks)
+
+
 class _Handed(OSError):
     """Raised from get_request for a connection passed to another process (socketserver skips it)."""
 
@@ -98,6 +146,7 @@ class _Listener(ThreadedAssociationServer):
     bind_port = True  # False in a listener process that only takes connections handed to it
     receiver: Receiver | None = None
     fast_store = False  # C-STORE on the association's reader thread (pacs.scp.faststore)
+    unidentified: Unidentified = Unidentified(64, 8)  # each listener gets its own (DicomServer.start)
 
     def fast_path(self, dul: WakeupDUL) -> StoreFastPath:
         """The C-STORE fast path of one association (see :mod:`pacs.scp.faststore`)."""
@@ -130,6 +179,20 @@ class _Listener(ThreadedAssociationServer):
             dispatch.add(dispatch.index, -1)
             sock.close()
             raise OSError("cannot set up an accepted connection") from None
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Admit the connection to the budget of unidentified peers (socketserver calls this
+        between accept and the request thread; a refused request is closed, not served)."""
+        if self.unidentified.admit(request, str(client_address[0])):
+            return True
+        log.warning(
+            "connection from %s closed: %d connections of that host still negotiating",
+            client_address[0],
+            self.unidentified.per_host,
+        )
+        if self.dispatch is not None:
+            self.dispatch.add(self.dispatch.index, -1)
+        return False
 
     def prepare(self, sock: socket.socket) -> socket.socket:
         """Socket options (and TLS wrapping) of an accepted connection."""
@@ -171,7 +234,11 @@ class _Listener(ThreadedAssociationServer):
             sock = socket.socket(fileno=fds[0])
             try:
                 host, port = json.loads(msg)
-                self.process_request(self.prepare(sock), (str(host), int(port)))
+                request, address = self.prepare(sock), (str(host), int(port))
+                if not self.verify_request(request, address):
+                    self.shutdown_request(request)
+                    continue
+                self.process_request(request, address)
             except (OSError, ValueError) as exc:
                 log.warning("cannot take a handed-over connection: %s", exc)
                 sock.close()
@@ -188,6 +255,8 @@ class _AssociationHandler(WakeupRequestHandler):
         assoc = super()._create_association()
         listener = self.server
         assoc.receiver = listener.receiver  # type: ignore[attr-defined]
+        assoc.connection = self.request  # type: ignore[attr-defined]
+        assoc.ended = functools.partial(listener.unidentified.identified, self.request)  # type: ignore[attr-defined]
         assoc.fast_path = listener.fast_path if listener.fast_store else None  # type: ignore[attr-defined]
         return assoc
 
@@ -228,7 +297,9 @@ class DicomServer:
         pynetdicom_patches.set_pdu_dumps(self._debug)
         ae = AE(ae_title=d.ae_title)
         ae.maximum_pdu_size = d.max_pdu
-        ae.maximum_associations = d.max_associations
+        # pynetdicom counts every association thread, negotiating ones included, so 32 silent
+        # sockets would lock modalities out: handle_requested counts established ones instead.
+        ae.maximum_associations = 1 << 20
         ae.network_timeout = d.network_timeout
         ae.acse_timeout = d.acse_timeout
         ae.dimse_timeout = d.dimse_timeout
@@ -271,6 +342,7 @@ class DicomServer:
                 "bind_port": self.inbox is None,
                 "receiver": receiver,
                 "fast_store": fast,
+                "unidentified": Unidentified(d.max_unidentified, d.max_unidentified_per_host),
             },
         )
         server = ae.make_server(
@@ -361,10 +433,27 @@ class DicomServer:
         elif not any(a.host in (None, "", address) for a in allowed):
             log.warning("association rejected (calling AE %r not allowed from %s)", calling, address)
         else:
+            if self._established() >= d.max_associations:
+                log.warning(
+                    "association rejected (%d associations in progress, the limit): %s@%s",
+                    d.max_associations,
+                    calling,
+                    address,
+                )
+                # rejected-transient, service-provider (presentation), local-limit-exceeded
+                event.assoc.acse.send_reject(0x02, 0x03, 0x02)
+                event.assoc.kill()
             return
         self._record("association.rejected", Origin(address=address, calling_ae=calling, protocol="dimse"))
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         event.assoc.kill()
+
+    def _established(self) -> int:
+        """Associations this listener has accepted that are still established."""
+        server = self._server
+        if server is None:
+            return 0
+        return sum(1 for a in server.active_associations if a.is_acceptor and a.is_established)
 
     def handle_accepted(self, event: evt.Event) -> None:
         """Log and record the association (audit trail; the TLS peer certificate's CN as user)."""
@@ -374,6 +463,8 @@ class DicomServer:
         log.info(
             "association accepted from %s@%s%s", o.calling_ae, o.address, f" cert={o.user}" if o.user else ""
         )
+        if self._server is not None:
+            self._server.unidentified.identified(getattr(event.assoc, "connection", None))
         self._record("association.open", o, tls=secure)
 
     def handle_closed(self, event: evt.Event) -> None:

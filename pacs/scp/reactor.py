@@ -43,6 +43,15 @@ log = logging.getLogger("pynetdicom")
 #: arrive, so a peer that lies about a PDU's length costs only what it really sends.
 FIRST_CHUNK = 1 << 20
 
+#: Largest A-ASSOCIATE-RQ / -AC / -RJ PDU we read (PS3.8 9.3.2-9.3.4). Its length is not
+#: negotiated; 128 presentation contexts with ten transfer syntaxes each and a 64 KiB user
+#: identity item (the largest its 2-byte length allows) fit in well under this. A peer that
+#: announces more is aborted before it is read: it has not been identified yet.
+MAX_ASSOCIATION_PDU = 256 * 1024
+
+#: A-RELEASE-RQ/-RP and A-ABORT have a 4-byte body (PS3.8 9.3.6-9.3.8).
+MAX_SMALL_PDU = 64
+
 #: Longest a loop blocks without a wake-up: the resolution of timers (ARTIM, network idle)
 #: and of a pause requested by another thread.
 IDLE_WAIT = 0.02
@@ -51,11 +60,24 @@ IDLE_WAIT = 0.02
 _UNSET: Any = object()
 
 
+class PduRefused(Exception):
+    """A PDU over its size limit or not received whole by its deadline: the peer is aborted."""
+
+
 class WakeupDUL(DULServiceProvider):
-    """A DUL provider whose idle wait is ``select()`` on the peer socket and a wake-up socket."""
+    """A DUL provider whose idle wait is ``select()`` on the peer socket and a wake-up socket.
+
+    It also bounds what a peer can make it hold (:meth:`_limits`): each PDU's announced length
+    is checked against what this side accepts before the body is read, and each PDU must arrive
+    whole by a deadline, not merely with no gap longer than the socket timeout (one byte every
+    few seconds used to keep a socket, and its association slot, for good).
+    """
 
     def __init__(self, assoc: Association) -> None:
         super().__init__(assoc)
+        #: When the connection was accepted: the association must be negotiated by
+        #: ``acse_timeout`` after it, however slowly its A-ASSOCIATE-RQ arrives.
+        self.connected_at = time.monotonic()
         self._fast: Any = _UNSET
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -114,8 +136,12 @@ class WakeupDUL(DULServiceProvider):
         if sock is None:
             self.event_queue.put("Evt17")
             return
+        deadline = self._deadline()
         try:
-            head = _recv_exact(sock, 6)
+            head = _recv_exact(sock, 6, deadline=deadline)
+        except PduRefused as exc:
+            self._refuse(sock, str(exc))
+            return
         except (OSError, TimeoutError) as exc:
             log.error("Connection closed before the entire PDU was received")
             log.debug("recv failed: %s", exc)
@@ -129,8 +155,15 @@ class WakeupDUL(DULServiceProvider):
             log.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
             self.event_queue.put("Evt19")
             return
+        limit = self._limit(pdu_type)
+        if limit is not None and pdu_length > limit:
+            self._refuse(sock, f"PDU type 0x{pdu_type:02X} of {pdu_length} bytes, over the {limit} accepted")
+            return
         try:
-            body = _recv_exact(sock, pdu_length, prefix=head)
+            body = _recv_exact(sock, pdu_length, prefix=head, deadline=deadline)
+        except PduRefused as exc:
+            self._refuse(sock, str(exc))
+            return
         except (OSError, TimeoutError) as exc:
             log.error("Connection closed before the entire PDU was received")
             log.debug("recv failed: %s", exc)
@@ -155,6 +188,45 @@ class WakeupDUL(DULServiceProvider):
             self.event_queue.put("Evt19")
             return
         self._recv_pdu.put(pdu)
+
+    def _limit(self, pdu_type: int) -> int | None:
+        """The largest body length this side accepts for a PDU type; None: no limit."""
+        if pdu_type == 0x04:  # P-DATA-TF: the Maximum Length this side announced (PS3.8 D.3.3.1)
+            assoc = self.assoc
+            local = assoc.acceptor if assoc.is_acceptor else assoc.requestor
+            return local.maximum_length or None  # 0: unlimited, as announced
+        if pdu_type in (0x01, 0x02, 0x03):
+            return MAX_ASSOCIATION_PDU
+        return MAX_SMALL_PDU
+
+    def _deadline(self) -> float | None:
+        """When the PDU that is starting must have arrived whole.
+
+        Before the association is established (an acceptor's A-ASSOCIATE-RQ): ``acse_timeout``
+        after the connection was accepted. Afterwards: ``network_timeout`` after the PDU's first
+        byte, which lets a 256 KiB PDU come at 4 KiB/s with the 60 s default.
+        """
+        assoc = self.assoc
+        if assoc.is_acceptor and not assoc.is_established and assoc.acse_timeout is not None:
+            return self.connected_at + assoc.acse_timeout
+        if assoc.network_timeout is not None:
+            return time.monotonic() + assoc.network_timeout
+        return None
+
+    def _refuse(self, sock: socket.socket, why: str) -> None:
+        """Abort the peer (A-ABORT, service provider, invalid PDU parameter value) and close."""
+        assoc = self.assoc
+        peer = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+        log.warning("A-ABORT to %s@%s: %s", peer.ae_title, peer.address, why)
+        abort = A_ABORT_RQ()
+        abort.source = 0x02
+        abort.reason_diagnostic = 0x06
+        try:
+            sock.sendall(abort.encode())
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.event_queue.put("Evt17")  # the transport is gone (PS3.8 9.2: AA-4 / AA-5)
 
     def _fast_path(self) -> Any:
         """The association's C-STORE fast path (:mod:`pacs.scp.faststore`), if its listener gave
@@ -220,22 +292,47 @@ class WakeupDUL(DULServiceProvider):
             idle = False
 
 
-def _recv_exact(sock: socket.socket, n: int, prefix: bytes | bytearray = b"") -> bytearray:
-    """``prefix`` plus ``n`` bytes read from ``sock`` (fewer only if the peer closed)."""
+def _recv_exact(
+    sock: socket.socket, n: int, prefix: bytes | bytearray = b"", deadline: float | None = None
+) -> bytearray:
+    """``prefix`` plus ``n`` bytes read from ``sock`` (fewer only if the peer closed).
+
+    Raises :class:`PduRefused` when ``deadline`` (``time.monotonic()``) passes first. The
+    socket's own timeout still bounds each read; it is lowered only for the last stretch
+    before the deadline, and restored.
+    """
     start = len(prefix)
     buf = bytearray(start + min(n, FIRST_CHUNK))
     buf[:start] = prefix
     end = start + n
     got = start
-    while got < end:
-        if got == len(buf):
-            buf.extend(bytes(min(end - got, len(buf))))
-        with memoryview(buf) as view:
-            k = sock.recv_into(view[got:], len(buf) - got)
-        if not k:
-            del buf[got:]
-            break
-        got += k
+    base = sock.gettimeout()
+    lowered = False
+    try:
+        while got < end:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PduRefused(f"PDU not received whole in time ({got} of {end} bytes)")
+                if base is None or left < base:
+                    sock.settimeout(left)
+                    lowered = True
+            if got == len(buf):
+                buf.extend(bytes(min(end - got, len(buf))))
+            try:
+                with memoryview(buf) as view:
+                    k = sock.recv_into(view[got:], len(buf) - got)
+            except TimeoutError:
+                if lowered:
+                    raise PduRefused(f"PDU not received whole in time ({got} of {end} bytes)") from None
+                raise
+            if not k:
+                del buf[got:]
+                break
+            got += k
+    finally:
+        if lowered:
+            sock.settimeout(base)
     return buf
 
 
@@ -256,10 +353,22 @@ class WakeupAssociation(Association):
     #: (:class:`pacs.scp.receive.Receiver`), where a :class:`~pacs.scp.receive.ReceiveFile`
     #: made by pynetdicom's chunked receive finds the archive.
     receiver: Any = None
+    #: Set by the listener on each association it accepts: its accepted socket, and what to
+    #: call when the association's thread ends (the listener's count of unidentified peers).
+    connection: Any = None
+    ended: Callable[[], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._work = threading.Event()
+
+    def run(self) -> None:
+        """The association's thread (pynetdicom's), then :attr:`ended`."""
+        try:
+            super().run()
+        finally:
+            if self.ended is not None:
+                self.ended()
 
     def _install(self) -> None:
         """Swap in a :class:`WakeupDUL` (before the association starts)."""
