@@ -198,7 +198,7 @@ def test_pdu_dribbled_byte_by_byte_meets_a_deadline(srv: Served, phase: str) -> 
             payload = _assoc_rq()
         t0 = time.monotonic()
         threading.Thread(target=_dribble, args=(sock, payload, 0.5, stop), daemon=True).start()
-        closed, data = _closed_within(sock, 10)
+        closed, _ = _closed_within(sock, 10)
         took = time.monotonic() - t0
     finally:
         stop.set()
@@ -288,4 +288,3 @@ def test_association_limit_counts_established_associations_only(srv: Served) -> 
         for a in held:
             a.release()
         ae.shutdown()
-
