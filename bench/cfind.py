@@ -158,7 +158,8 @@ def serve_pacs(tmp: Path, url: str, http_extra: str = "") -> tuple[subprocess.Po
     """``pacs serve`` on the index at ``url``; (process, DICOM port, HTTP base URL)."""
     cfg = tmp / "config.toml"
     cfg.write_text(
-        f'[dicom]\nae_title = "PACS"\nport = 0\nworkers = 1\nallowed_aes = [{{ ae_title = "PYNETDICOM" }}]\n'
+        f'[dicom]\nae_title = "PACS"\nport = 0\nworkers = 1\n'
+        'allowed_aes = [{ ae_title = "PYNETDICOM", services = ["all"] }]\n'
         f'[http]\nport = 0\n{http_extra}\n[storage]\npath = "{tmp / "storage"}"\n[database]\nurl = "{url}"\n'
         '[log]\nlevel = "WARNING"\n'
     )

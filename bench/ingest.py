@@ -181,7 +181,7 @@ def pacs_archive(run: Path, workers: int, fsync: bool = True, dicom_extra: str =
 ae_title = "PACS"
 host = "127.0.0.1"
 port = 0
-allowed_aes = [{{ ae_title = "STORESCU" }}, {{ ae_title = "MOVESCU" }}]
+allowed_aes = [{{ ae_title = "STORESCU" }}, {{ ae_title = "MOVESCU", services = ["find", "move", "get"] }}]
 {dicom_extra}
 workers = {workers}
 max_pdu = 262144

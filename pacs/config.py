@@ -21,12 +21,21 @@ from typing import Any, Literal
 DuplicatePolicy = Literal["reject", "replace"]
 
 
+#: The DIMSE services an allowed AE can be granted (``services = [...]``; ``"all"`` for every one).
+SERVICES = ("store", "find", "move", "get", "mpps", "worklist", "commitment")
+#: What an AE gets when its entry names no services: what a modality does. Query and retrieve
+#: (patient data leaving the archive) must be granted by name.
+MODALITY_SERVICES = ("store", "mpps", "worklist", "commitment")
+
+
 @dataclass(frozen=True)
 class AllowedAE:
-    """A calling AE title allowed to associate, optionally pinned to a peer host address."""
+    """A calling AE title allowed to associate, optionally pinned to a peer host address, with
+    the DIMSE services it may use (C-ECHO is always allowed)."""
 
     ae_title: str
     host: str | None = None
+    services: tuple[str, ...] = MODALITY_SERVICES
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,23 @@ class HttpSettings:
     port: int = 8042
     cors_origins: tuple[str, ...] = ()
     max_upload_mb: int = 2048
-    header_timeout: float = 10.0  # seconds a new connection has to send its request headers
+    # Decoded pixel data (MiB) one WADO-RS / rendering request may produce, per instance and in all
+    # (pacs.limits.DecodeLimits: a 9 KB JPEG 2000 object can decode to gigabytes); over it is 413
+    # before anything is decoded. The defaults are pacs.limits.DECODED_PER_INSTANCE / _PER_REQUEST.
+    max_decoded_mb_per_instance: int = 1024
+    max_decoded_mb_per_request: int = 4096
+    # Seconds a client has to send one request's headers: from a new connection, and on a keep-alive
+    # connection from the first byte of each further request. 0 = no limit.
+    header_timeout: float = 10.0
+    # Request bodies must keep arriving: at most body_timeout seconds without a byte (time the app
+    # itself is not reading does not count), and the whole body within body_deadline seconds
+    # (generous: 2 GiB over a 5 Mbit/s link take ~1 h). Then 408 and the connection is closed.
+    # 0 = no limit.
+    body_timeout: float = 30.0
+    body_deadline: float = 3600.0
+    # Open connections per web server process; more are answered 503 (Retry-After) and closed at
+    # once. Keep under the file-descriptor limit (ulimit -n). 0 = no cap.
+    max_connections: int = 512
     max_query_limit: int = 1000
     default_query_limit: int = 1000
     # Web server processes sharing the port (SO_REUSEPORT); 0 = one per CPU core. Each has its own
@@ -339,8 +364,26 @@ def _ae_entry(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         return {"ae_title": value}
     if isinstance(value, dict) and "ae_title" in value:
-        return {"ae_title": str(value["ae_title"]), "host": value.get("host")}
-    raise TypeError(f"allowed AE entry must be a title or {{ae_title, host}}, got {value!r}")
+        entry: dict[str, Any] = {"ae_title": str(value["ae_title"]), "host": value.get("host")}
+        unknown_keys = set(value) - {"ae_title", "host", "services"}
+        if unknown_keys:
+            raise TypeError(f"allowed AE entry: unknown key(s) {sorted(unknown_keys)}")
+        if "services" in value:
+            entry["services"] = _services(value["services"])
+        return entry
+    raise TypeError(f"allowed AE entry must be a title or {{ae_title, host, services}}, got {value!r}")
+
+
+def _services(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"services must be a list of names, got {value!r}")
+    names = tuple(v.strip().lower() for v in value)
+    if "all" in names:
+        return SERVICES
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown:
+        raise TypeError(f"unknown service(s) {unknown}; known: {', '.join(SERVICES)} or all")
+    return names
 
 
 def _validate(settings: Settings) -> None:

@@ -39,5 +39,14 @@ class NotAcceptable(PacsError):
     """The stored object cannot be served in any representation the client accepts."""
 
 
+class NotAuthorized(PacsError):
+    """The caller may not do this: a service not granted to its AE title, a procedure step
+    another AE created, or a route outside its role."""
+
+
 class NoPixelData(PacsError):
     """The instance has no pixel data to render or frames to return."""
+
+
+class TooLarge(PacsError):
+    """A request or a decoded object over a configured limit (decompression bombs, huge frame lists)."""

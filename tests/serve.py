@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ALLOWED = ["STORESCU", "FINDSCU", "MOVESCU", "GETSCU", "ECHOSCU", "PYNETDICOM", "TESTSCU"]
+#: Test AE titles and the services each is granted, as a hospital would set them: a modality
+#: (STORESCU: the default services), a query station, two retrieving workstations, a link
+#: checker (C-ECHO only) and the test clients (everything).
+ALLOWED = {
+    "STORESCU": None,
+    "FINDSCU": ["find", "worklist"],
+    "MOVESCU": ["find", "move"],
+    "GETSCU": ["find", "get"],
+    "ECHOSCU": [],
+    "PYNETDICOM": ["all"],
+    "TESTSCU": ["all"],
+}
 
 
 @dataclass
@@ -39,7 +51,10 @@ class Served:
 
 def write_config(path: Path, storage: Path, database_url: str, extra: str = "") -> Path:
     """A config file for tests: every test AE allowed from loopback."""
-    aes = ", ".join(f'{{ ae_title = "{a}" }}' for a in ALLOWED)
+    aes = ", ".join(
+        f'{{ ae_title = "{a}" }}' if s is None else f'{{ ae_title = "{a}", services = {json.dumps(s)} }}'
+        for a, s in ALLOWED.items()
+    )
     path.write_text(
         f"""
 [dicom]

@@ -23,10 +23,12 @@ from pacs.errors import (
     MissingAttribute,
     NoPixelData,
     NotAcceptable,
+    NotAuthorized,
     NotFound,
     PacsError,
     StepNotInProgress,
     StorageUnavailable,
+    TooLarge,
 )
 from pacs.model import StoreOutcome
 
@@ -42,6 +44,7 @@ NO_SUCH_OBJECT_INSTANCE = 0x0112  # PS3.7 C.5.12
 NO_SUCH_SOP_CLASS = 0x0118  # PS3.7 C.5.18
 MISSING_ATTRIBUTE = 0x0120  # PS3.7 C.5.20 (N-CREATE)
 MISSING_ATTRIBUTE_VALUE = 0x0121  # PS3.7 C.5.21 (N-SET)
+NOT_AUTHORIZED = 0x0124  # PS3.7 C.5.23: Refused: Not authorized
 RESOURCE_LIMITATION = 0x0213  # PS3.7 C.5.27
 
 # ---------------------------------------------------------------- Storage, C-STORE (PS3.4 B.2.3)
@@ -85,6 +88,7 @@ SERVICE_CODES: dict[str, tuple[int, ...]] = {
         DATASET_DOES_NOT_MATCH,
         CANNOT_UNDERSTAND,
         HANDLER_FAILED,
+        NOT_AUTHORIZED,
     ),
     "QR_FIND_SERVICE_CLASS_STATUS": (
         SUCCESS,
@@ -95,6 +99,7 @@ SERVICE_CODES: dict[str, tuple[int, ...]] = {
         FIND_TOO_MANY_MATCHES,
         IDENTIFIER_DOES_NOT_MATCH,
         UNABLE_TO_PROCESS,
+        NOT_AUTHORIZED,
     ),
     "QR_MOVE_SERVICE_CLASS_STATUS": (
         SUCCESS,
@@ -106,6 +111,7 @@ SERVICE_CODES: dict[str, tuple[int, ...]] = {
         IDENTIFIER_DOES_NOT_MATCH,
         UNABLE_TO_PROCESS,
         SUB_OPERATIONS_WARNING,
+        NOT_AUTHORIZED,
     ),
     "QR_GET_SERVICE_CLASS_STATUS": (
         SUCCESS,
@@ -116,6 +122,7 @@ SERVICE_CODES: dict[str, tuple[int, ...]] = {
         IDENTIFIER_DOES_NOT_MATCH,
         UNABLE_TO_PROCESS,
         SUB_OPERATIONS_WARNING,
+        NOT_AUTHORIZED,
     ),
     "PROCEDURE_STEP_STATUS": (
         SUCCESS,
@@ -127,6 +134,7 @@ SERVICE_CODES: dict[str, tuple[int, ...]] = {
         MISSING_ATTRIBUTE,
         MISSING_ATTRIBUTE_VALUE,
         RESOURCE_LIMITATION,
+        NOT_AUTHORIZED,
     ),
 }
 
@@ -135,6 +143,7 @@ SERVICE_CODES: dict[str, tuple[int, ...]] = {
 HTTP_OK = 200
 HTTP_ACCEPTED = 202  # STOW-RS: some instances stored, some failed
 HTTP_CONFLICT = 409  # STOW-RS: none stored
+HTTP_CONTENT_TOO_LARGE = 413  # RFC 9110 15.5.14: over a configured size limit (upload, decoded object)
 HTTP_SERVICE_UNAVAILABLE = 503  # the archive's own condition: send again later (with Retry-After)
 HTTP_INTERNAL_ERROR = 500
 
@@ -209,11 +218,22 @@ ANSWERS: dict[type[PacsError], Answers] = {
         RESOURCE_LIMITATION,
         HTTP_SERVICE_UNAVAILABLE,
     ),
+    NotAuthorized: Answers(NOT_AUTHORIZED, NOT_AUTHORIZED, NOT_AUTHORIZED, NOT_AUTHORIZED, NOT_AUTHORIZED, 403),
     NotAcceptable: Answers(
         CANNOT_UNDERSTAND, UNABLE_TO_PROCESS, UNABLE_TO_PROCESS, PROCESSING_FAILURE, PROCESSING_FAILURE, 406
     ),
     NoPixelData: Answers(
         CANNOT_UNDERSTAND, UNABLE_TO_PROCESS, UNABLE_TO_PROCESS, PROCESSING_FAILURE, PROCESSING_FAILURE, 404
+    ),
+    # Over a configured limit (decoded pixel data per instance or request): out of resources on
+    # DIMSE (a C-MOVE / C-GET sub-operation is a counted failure instead, see services/retrieve.py).
+    TooLarge: Answers(
+        OUT_OF_RESOURCES,
+        OUT_OF_RESOURCES,
+        RETRIEVE_OUT_OF_RESOURCES_SUBOPS,
+        RESOURCE_LIMITATION,
+        RESOURCE_LIMITATION,
+        HTTP_CONTENT_TOO_LARGE,
     ),
     # Any other domain error (a service's own subclass of PacsError).
     PacsError: Answers(

@@ -27,7 +27,7 @@ from pacs import tls
 from pacs.config import Settings
 from pacs.dicom import status as codes
 from pacs.model import Origin
-from pacs.scp import pynetdicom_patches
+from pacs.scp import access, pynetdicom_patches
 from pacs.scp.contexts import Extension, add_supported_contexts
 from pacs.scp.faststore import StoreFastPath
 from pacs.scp.origin import origin_of
@@ -433,6 +433,9 @@ class DicomServer:
         elif not any(a.host in (None, "", address) for a in allowed):
             log.warning("association rejected (calling AE %r not allowed from %s)", calling, address)
         else:
+            removed = access.restrict(event.assoc, access.granted(allowed))
+            if removed:
+                log.info("services not granted to %s@%s: %s", calling, address, ", ".join(removed))
             if self._established() >= d.max_associations:
                 log.warning(
                     "association rejected (%d associations in progress, the limit): %s@%s",

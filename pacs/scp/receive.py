@@ -27,7 +27,7 @@ from pynetdicom.dsutils import create_file_meta
 from pacs.dicom import status as codes
 from pacs.dicom.meta import PREAMBLE
 from pacs.errors import PacsError
-from pacs.scp import status
+from pacs.scp import access, status
 from pacs.scp.origin import assoc_origin
 from pacs.services.archive import Archive, Incoming
 
@@ -242,6 +242,17 @@ class Receiver:
         service class (:meth:`handle_store`) and by the fast path (:mod:`pacs.scp.faststore`).
         """
         origin = assoc_origin(assoc)
+        if not access.may_store(assoc):
+            if spool.incoming is not None:
+                spool.incoming.abort()
+            log.warning(
+                "C-STORE refused sop=%s from %s@%s: 0x%04X C-STORE is not granted to this AE",
+                sop_instance_uid,
+                origin.calling_ae,
+                origin.address,
+                codes.NOT_AUTHORIZED,
+            )
+            return codes.NOT_AUTHORIZED, f"C-STORE is not granted to AE {origin.calling_ae}"
         if spool.error is not None:
             log.warning(
                 "C-STORE refused sop=%s from %s@%s: 0x%04X cannot spool the instance: %s",

@@ -89,7 +89,7 @@ def test_dicom_associations_and_operations_are_audited(db_url: str, tmp_path: Pa
     settings = config.Settings(
         storage=config.StorageSettings(path=tmp_path / "storage", fsync=False),
         database=config.DatabaseSettings(url=db_url),
-        dicom=config.DicomSettings(port=0, allowed_aes=(AllowedAE("AUDITSCU"),)),
+        dicom=config.DicomSettings(port=0, allowed_aes=(AllowedAE("AUDITSCU", services=config.SERVICES),)),
     )
     rt = runtime.build(settings)
     server = DicomServer(settings, rt.archive, extensions=runtime.dimse_extensions(rt), audit=rt.audit)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pacs.config import AppraisalSettings
 from pacs.dicom.text import is_valid_uid, normalise_date
-from pacs.errors import DuplicateInstance, InvalidQuery, NotFound
+from pacs.errors import DuplicateInstance, InvalidQuery, NotAuthorized, NotFound
 from pacs.index import appraisal as sql
 from pacs.index import repo
 from pacs.index.database import Database
@@ -124,7 +124,8 @@ class Appraisal:
     def update_step(self, sop_instance_uid: str, ds: Dataset, origin: Origin) -> str:
         """N-SET of a procedure step (PS3.4 F.7.2.2); returns the resulting status.
 
-        Raises :class:`NotFound` for an unknown UID, :class:`StepNotInProgress` once the step
+        Raises :class:`NotFound` for an unknown UID, :class:`NotAuthorized` when another AE
+        created the step, :class:`StepNotInProgress` once the step
         is COMPLETED or DISCONTINUED, :class:`InvalidInstance` for a status the standard does not allow.
         """
         uid = (sop_instance_uid or "").strip()
@@ -134,6 +135,9 @@ class Appraisal:
             row = sql.mpps_get(conn, uid, for_update=True)
             if row is None:
                 raise NotFound(f"no procedure step {uid}")
+            creator, caller = row["calling_ae"], origin.calling_ae[:16]
+            if creator and caller and creator != caller:  # PS3.4 F.7.2.2: the SCU that created it
+                raise NotAuthorized(f"created by AE {creator}: only it may update procedure step {uid}")
             values = updated_step(row, ds, status)
             values["updated_at"] = now
             sql.mpps_update(conn, uid, values)
