@@ -9,12 +9,13 @@ _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _UID_LOOSE_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
-def is_valid_uid(uid: str, *, strict: bool = False) -> bool:
-    """True for a UID of digits and dots, at most 64 characters (PS3.5 9.1).
+def is_valid_uid(uid: str, *, strict: bool = True) -> bool:
+    """True for a UID as PS3.5 9.1 defines it: at most 64 characters, components of digits
+    separated by single dots, no component starting with ``0`` unless it is ``0`` itself.
 
-    With ``strict`` leading zeros in a component are refused too. The archive accepts the
-    non-strict form, because real modalities send it, but never anything else: UIDs are not
-    used to build paths, yet they still end up in URLs and logs.
+    Every edge (C-STORE, STOW-RS, MPPS, C-FIND, QIDO-RS and WADO-RS parameters) checks UIDs
+    with this rule. ``strict=False`` also accepts leading zeros (``1.2.03``), for code that must
+    read what older versions of the archive let in; nothing new is accepted with it.
     """
     if not uid or len(uid) > 64:
         return False

@@ -13,7 +13,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pacs.index.prepared import Prepared
@@ -261,12 +261,12 @@ def _filtered(stmt: Any, flt: LineFilter) -> Any:
     if flt.accession:
         stmt = stmt.where(L.c.accession_number == flt.accession)
     if flt.patient_id:
-        stmt = stmt.where(
-            or_(
-                L.c.patient_id == flt.patient_id,
-                L.c.other_patient_ids.like(f"%{_like_escape(flt.patient_id)}%", escape="\\"),
-            )
-        )
+        # Exact: the PatientID, or one whole member of the backslash-separated other IDs.
+        pid_match = [L.c.patient_id == flt.patient_id]
+        if "\\" not in flt.patient_id:
+            others = literal("\\") + L.c.other_patient_ids + literal("\\")
+            pid_match.append(others.like(_member_pattern(flt.patient_id), escape="\\"))
+        stmt = stmt.where(or_(*pid_match))
     if flt.modality:
         stmt = stmt.where(L.c.modalities.like(_member_pattern(flt.modality), escape="\\"))
     if flt.device:

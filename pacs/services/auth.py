@@ -3,7 +3,7 @@
 Passwords are hashed with argon2id (``argon2-cffi``); a login returns a random bearer token
 (RFC 6750) of which only the SHA-256 is stored, with its expiry. Roles decide which *endpoint
 family* a user may reach (:data:`PERMISSIONS`); the web edge classifies each request into a
-family and asks :func:`allowed`.
+family and asks :func:`allowed` (and :func:`refusal_reason` for the reason of a 403).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Role(enum.StrEnum):
 
     ADMIN = "admin"
     RADIOLOGIST = "radiologist"  # reads everything, stores via STOW
-    APPRAISER = "appraiser"  # appraisal API and QIDO searches: no pixel data, no downloads
+    APPRAISER = "appraiser"  # the appraisal API only: no DICOMweb (no searches, metadata, pixels)
     MODALITY_UPLOAD = "modality-upload"  # STOW only
 
 
@@ -68,8 +68,16 @@ PERMISSIONS: dict[Role, frozenset[Family]] = {
             Family.SESSION,
         }
     ),
-    Role.APPRAISER: frozenset({Family.SEARCH, Family.APPRAISAL, Family.SESSION}),
+    # QIDO-RS with includefield=all, metadata and the viewer show every patient's demographics;
+    # an appraiser needs the acquisition facts of the appraisal API, nothing more (issue 14).
+    Role.APPRAISER: frozenset({Family.APPRAISAL, Family.SESSION}),
     Role.MODALITY_UPLOAD: frozenset({Family.STORE, Family.SESSION}),
+}
+
+#: What a role is limited to, said in a 403 for a family it does not have.
+SCOPES: dict[Role, str] = {
+    Role.APPRAISER: "the appraiser role may use only the appraisal API (/api/appraisal/...)",
+    Role.MODALITY_UPLOAD: "the modality-upload role may only store instances (STOW-RS)",
 }
 
 
@@ -79,6 +87,16 @@ def allowed(role: str, family: Family) -> bool:
         return family in PERMISSIONS[Role(role)]
     except ValueError:
         return False
+
+
+def refusal_reason(role: str, family: Family) -> str:
+    """The reason given to ``role`` when it is refused endpoints of ``family`` (HTTP 403)."""
+    reason = f"role {role!r} may not use {family.value} endpoints"
+    try:
+        scope = SCOPES.get(Role(role))
+    except ValueError:
+        scope = None
+    return f"{reason}: {scope}" if scope else reason
 
 
 class AuthError(PacsError):

@@ -9,7 +9,8 @@ the audit trail with who, from where, what (study/series/instance UIDs from the 
 parameters), when and the HTTP status; appraisal calls are audited by the appraisal service.
 
 Routes: ``POST /api/auth/login`` (JSON or form ``username``/``password`` -> ``{"access_token",
-"token_type": "bearer", "expires_in"}``, rate-limited per client address), ``GET /api/auth/me``,
+"token_type": "bearer", "expires_in"}``, rate-limited per client address; a body over 16 KiB gets 413
+before it is read further), ``GET /api/auth/me``,
 ``GET /api/audit`` (admins; ``format=json|xml`` for PS3.15 A.5 audit messages).
 """
 
@@ -29,12 +30,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pacs.model import Origin
 from pacs.services.audit import Audit, event_filter
-from pacs.services.auth import Auth, Family, Principal, RateLimiter, allowed
+from pacs.services.auth import Auth, Family, Principal, RateLimiter, allowed, refusal_reason
 from pacs.web.errors import problem
 
 log = logging.getLogger("pacs.web.auth")
 
 LOGIN_PATH = "/api/auth/login"
+#: Largest sign-in request body, bytes (a user name and a password, JSON or form fields).
+LOGIN_MAX_BODY = 16384
 _UID = r"([0-9.]{1,64})"
 _IDS = re.compile(rf"/studies/{_UID}(?:/series/{_UID}(?:/instances/{_UID})?)?")
 _PIXELS = re.compile(r"/(frames|rendered|thumbnail|bulkdata)(/|$)")
@@ -120,7 +123,7 @@ class AccessControl:
                 {"WWW-Authenticate": f'Bearer realm="pacs"{err}'},
             )
         elif self.enabled and principal is not None and not allowed(principal.role, family):
-            refusal = problem(403, f"role {principal.role!r} may not use {family.value} endpoints")
+            refusal = problem(403, refusal_reason(principal.role, family))
         status = 500
 
         async def send_wrapper(message: Message) -> None:
@@ -195,7 +198,15 @@ async def login(request: Request) -> Response:
             "too many sign-in attempts from this address; try again later",
             {"Retry-After": str(int(wait) + 1)},
         )
-    name, password = await _credentials(request)
+    body = await _login_body(request)
+    if body is None:
+        request.state.reason = "login body too large"
+        return problem(
+            413,
+            f"a sign-in request body is at most {LOGIN_MAX_BODY >> 10} KiB",
+            {"Connection": "close"},  # the rest of the body is not read: drop the connection
+        )
+    name, password = _credentials(request, body)
     if not name or not password:
         return problem(400, "send username and password (JSON or form fields)")
     token = await run_in_threadpool(st.auth.login, name, password, Origin(address=address, protocol="http"))
@@ -228,11 +239,23 @@ async def login(request: Request) -> Response:
     )
 
 
-async def _credentials(request: Request) -> tuple[str, str]:
+async def _login_body(request: Request) -> bytes | None:
+    """The sign-in request body, or None once it is known to exceed :data:`LOGIN_MAX_BODY`: from
+    ``Content-Length`` before reading anything, or while reading a chunked body (never more than
+    the limit is kept)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > LOGIN_MAX_BODY:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk[: LOGIN_MAX_BODY + 1 - len(body)]
+        if len(body) > LOGIN_MAX_BODY:
+            return None
+    return bytes(body)
+
+
+def _credentials(request: Request, body: bytes) -> tuple[str, str]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await request.body()
-    if len(body) > 16384:
-        return "", ""
     try:
         if ctype == "application/json":
             data = json.loads(body or b"{}")

@@ -29,7 +29,7 @@ STOW_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
 
 #: family -> roles allowed (the rest get 403)
 EXPECTED = {
-    "search": {"admin", "radiologist", "appraiser"},
+    "search": {"admin", "radiologist"},  # not the appraiser: the appraisal API only (issue 14)
     "metadata": {"admin", "radiologist"},
     "retrieve": {"admin", "radiologist"},
     "frames": {"admin", "radiologist"},

@@ -12,6 +12,7 @@ import csv
 import io
 import itertools
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -59,6 +60,9 @@ FIELD_NOTE = (
 )
 _XML_DECLARATION = "<?xml version='1.0' encoding='utf-8'?>\n"
 _XML_SLOT = "PACS_RECORDS_HERE"
+#: What makes a spreadsheet read a cell as a formula (OWASP "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 #: Called when an export stream ends: (rows sent, whether the client took them all).
 Audit = Callable[[int, bool], None]
@@ -94,14 +98,14 @@ def csv_chunks(head: dict[str, str], records: Iterator[dict[str, Any]], audit: A
     """XML3-shaped CSV (one row per record), the header in ``#`` lines, as UTF-8 chunks."""
     out = io.StringIO()
     for key, value in head.items():
-        out.write(f"# {key}: {value}\n")
+        out.write(csv_comment(f"# {key}: {value}") + "\n")
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
     n, done = 0, False
     try:
         for n, rec in enumerate(records, 1):
             row = claim_row(rec, n)
-            writer.writerow([row[k] for k in CSV_FIELDS])
+            writer.writerow([csv_cell(row[k]) for k in CSV_FIELDS])
             if n % EXPORT_CHUNK == 0:
                 yield out.getvalue().encode("utf-8")
                 out.seek(0)
@@ -110,6 +114,30 @@ def csv_chunks(head: dict[str, str], records: Iterator[dict[str, Any]], audit: A
         done = True
     finally:
         audit(n, done)
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` as a CSV cell that a spreadsheet cannot run: text starting with ``= + - @``,
+    tab or CR gets a leading ``'`` (OWASP CSV Injection). Plain numbers (``-12.5``) and every
+    other value are written as they are.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_comment(line: str) -> str:
+    """A ``#`` header line kept on one line, none of whose pieces can start a formula.
+
+    The line is not quoted (readers skip lines starting with ``#``), so a spreadsheet splits it
+    at commas: each piece, after any opening double quotes, is neutralised like a cell.
+    """
+    pieces = line.replace("\r", " ").replace("\n", " ").split(",")
+    out = []
+    for piece in pieces:
+        body = piece.lstrip('"')
+        out.append(piece[: len(piece) - len(body)] + csv_cell(body))
+    return ",".join(out)
 
 
 def xml_chunks(
