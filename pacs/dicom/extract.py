@@ -156,11 +156,15 @@ def _check_trailing_element(fp: BinaryIO, ds: Dataset) -> None:
         )
 
 
-def extract(ds: Dataset, transfer_syntax_uid: str | None = None) -> InstanceRecord:
+def extract(
+    ds: Dataset, transfer_syntax_uid: str | None = None, *, strict_uids: bool = True
+) -> InstanceRecord:
     """Build the index record of one instance from its header.
 
-    Validates the four identifying UIDs (present, digits and dots, at most 64 characters) and
-    raises :class:`InvalidInstance` with a reason otherwise.
+    Validates the four identifying UIDs (present, PS3.5 9.1: digits and dots, at most 64
+    characters, no component with a leading zero) and raises :class:`InvalidInstance` with a
+    reason otherwise. ``strict_uids=False`` lets leading zeros through, for re-reading files an
+    older version archived (``pacs reindex`` must not drop them); new instances never use it.
     """
     record = InstanceRecord()
     try:
@@ -169,9 +173,10 @@ def extract(ds: Dataset, transfer_syntax_uid: str | None = None) -> InstanceReco
             value = str(ds.get(uid_kw, "") or "").strip()
             if not value:
                 raise InvalidInstance(f"missing {uid_kw}")
-            if not is_valid_uid(value):
+            if not is_valid_uid(value, strict=strict_uids):
                 raise InvalidInstance(
-                    f"invalid {uid_kw} {value[:80]!r}: a UID is digits and dots, at most 64"
+                    f"invalid {uid_kw} {value[:80]!r}: a UID is digits and dots, at most 64,"
+                    " no component with a leading zero"
                 )
         values: dict[str, Any] = {}
         present = ds._dict

@@ -440,7 +440,7 @@ class Archive:
             meta, offset = _split_part10(fh)
             ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
             fh.seek(0)
-            record = extract(read_header(fh), ts)
+            record = extract(read_header(fh), ts, strict_uids=False)  # what is archived stays indexed
             fh.seek(0)
             whole, dataset_hash, size = hashlib.sha256(), hashlib.sha256(), 0
             pos = 0

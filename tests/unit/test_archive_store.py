@@ -175,3 +175,24 @@ def test_concurrent_stores_share_commits_and_fail_alone(archive: Archive) -> Non
     assert archive.count(Level.IMAGE) == len(good) + 1
     assert _blob_count(archive) == len(good) + 1
     assert archive.verify().ok
+
+
+def test_reindex_keeps_instances_an_older_version_archived_with_leading_zero_uids(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New instances with ``1.2.03``-style UIDs are refused (PS3.5 9.1), but one archived before
+    that rule must survive ``pacs reindex`` (it re-reads the files with the loose rule)."""
+    from pacs.dicom import extract, text
+    from pacs.index import repo
+
+    legacy = make_dataset(sop_uid="1.2.826.0.1.03.7")
+    with pytest.raises(InvalidInstance, match="leading zero"):
+        archive.store_bytes(to_bytes(legacy), ORIGIN)
+    with monkeypatch.context() as m:  # as an older version stored it
+        m.setattr(extract, "is_valid_uid", lambda uid, strict=True: text.is_valid_uid(uid, strict=False))
+        archive.store_bytes(to_bytes(legacy), ORIGIN)
+    with archive.db.write() as conn:
+        repo.clear(conn)
+    report = archive.reindex()
+    assert report.indexed == 1 and not report.failed
+    assert archive.count(Level.IMAGE) == 1
