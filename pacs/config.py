@@ -58,7 +58,7 @@ class DicomSettings:
     destinations: tuple[Destination, ...] = ()
     max_associations: int = 32  # established associations per listener process
     # Connections whose association is not negotiated yet (peer not identified): in all per
-    # listener process (at the limit the one negotiating longest is dropped), and per host.
+    # listener process, and per peer address; over either, the one negotiating longest is dropped.
     max_unidentified: int = 64
     max_unidentified_per_host: int = 8
     max_pdu: int = 262144

@@ -86,11 +86,13 @@ class Unidentified:
     """Connections accepted whose association is not yet accepted or refused: the peer has not
     been identified by its AE title, so it gets its own budget, apart from ``max_associations``.
 
-    At most ``per_host`` such connections per peer address (a new one over that is closed at
-    once) and ``limit`` in all; at the limit the connection negotiating longest is dropped to
-    make room. A modality negotiates in milliseconds and an A-ASSOCIATE-RQ must arrive whole
-    within ``acse_timeout`` (:class:`~pacs.scp.reactor.WakeupDUL`), so under a flood of silent or
-    slow sockets the oldest is always one of them, and legitimate peers still get in.
+    At most ``per_host`` such connections per peer address and ``limit`` in all. A new
+    connection over either is admitted by dropping the one of that host (or of all) that has
+    been negotiating longest. A modality negotiates in milliseconds and an A-ASSOCIATE-RQ must
+    arrive whole within ``acse_timeout`` (:class:`~pacs.scp.reactor.WakeupDUL`), so under a flood
+    of silent or slow sockets the oldest is always one of them, and legitimate peers, even from
+    the flooding host (behind the same NAT), still get in. Refusing the newcomer instead would
+    let the flood lock them out.
     """
 
     def __init__(self, limit: int, per_host: int) -> None:
@@ -99,25 +101,24 @@ class Unidentified:
         self._lock = threading.Lock()
         self._socks: dict[socket.socket, str] = {}  # in order of arrival
 
-    def admit(self, sock: socket.socket, host: str) -> bool:
-        """Count a new connection; False (close it) when its host has ``per_host`` already."""
+    def admit(self, sock: socket.socket, host: str) -> None:
+        """Count a new connection, dropping the oldest of its host or of all to make room."""
         with self._lock:
-            if sum(1 for h in self._socks.values() if h == host) >= self.per_host:
-                return False
+            same = [s for s, h in self._socks.items() if h == host]
             oldest = None
-            if len(self._socks) >= self.limit:
-                oldest = next(iter(self._socks))
+            if len(same) >= self.per_host:
+                oldest, why = same[0], f"{self.per_host} connections from {host} still negotiating"
+            elif len(self._socks) >= self.limit:
+                oldest, why = next(iter(self._socks)), f"{self.limit} connections still negotiating"
+            if oldest is not None:
                 old_host = self._socks.pop(oldest)
             self._socks[sock] = host
         if oldest is not None:
-            log.warning(
-                "%d connections still negotiating: dropping the oldest, from %s", self.limit, old_host
-            )
+            log.warning("%s: dropping the oldest, from %s", why, old_host)
             try:
                 oldest.shutdown(socket.SHUT_RDWR)  # its reader sees the close and ends
             except OSError:
                 pass
-        return True
 
     def identified(self, sock: object) -> None:
         """The connection's association was accepted or refused, or the connection ended."""
@@ -182,17 +183,9 @@ class _Listener(ThreadedAssociationServer):
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Admit the connection to the budget of unidentified peers (socketserver calls this
-        between accept and the request thread; a refused request is closed, not served)."""
-        if self.unidentified.admit(request, str(client_address[0])):
-            return True
-        log.warning(
-            "connection from %s closed: %d connections of that host still negotiating",
-            client_address[0],
-            self.unidentified.per_host,
-        )
-        if self.dispatch is not None:
-            self.dispatch.add(self.dispatch.index, -1)
-        return False
+        between accept and the request thread)."""
+        self.unidentified.admit(request, str(client_address[0]))
+        return True
 
     def prepare(self, sock: socket.socket) -> socket.socket:
         """Socket options (and TLS wrapping) of an accepted connection."""
@@ -235,9 +228,7 @@ class _Listener(ThreadedAssociationServer):
             try:
                 host, port = json.loads(msg)
                 request, address = self.prepare(sock), (str(host), int(port))
-                if not self.verify_request(request, address):
-                    self.shutdown_request(request)
-                    continue
+                self.verify_request(request, address)
                 self.process_request(request, address)
             except (OSError, ValueError) as exc:
                 log.warning("cannot take a handed-over connection: %s", exc)
