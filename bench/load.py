@@ -1,13 +1,20 @@
-"""Load run: concurrent storescu senders and web readers against one ``pacs serve``, then verify.
+"""Load run: storescu senders, web readers and hostile peers at once against one ``pacs serve``, then verify.
 
 Starts ``pacs serve`` on loopback (ports picked by the OS, fresh storage under ``--out``), then for
 ``--seconds`` runs ``--senders`` threads that each generate a small CT study (``--per-study``
 slices of 256x256, Vietnamese names) and send it with DCMTK ``storescu`` (one association per
 study), and ``--readers`` threads that loop over QIDO-RS (studies, series, instances), WADO-RS
-metadata and a rendered PNG of an instance. Stops by itself; then compares the SOP Instance
-UIDs sent with those indexed and runs ``pacs verify``. Prints errors, counts and latencies.
+metadata and a rendered PNG of an instance, and ``--hostile`` threads that each keep one abusive
+connection going at a time, in turn: DICOM peers that stay silent, dribble an A-ASSOCIATE-RQ a
+byte at a time, announce a 1 GiB A-ASSOCIATE-RQ and stream it, or a P-DATA PDU far over the
+negotiated maximum; HTTP clients that dribble headers, stream a 256 MiB sign-in body, ask for a
+frame list thousands of frames long, or fetch a decompression bomb (a multi-frame JPEG 2000
+object of a few KB that decodes to gigabytes, stored first). Stops by itself; then compares the
+SOP Instance UIDs sent with those indexed and runs ``pacs verify``. Prints errors, counts,
+latencies, what the hostile peers got, and the server's peak resident memory (all its
+processes, sampled every 100 ms).
 
-    .venv/bin/python bench/load.py [--seconds 120] [--senders 8] [--readers 8]
+    .venv/bin/python bench/load.py [--seconds 120] [--senders 8] [--readers 8] [--hostile 50]
                                    [--database-url URL] [--workers N] [--out bench/out/load]
 
 Not run by the test suite. Loopback only; bounded in time and in the number of studies.
@@ -16,9 +23,12 @@ Not run by the test suite. Loopback only; bounded in time and in the number of s
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -34,6 +44,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_STUDIES_PER_SENDER = 2000
+MiB = 1 << 20
 
 
 @dataclass
@@ -47,6 +58,8 @@ class Stats:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     statuses: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    hostile: Counter[str] = field(default_factory=Counter)
+    peak_rss_kib: int = 0
 
 
 def make_study(folder: Path, n: int, sender: int, k: int) -> list[str]:
@@ -159,6 +172,224 @@ def reader(idx: int, base: str, deadline: float, stats: Stats) -> None:
             )
 
 
+def _assoc_rq(calling: str = "STORESCU") -> bytes:
+    """A minimal A-ASSOCIATE-RQ for Verification (PS3.8 9.3.2)."""
+
+    def item(kind: int, body: bytes) -> bytes:
+        return struct.pack(">BBH", kind, 0, len(body)) + body
+
+    app = item(0x10, b"1.2.840.10008.3.1.1.1")
+    pc = item(0x20, b"\x01\x00\x00\x00" + item(0x30, b"1.2.840.10008.1.1") + item(0x40, b"1.2.840.10008.1.2"))
+    user = item(0x50, item(0x51, struct.pack(">I", 16384)))
+    body = (
+        struct.pack(">HH", 1, 0)
+        + b"PACS".ljust(16)
+        + calling.encode().ljust(16)
+        + bytes(32)
+        + app
+        + pc
+        + user
+    )
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body
+
+
+def _until_closed(sock: socket.socket, deadline: float) -> str:
+    """Wait for the server to close ``sock``; "closed" or "still open" at the deadline."""
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.05, min(1.0, deadline - time.monotonic())))
+        try:
+            if not sock.recv(65536):
+                return "closed"
+        except TimeoutError:
+            continue
+        except OSError:
+            return "closed"
+    return "still open"
+
+
+def _stream(sock: socket.socket, first: bytes, total: int, deadline: float) -> str:
+    """Send ``first`` then zeros up to ``total`` bytes; "refused after N MiB" once the server cuts it."""
+    sent = 0
+    chunk = b"\0" * MiB
+    try:
+        sock.sendall(first)
+        while sent < total and time.monotonic() < deadline:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        return f"refused after {sent // MiB // 16 * 16}+ MiB"
+    return f"accepted {sent // MiB} MiB"
+
+
+def hostile(idx: int, dport: int, hport: int, bomb: str, frames: str, deadline: float, stats: Stats) -> None:
+    """One abusive connection at a time, cycling through the kinds, until the deadline."""
+    kinds = [
+        "dicom silent",
+        "dicom dribble",
+        "dicom 1 GiB A-ASSOCIATE-RQ",
+        "dicom P-DATA over max",
+        "http dribbled headers",
+        "http 256 MiB sign-in body",
+        "http frame list",
+        "http bomb",
+    ]
+    k = idx
+    while time.monotonic() < deadline:
+        kind = kinds[k % len(kinds)]
+        k += 1
+        port = dport if kind.startswith("dicom") else hport
+        end = min(deadline, time.monotonic() + 60)
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        except OSError as exc:
+            outcome = f"connect failed ({type(exc).__name__})"
+        else:
+            try:
+                outcome = _abuse(kind, sock, bomb, frames, end)
+            except OSError as exc:
+                outcome = f"closed ({type(exc).__name__})"
+            finally:
+                sock.close()
+        with stats.lock:
+            stats.hostile[f"{kind}: {outcome}"] += 1
+
+
+def _abuse(kind: str, sock: socket.socket, bomb: str, frames: str, end: float) -> str:
+    if kind == "dicom silent":
+        return _until_closed(sock, end)
+    if kind == "dicom dribble":
+        for b in _assoc_rq():
+            if time.monotonic() > end:
+                return "still open"
+            sock.sendall(bytes([b]))
+            time.sleep(0.5)
+        return _until_closed(sock, end)
+    if kind == "dicom 1 GiB A-ASSOCIATE-RQ":
+        return _stream(sock, struct.pack(">BBI", 0x01, 0, 1 << 30), 1 << 30, end)
+    if kind == "dicom P-DATA over max":
+        sock.sendall(_assoc_rq())
+        if sock.recv(1) != b"\x02":
+            return "not accepted"
+        return _stream(sock, struct.pack(">BBI", 0x04, 0, 0xFFFFFFF0), 512 * MiB, end)
+    if kind == "http dribbled headers":
+        for b in b"GET /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200:
+            if time.monotonic() > end:
+                return "still open"
+            sock.sendall(bytes([b]))
+            time.sleep(0.5)
+        return _until_closed(sock, end)
+    if kind == "http 256 MiB sign-in body":
+        head = b"POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        head += b"Transfer-Encoding: chunked\r\n\r\n"
+        return _http_answer(sock, head, 256 * MiB, end)
+    path = bomb if kind == "http bomb" else frames
+    if not path:
+        return "no target"
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode()
+    )
+    sock.settimeout(60)
+    data = sock.recv(200)
+    first = data.split(b"\r\n", 1)[0].decode(errors="replace")
+    while sock.recv(1 << 16):  # read (and drop) whatever body comes
+        pass
+    return first.split(" ", 2)[1] if first.startswith("HTTP/") else "no answer"
+
+
+def _http_answer(sock: socket.socket, head: bytes, total: int, end: float) -> str:
+    """Send a chunked body of zeros; the status line the server answers with, or how far it got."""
+    sock.sendall(head)
+    chunk = f"{MiB:x}\r\n".encode() + b"0" * MiB + b"\r\n"
+    sent = 0
+    sock.setblocking(False)
+    try:
+        while sent < total and time.monotonic() < end:
+            try:
+                data = sock.recv(200)
+                if data:
+                    return data.split(b"\r\n", 1)[0].decode(errors="replace").split(" ", 2)[1]
+                return "closed"
+            except BlockingIOError:
+                pass
+            try:
+                sock.send(chunk)
+                sent += MiB
+            except BlockingIOError:
+                time.sleep(0.01)
+    except OSError:
+        return f"refused after {sent // MiB} MiB"
+    return f"accepted {sent // MiB} MiB"
+
+
+def rss_sampler(pid: int, deadline: float, stats: Stats) -> None:
+    """The server's resident memory, all its processes, every 100 ms until the deadline."""
+    while time.monotonic() < deadline:
+        total = 0
+        for p in [pid, *_children(pid)]:
+            try:
+                with open(f"/proc/{p}/status", encoding="utf-8") as fh:
+                    total += next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+            except (OSError, StopIteration):
+                pass
+        with stats.lock:
+            stats.peak_rss_kib = max(stats.peak_rss_kib, total)
+        time.sleep(0.1)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat", encoding="utf-8") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(p))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def store_bomb(hport: int) -> str:
+    """STOW the issue-14 decompression bomb (``tests/robustness/bombs.py``: ~9 KB of JPEG 2000,
+    40 frames of 4096x4096 when decoded); returns its instance path (or "" if it cannot be made)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from tests.factories import make_dataset
+        from tests.robustness import bombs
+
+        data = bombs.j2k_bomb(make_dataset(PatientName="Bom^Giải nén"))
+    except ImportError as exc:
+        print(f"no bomb: {exc}")
+        return ""
+    finally:
+        sys.path.pop(0)
+    return _stow(hport, data)
+
+
+def _stow(hport: int, data: bytes) -> str:
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    boundary = "loadbench"
+    body = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data
+    body += f"\r\n--{boundary}--\r\n".encode()
+    r = httpx.post(
+        f"http://127.0.0.1:{hport}/dicom-web/studies",
+        content=body,
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+        timeout=60,
+    )
+    if r.status_code != 200:
+        print(f"could not store the bomb: {r.status_code} {r.text[:200]}")
+        return ""
+    return (
+        f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+
+
 def start_server(run: Path, database_url: str, workers: int) -> tuple[subprocess.Popen[str], int, int, Path]:
     """``pacs serve`` on loopback with fresh storage; returns (process, dicom port, http port, config)."""
     storage = run / "storage"
@@ -210,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--senders", type=int, default=8)
     ap.add_argument("--readers", type=int, default=8)
+    ap.add_argument("--hostile", type=int, default=50, help="abusive connections at once")
     ap.add_argument("--per-study", type=int, default=10)
     ap.add_argument("--workers", type=int, default=0, help="DIMSE listener processes (0 = one per core)")
     ap.add_argument("--database-url", default="", help="default: SQLite under the run's storage")
@@ -222,15 +454,28 @@ def main(argv: list[str] | None = None) -> int:
     db = args.database_url or f"sqlite:///{run / 'storage' / 'index.sqlite'}"
     proc, dport, hport, cfg = start_server(run, db, args.workers)
     stats = Stats()
+    target = store_bomb(hport) if args.hostile else ""
+    bomb = target
+    frames = f"{target}/frames/" + ",".join(["1"] * 5000) if target else ""
     t_start = time.monotonic()
     deadline = t_start + args.seconds
-    threads = [
-        threading.Thread(target=sender, args=(i, dport, run / "work", args.per_study, deadline, stats))
-        for i in range(args.senders)
-    ] + [
-        threading.Thread(target=reader, args=(i, f"http://127.0.0.1:{hport}", deadline, stats))
-        for i in range(args.readers)
-    ]
+    threads = (
+        [threading.Thread(target=rss_sampler, args=(proc.pid, deadline, stats))]
+        + [
+            threading.Thread(
+                target=hostile, args=(i, dport, hport, bomb, frames, deadline, stats), daemon=True
+            )
+            for i in range(args.hostile)
+        ]
+        + [
+            threading.Thread(target=sender, args=(i, dport, run / "work", args.per_study, deadline, stats))
+            for i in range(args.senders)
+        ]
+        + [
+            threading.Thread(target=reader, args=(i, f"http://127.0.0.1:{hport}", deadline, stats))
+            for i in range(args.readers)
+        ]
+    )
     for t in threads:
         t.start()
     for t in threads:
@@ -266,6 +511,11 @@ def main(argv: list[str] | None = None) -> int:
         f"verify: exit {verify.returncode}: {verify.stdout.strip().splitlines()[0] if verify.stdout else ''} "
         f"{verify.stdout.strip().splitlines()[-1] if verify.stdout else verify.stderr[-200:]}"
     )
+    print(f"server peak RSS (all processes): {stats.peak_rss_kib / 1024:.0f} MiB")
+    if args.hostile:
+        print(f"{args.hostile} hostile connections at a time; what they got:")
+        for what, n in sorted(stats.hostile.items()):
+            print(f"  {n:6d}  {what}")
     print(f"{'request':18} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
     for kind, values in sorted(stats.latencies.items()):
         print(
