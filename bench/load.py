@@ -285,8 +285,14 @@ def _abuse(kind: str, sock: socket.socket, bomb: str, frames: str, end: float) -
     path = bomb if kind == "http bomb" else frames
     if not path:
         return "no target"
+    # The bomb is asked for whole and decoded (uncompressed transfer syntax): 1.25 GiB of pixels.
+    accept = (
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+        if kind == "http bomb"
+        else "*/*"
+    )
     sock.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode()
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n".encode()
     )
     sock.settimeout(60)
     data = sock.recv(200)
