@@ -36,6 +36,9 @@ class AllowedAE:
     ae_title: str
     host: str | None = None
     services: tuple[str, ...] = MODALITY_SERVICES
+    #: With DICOM TLS: the commonName the AE's client certificate must carry (None: any
+    #: certificate the CA signed, or none when client certificates are not required).
+    certificate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    #: Open the association over TLS, verifying the destination against ``[dicom] tls_ca`` and
+    #: presenting ``tls_cert`` / ``tls_key`` as our certificate (PS3.15 B.9).
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -342,7 +348,12 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     if key == "allowed_aes":
         return tuple(AllowedAE(**_ae_entry(v)) for v in value)
     if key == "destinations":
-        return tuple(Destination(ae_title=v["ae_title"], host=v["host"], port=int(v["port"])) for v in value)
+        return tuple(
+            Destination(
+                ae_title=v["ae_title"], host=v["host"], port=int(v["port"]), tls=bool(v.get("tls", False))
+            )
+            for v in value
+        )
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -365,11 +376,13 @@ def _ae_entry(value: Any) -> dict[str, Any]:
         return {"ae_title": value}
     if isinstance(value, dict) and "ae_title" in value:
         entry: dict[str, Any] = {"ae_title": str(value["ae_title"]), "host": value.get("host")}
-        unknown_keys = set(value) - {"ae_title", "host", "services"}
+        unknown_keys = set(value) - {"ae_title", "host", "services", "certificate"}
         if unknown_keys:
             raise TypeError(f"allowed AE entry: unknown key(s) {sorted(unknown_keys)}")
         if "services" in value:
             entry["services"] = _services(value["services"])
+        if value.get("certificate"):
+            entry["certificate"] = str(value["certificate"])
         return entry
     raise TypeError(f"allowed AE entry must be a title or {{ae_title, host, services}}, got {value!r}")
 
@@ -390,6 +403,9 @@ def _validate(settings: Settings) -> None:
     for title in [settings.dicom.ae_title, *(a.ae_title for a in settings.dicom.allowed_aes)]:
         if not title.strip() or len(title) > 16 or "\\" in title:
             raise ConfigError(f"invalid AE title {title!r} (1-16 characters, no backslash)")
+    for dest in settings.dicom.destinations:
+        if dest.tls and str(settings.dicom.tls_ca) in ("", "."):
+            raise ConfigError(f"destination {dest.ae_title}: tls = true needs [dicom] tls_ca to verify it")
     if settings.storage.duplicate_policy not in ("reject", "replace"):
         raise ConfigError("[storage] duplicate_policy must be 'reject' or 'replace'")
     if settings.http.workers < 0 or settings.dicom.workers < 0:

@@ -423,6 +423,8 @@ class DicomServer:
             log.warning("association rejected (calling AE not recognised): %r from %s", calling, address)
         elif not any(a.host in (None, "", address) for a in allowed):
             log.warning("association rejected (calling AE %r not allowed from %s)", calling, address)
+        elif not self._certificate_matches(event, allowed):
+            pass  # logged there
         else:
             removed = access.restrict(event.assoc, access.granted(allowed))
             if removed:
@@ -441,6 +443,25 @@ class DicomServer:
         self._record("association.rejected", Origin(address=address, calling_ae=calling, protocol="dimse"))
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         event.assoc.kill()
+
+    def _certificate_matches(self, event: evt.Event, allowed: list[Any]) -> bool:
+        """An entry with ``certificate`` binds the AE title to a TLS client certificate: the
+        peer's verified commonName must be that name (the handshake is done by now)."""
+        bound = {a.certificate for a in allowed if a.certificate}
+        if not bound or any(not a.certificate for a in allowed):
+            return True
+        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        subject = tls.peer_subject(sock)
+        if subject in bound:
+            return True
+        log.warning(
+            "association rejected (calling AE %r is bound to certificate %s; the peer presented %s) from %s",
+            str(event.assoc.requestor.primitive.calling_ae_title).strip(),  # type: ignore[union-attr]
+            "/".join(sorted(bound)),
+            repr(subject) if subject else "none",
+            event.assoc.requestor.address,
+        )
+        return False
 
     def _established(self) -> int:
         """Associations this listener has accepted that are still established."""

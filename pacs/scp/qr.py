@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -51,6 +52,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from pacs import tls
 from pacs.config import Settings
 from pacs.dicom import status as codes
 from pacs.dicom.attributes import BY_KEYWORD, BY_TAG, UNIQUE_KEY, Attribute
@@ -232,6 +234,7 @@ class QueryRetrieveSCP:
         self.ae_title = settings.dicom.ae_title
         self.max_results = max(1, settings.dicom.max_find_results)
         self.fold_names = settings.query.names_accent_insensitive
+        self._tls: ssl.SSLContext | None = None  # made on the first C-MOVE to a TLS destination
 
     # ------------------------------------------------------------------ C-FIND
 
@@ -311,7 +314,10 @@ class QueryRetrieveSCP:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         contexts = [build_context(sop, list(ts)) for sop, ts in proposals(instances, _MAX_CONTEXTS)]
-        yield dest.host, dest.port, {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _accepted)]}
+        options: dict[str, Any] = {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _accepted)]}
+        if dest.tls:
+            options["tls_args"] = (self._tls_client(), dest.host)
+        yield dest.host, dest.port, options
         yield len(instances)
         log.info(
             "C-MOVE %d instance(s) to %s (%s:%d) for %s",
@@ -325,6 +331,16 @@ class QueryRetrieveSCP:
         assoc = store_assoc.get("assoc")
         accepted = accepted_syntaxes(assoc.accepted_contexts if assoc is not None else [])
         yield from self._send(event, instances, accepted, "C-MOVE", origin)
+
+    def _tls_client(self) -> ssl.SSLContext:
+        """The TLS context of associations to destinations with ``tls = true``: the destination
+        verified against ``[dicom] tls_ca``; our ``tls_cert`` presented when one is set."""
+        if self._tls is None:
+            d = self.settings.dicom
+            cert = d.tls_cert if str(d.tls_cert) not in ("", ".") else None
+            key = d.tls_key if str(d.tls_key) not in ("", ".") else None
+            self._tls = tls.client_context(d.tls_ca, cert, key)
+        return self._tls
 
     # ------------------------------------------------------------------ C-GET
 
