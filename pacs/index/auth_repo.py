@@ -99,6 +99,11 @@ def revoke_tokens(conn: Connection, user_id: int) -> int:
     return int(conn.execute(delete(auth_tokens).where(auth_tokens.c.user_fk == user_id)).rowcount)
 
 
+def revoke_token(conn: Connection, token_sha256: str) -> bool:
+    """Delete one token (sign-out); whether it existed."""
+    return bool(conn.execute(delete(auth_tokens).where(auth_tokens.c.token_sha256 == token_sha256)).rowcount)
+
+
 def purge_tokens(conn: Connection, now: datetime) -> int:
     """Delete expired tokens."""
     return int(conn.execute(delete(auth_tokens).where(auth_tokens.c.expires_at <= now)).rowcount)

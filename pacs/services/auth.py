@@ -214,12 +214,24 @@ class Auth:
         log.info("user %s %s", name, "disabled" if disabled else "enabled")
 
     def set_password(self, name: str, password: str) -> None:
-        """Replace a user's password (tokens already issued stay valid until they expire)."""
+        """Replace a user's password and revoke every token issued to them (a password is
+        changed because it may be known to someone else: so may the sessions it opened)."""
         if len(password) < 8:
             raise AuthError("the password must have at least 8 characters")
         with self.db.write() as conn:
-            if not auth_repo.set_user(conn, name, self.clock(), password_hash=self.hasher.hash(password)):
+            user = auth_repo.get_user(conn, name)
+            if user is None:
                 raise AuthError(f"no user {name!r}")
+            auth_repo.set_user(conn, name, self.clock(), password_hash=self.hasher.hash(password))
+            revoked = auth_repo.revoke_tokens(conn, user.id)
+        log.info("user %s: password changed, %d token(s) revoked", name, revoked)
+
+    def logout(self, token: str) -> bool:
+        """Revoke one bearer token (server-side sign-out); whether it was valid."""
+        if not token or len(token) > 256:
+            return False
+        with self.db.write() as conn:
+            return auth_repo.revoke_token(conn, _sha256(token))
 
     # ------------------------------------------------------------------ login and tokens
 

@@ -269,6 +269,16 @@ def _credentials(request: Request, body: bytes) -> tuple[str, str]:
     return (name if isinstance(name, str) else "", password if isinstance(password, str) else "")
 
 
+async def logout(request: Request) -> Response:
+    """``POST /api/auth/logout``: revoke the bearer token of the request (204); the viewer's
+    sign-out button calls it, so a token copied from the browser stops working too."""
+    token = bearer(request.scope)
+    if not token:
+        return problem(400, "send the token to revoke: Authorization: Bearer <token>")
+    revoked = await run_in_threadpool(request.app.state.auth.logout, token)
+    return Response(status_code=204 if revoked else 404)
+
+
 async def me(request: Request) -> Response:
     """``GET /api/auth/me``: who the token belongs to (and whether sign-in is required)."""
     user = request.scope.get("user")
@@ -305,6 +315,7 @@ def routes() -> list[BaseRoute]:
     return [
         Route(LOGIN_PATH, login, methods=["POST"]),
         Route("/api/auth/me", me, methods=["GET"]),
+        Route("/api/auth/logout", logout, methods=["POST"]),
         Route("/api/audit", audit_log, methods=["GET"]),
     ]
 

@@ -216,7 +216,16 @@
   }
   $("#login").addEventListener("cancel", (ev) => ev.preventDefault()); // nothing works without it
   $("#logout").hidden = !auth.token;
-  $("#logout").addEventListener("click", () => {
+  const LOGOUT_URL = new URL(meta("logout-url", "api/auth/logout"), document.baseURI).href;
+  $("#logout").addEventListener("click", async () => {
+    // Revoke the token on the server too, so a copy of it stops working.
+    if (auth.token) {
+      try {
+        await fetch(LOGOUT_URL, { method: "POST", headers: { Authorization: `Bearer ${auth.token}` } });
+      } catch (e) {
+        /* offline: the token still expires by itself */
+      }
+    }
     setToken(null);
     location.reload();
   });
