@@ -170,14 +170,22 @@ def _http_socket(settings: Settings, port: int, *, reuse_port: bool) -> socket.s
 
 
 def _web_server(settings: Settings, app: Any) -> uvicorn.Server:
-    """A uvicorn server for ``app`` with our header timeout and TLS settings."""
+    """A uvicorn server for ``app`` with our connection guards and TLS settings."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    # h11 named, not "auto": the guards (pacs.web.timeouts) follow h11's view of each request.
+    config = uvicorn.Config(app, http="h11", log_level="warning", access_log=False, lifespan="on")
     config.load()
-    from pacs.web.timeouts import with_header_timeout  # slow-loris clients are dropped
+    from pacs.web.timeouts import guarded  # slow-loris headers and bodies, connection floods
 
-    config.http_protocol_class = with_header_timeout(config.http_protocol_class, settings.http.header_timeout)
+    h = settings.http
+    config.http_protocol_class = guarded(
+        config.http_protocol_class,
+        header_timeout=h.header_timeout,
+        body_timeout=h.body_timeout,
+        body_deadline=h.body_deadline,
+        max_connections=h.max_connections,
+    )
     if str(settings.http.tls_cert) not in ("", "."):
         from pacs import tls
 

@@ -1,7 +1,8 @@
 """The starlette application: ``/dicom-web`` (PS3.18), ``/healthz`` and the viewer at ``/``.
 
 Routes are one explicit list (:func:`routes`); other modules add theirs by extending it. Services
-are built once over the runtime's archive and kept on ``app.state``.
+are built once over the runtime's archive and kept on ``app.state``. Every response carries the
+security headers of :class:`SecurityHeaders`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -27,6 +29,70 @@ from pacs.web.errors import EXCEPTION_HANDLERS
 log = logging.getLogger("pacs.http")
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+#: The Content-Security-Policy of every response (what counts is the documents: the viewer and the
+#: printable appraisal record). The viewer loads only its own script and stylesheet and talks to its
+#: own origin; it shows images from ``blob:`` URLs and has a ``data:`` icon. The appraisal record
+#: page has an inline ``<style>``: hence ``'unsafe-inline'`` for styles, never for scripts.
+CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data: blob:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'self'",
+    ]
+)
+#: HTTP Strict Transport Security (RFC 6797), sent only on responses that went over TLS.
+HSTS = "max-age=31536000"
+_DICOM_JSON = ("application/dicom+json", 'multipart/related; type="application/dicom+json"')
+
+
+class SecurityHeaders:
+    """Security headers on every response: ``X-Content-Type-Options: nosniff``, :data:`CSP`
+    (kept when a route set its own), ``Referrer-Policy: no-referrer``, :data:`HSTS` over TLS, and
+    ``Cache-Control: no-store`` on patient data as JSON: DICOM JSON (QIDO-RS, metadata) and
+    everything under ``/api`` (which also covers its CSV and XML exports)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        api = path == "/api" or path.startswith("/api/")
+        https = scope.get("scheme") == "https"
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "no-referrer"
+                if "content-security-policy" not in headers:
+                    headers["Content-Security-Policy"] = CSP
+                if https:
+                    headers["Strict-Transport-Security"] = HSTS
+                ctype = headers.get("content-type", "").lower()
+                if api or ctype.startswith(_DICOM_JSON):
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+class PacsApp(Starlette):
+    """Starlette with :class:`SecurityHeaders` outside everything, even the error middleware
+    that answers 500 for an unhandled exception."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 class RequestLog:
@@ -51,6 +117,12 @@ class RequestLog:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # The client went away, or pacs.web.timeouts cut off its late body (answering 408
+            # itself): nobody is left to answer and there is nothing to trace. Logged as 499
+            # (nginx's "client closed request") unless a response had started.
+            status = 499 if status == 500 else status
+            state["reason"] = state.get("reason") or "the client left before its request was complete"
         finally:
             client = scope.get("client") or ("", 0)
             query = scope.get("query_string", b"").decode("latin-1")
@@ -108,7 +180,7 @@ def create_app(rt: Any) -> Starlette:
     middleware.append(
         Middleware(auth.AccessControl, auth=rt.auth, audit=rt.audit, enabled=settings.auth_enabled)
     )
-    app = Starlette(routes=routes(rt), middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
+    app = PacsApp(routes=routes(rt), middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
     auth.install(app, rt)
     app.state.settings = settings
     app.state.archive = rt.archive

@@ -148,7 +148,7 @@ def _wait_listed(pg: Any) -> None:
     """Until the table shows the search in the address (the submit only sets the hash; the
     search starts on the hashchange that follows, and the page's first listing may finish first)."""
     shown = "(t => !t.hasAttribute('aria-busy') && t.dataset.for === location.hash)"
-    pg.wait_for_function(f"{shown}(document.querySelector('#studies'))")
+    pg.wait_for_function(f"() => {shown}(document.querySelector('#studies'))")
 
 
 def _rows(pg: Any) -> list[str]:
@@ -192,7 +192,7 @@ def test_search_by_unaccented_vietnamese_name(server: Served, page: Any) -> None
     page.select_option("#search [name=ModalitiesInStudy]", "CT")
     page.click("#search button[type=submit]")
     page.wait_for_url("**ModalitiesInStudy=CT**")
-    page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#studies tbody tr').length === 1")
     assert "CT sọ não" in _rows(page)[0]
     # Keyboard only: the patient name is a link; Enter opens the study.
     page.focus("#studies tbody a")
@@ -218,15 +218,15 @@ def test_search_fields_dates_paging_and_shareable_url(server: Served, page: Any)
 
     # "Clear" lists everything; "Today" finds the CT made today; "Any date" brings all back.
     page.click("#search button[type=reset]")
-    page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 5")
+    page.wait_for_function("() => document.querySelectorAll('#studies tbody tr').length === 5")
     page.click("[data-range=today]")
     page.wait_for_url("**StudyDate=**")
-    page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#studies tbody tr').length === 1")
     assert "Phạm Minh Tuấn" in _rows(page)[0] and "300" in _rows(page)[0]
     page.click("[data-range='7']")
-    page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#studies tbody tr').length === 1")
     page.click("[data-range='']")
-    page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 5")
+    page.wait_for_function("() => document.querySelectorAll('#studies tbody tr').length === 5")
     rows = _rows(page)
     assert "Phạm Minh Tuấn" in rows[0], "newest first"
     _shot(page, "01b-study-list-all")
@@ -235,19 +235,19 @@ def test_search_fields_dates_paging_and_shareable_url(server: Served, page: Any)
     # Back button: returns to the earlier search, with its form values.
     for rows_then in (1, 1, 5):
         page.go_back()
-        page.wait_for_function(f"document.querySelectorAll('#studies tbody tr').length === {rows_then}")
+        page.wait_for_function(f"() => document.querySelectorAll('#studies tbody tr').length === {rows_then}")
     page.go_back()
-    page.wait_for_function("document.forms.search.AccessionNumber.value === 'MR2025000045'")
-    page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 1")
+    page.wait_for_function("() => document.forms.search.AccessionNumber.value === 'MR2025000045'")
+    page.wait_for_function("() => document.querySelectorAll('#studies tbody tr').length === 1")
     assert "MRI sọ não" in _rows(page)[0]
 
     # Paging (25 a page, offset in the URL): page 2 of 5 studies is empty, Previous goes back.
     page.goto(f"{base}/#/?page=2")
-    page.wait_for_function("!document.querySelector('#studies').hasAttribute('aria-busy')")
+    page.wait_for_function("() => !document.querySelector('#studies').hasAttribute('aria-busy')")
     page.wait_for_selector("#empty:not([hidden])")
     assert not page.is_disabled("#prev") and page.is_disabled("#next")
     page.click("#prev")
-    page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 5")
+    page.wait_for_function("() => document.querySelectorAll('#studies tbody tr').length === 5")
     assert "page=" not in page.url
 
     # Impatient reader: open a study and leave before it loads; late answers must not break the page.
@@ -265,8 +265,8 @@ def test_study_view_scroll_window_presets_and_overlay(server: Served, page: Any)
     _open_study(page, "CT sọ não")
     strip = page.locator(".series").first
     assert "CT 2" in strip.inner_text() and "24 images" in strip.inner_text()
-    page.wait_for_function("document.querySelector('.series .thumb img').naturalWidth > 0")
-    page.wait_for_function("document.querySelector('#ov-bl').innerText.includes('Loc:')")
+    page.wait_for_function("() => document.querySelector('.series .thumb img').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('#ov-bl').innerText.includes('Loc:')")
     overlay = page.inner_text("#viewport")
     assert "Nguyễn Thị Hồng Nhung" in overlay and "BN2025000123" in overlay
     assert "10/03/2025" in overlay and "Im: 1 (1/24)" in overlay and "Loc: -60.0 mm" in overlay
@@ -295,7 +295,7 @@ def test_study_view_scroll_window_presets_and_overlay(server: Served, page: Any)
     # The slider.
     page.locator("#slider").fill("11")
     _wait_shown(page, 11)
-    page.wait_for_function("document.querySelector('#ov-bl').innerText.includes('Im: 12 (12/24)')")
+    page.wait_for_function("() => document.querySelector('#ov-bl').innerText.includes('Im: 12 (12/24)')")
     assert "Loc: -5.0 mm" in page.inner_text("#ov-bl")
     page.wait_for_url("**i=11**")  # the slice is in the URL (a shareable link)
 
@@ -336,7 +336,7 @@ def test_study_view_scroll_window_presets_and_overlay(server: Served, page: Any)
     page.mouse.wheel(0, -300)
     page.keyboard.up("Control")
     page.wait_for_function(
-        f"!document.querySelector('#ov-br').innerText.includes({json.dumps(zoom_fit.split()[-2])})"
+        f"() => !document.querySelector('#ov-br').innerText.includes({json.dumps(zoom_fit.split()[-2])})"
     )
     _shot(page, "06-ct-zoomed-inverted")
     page.keyboard.press("?")
@@ -353,13 +353,13 @@ def test_study_view_scroll_window_presets_and_overlay(server: Served, page: Any)
     # Back to the list keeps the search: the browser's back button, and the "Studies" link.
     page.go_back()
     page.wait_for_selector("#list-view:not([hidden])")
-    page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#studies tbody tr').length === 1")
     assert page.input_value("#search [name=PatientName]") == "nguyen"
     page.go_forward()
     _wait_shown(page, 11)
     page.click("#back")
     page.wait_for_selector("#list-view:not([hidden])")
-    page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#studies tbody tr').length === 1")
     assert page.input_value("#search [name=ModalitiesInStudy]") == "CT"
 
 
@@ -381,21 +381,21 @@ def test_mr_and_cr_use_header_window_and_ultrasound_cine(server: Served, page: A
     base = server.base_url
     _search(page, base, PatientName="nguyen", ModalitiesInStudy="MR")
     _open_study(page, "MRI")
-    page.wait_for_function("document.querySelector('#ov-br').innerText.includes('W: 1000 L: 500')")
+    page.wait_for_function("() => document.querySelector('#ov-br').innerText.includes('W: 1000 L: 500')")
     # No CT presets for MR: only the header's window.
     assert page.locator("#preset option").all_inner_texts() == ["Default (header)", "Custom"]
     _shot(page, "07-mr-view")
 
     _search(page, base, PatientName="tran")
     _open_study(page, "Trần Văn Đức")
-    page.wait_for_function("document.querySelector('#ov-br').innerText.includes('W: 3600 L: 2048')")
+    page.wait_for_function("() => document.querySelector('#ov-br').innerText.includes('W: 3600 L: 2048')")
     assert page.is_disabled("#cine"), "one image: nothing to play"
     assert page.get_attribute("#image", "data-format") == "jpeg"
     # Lossless on demand: the same image again as PNG (the server's rendered media type).
     with page.expect_response(lambda r: "/rendered" in r.url) as resp:
         page.click("#lossless")
     assert resp.value.headers["content-type"].startswith("image/png")
-    page.wait_for_function("document.querySelector('#image').dataset.format === 'png'")
+    page.wait_for_function("() => document.querySelector('#image').dataset.format === 'png'")
     assert "Lossless" in page.inner_text("#ov-br")
     _shot(page, "08-cr-view")
 
@@ -409,8 +409,8 @@ def test_mr_and_cr_use_header_window_and_ultrasound_cine(server: Served, page: A
     page.click("#cine")
     assert page.get_attribute("#cine", "aria-pressed") == "true"
     # Plays through the frames and loops.
-    page.wait_for_function("document.querySelector('#image').dataset.frame === '10'")
-    page.wait_for_function("document.querySelector('#image').dataset.frame === '2'")
+    page.wait_for_function("() => document.querySelector('#image').dataset.frame === '10'")
+    page.wait_for_function("() => document.querySelector('#image').dataset.frame === '2'")
     page.focus("#viewport")
     page.keyboard.press("Space")
     assert page.get_attribute("#cine", "aria-pressed") == "false"
@@ -425,7 +425,7 @@ def test_300_slice_ct_scrolls_from_cache_after_first_pass(server: Served, page: 
     _open_study(page, "Phạm Minh Tuấn")
     first_image = time.monotonic() - t0
     # The first pass: every slice is prefetched, nearest first.
-    page.wait_for_function("document.querySelector('#progress').textContent === ''", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#progress').textContent === ''", timeout=60_000)
     first_pass = time.monotonic() - t0
     assert len({u for u in rendered}) == BIG_SLICES
     _shot(page, "10-ct-300-slices")
@@ -514,7 +514,7 @@ def test_vietnamese_interface_follows_browser_language(server: Served, browser: 
         errors: list[str] = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
         pg.goto(f"{server.base_url}/#/?PatientName=nguyen")
-        pg.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 2")
+        pg.wait_for_function("() => document.querySelectorAll('#studies tbody tr').length === 2")
         assert pg.evaluate("document.documentElement.lang") == "vi"
         head = pg.inner_text("#studies thead")
         assert "Họ tên" in head and "Ngày chụp" in head and "Mã BN" in head
@@ -529,7 +529,7 @@ def test_vietnamese_interface_follows_browser_language(server: Served, browser: 
         # The reader can switch to English; the choice is remembered.
         pg.go_back()
         pg.select_option("#lang", "en")
-        pg.wait_for_function("document.documentElement.lang === 'en'")
+        pg.wait_for_function("() => document.documentElement.lang === 'en'")
         pg.wait_for_selector("#studies tbody tr")
         assert "Patient name" in pg.inner_text("#studies thead")
         assert not errors, errors
@@ -575,7 +575,7 @@ def test_login_appears_only_behind_401_and_sends_bearer_token(server: Served, pa
     _shot(page, "11-login")
     page.fill("#login [name=password]", "đúng")
     page.click("#login button[type=submit]")
-    page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#studies tbody tr').length === 1")
     assert not page.locator("#login").is_visible()
     assert "Lê Hoàng Phúc" in _rows(page)[0]
     # Images are fetched with the token too (an <img src> could not carry it).
