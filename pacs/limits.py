@@ -1,16 +1,21 @@
-"""Hard limits on hostile input that no configuration should lift.
+"""Guards against hostile input: hard limits no configuration should lift, and the decoded-pixel budget.
 
 The configurable limits (associations, PDU size, upload size, query caps, login rate) live in
 :mod:`pacs.config`; these are the guards against known failure classes of peer archives:
-decompression bombs in Deflated Explicit VR Little Endian datasets (PS3.5 A.5).
+decompression bombs in Deflated Explicit VR Little Endian datasets (PS3.5 A.5), compressed frames
+whose codestream claims another size than the image, and (:class:`DecodeBudget`, its limits
+configurable) compressed pixel data that decodes to far more than it is: a 9 KB JPEG 2000 object
+of 40 frames of 4096 x 4096 decodes to 1.25 GiB.
 """
 
 from __future__ import annotations
 
+import threading
 import zlib
+from dataclasses import dataclass
 from typing import BinaryIO
 
-from pacs.errors import InvalidInstance
+from pacs.errors import InvalidInstance, TooLarge
 
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian (PS3.5 A.5)
 
@@ -103,3 +108,87 @@ def check_codestream(frame: bytes, rows: int, columns: int) -> None:
         raise InvalidInstance(
             f"the compressed frame announces {size[0]}x{size[1]} pixels but the image is {rows}x{columns}"
         )
+
+
+# ---------------------------------------------------------------- decoded pixel data
+
+MIB = 1 << 20
+#: Defaults of ``[http] max_decoded_mb_per_instance`` / ``max_decoded_mb_per_request`` (pacs.config
+#: repeats them: it imports nothing of ours; a test checks that both agree).
+DECODED_PER_INSTANCE = 1024 * MIB
+DECODED_PER_REQUEST = 4096 * MIB
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """How many bytes of decoded pixel data one request may produce, per instance and in all.
+
+    Per instance: what a whole-instance conversion holds in memory at once (pydicom datasets and
+    pynetdicom hold the native pixel data whole), so it bounds memory. Per request: the sum over
+    the instances (a series of bombs each under the first limit), so it bounds work.
+    """
+
+    per_instance: int = DECODED_PER_INSTANCE
+    per_request: int = DECODED_PER_REQUEST
+
+    @classmethod
+    def from_mb(cls, per_instance_mb: int, per_request_mb: int) -> DecodeLimits:
+        """Limits given in MiB, as in the configuration."""
+        return cls(per_instance_mb * MIB, per_request_mb * MIB)
+
+    def budget(self) -> DecodeBudget:
+        """A fresh budget for one request."""
+        return DecodeBudget(self)
+
+
+class DecodeBudget:
+    """The decoded bytes one request has spent, per instance and in all, against :class:`DecodeLimits`.
+
+    :func:`pacs.dicom.pixels.reserve` books what a request is about to decode before anything is
+    decoded (so an answer can still be an error), and every decoded frame is charged as it is
+    made (:func:`pacs.dicom.pixels.decode_frame`); a frame already booked is not counted twice.
+    Over a limit is :class:`~pacs.errors.TooLarge`, raised before the decoder allocates.
+    """
+
+    def __init__(self, limits: DecodeLimits | None = None) -> None:
+        self.limits = limits or DecodeLimits()
+        self.total = 0  # bytes booked in all
+        self._booked: dict[str, int] = {}  # per instance: bytes booked
+        self._spent: dict[str, int] = {}  # per instance: bytes decoded
+        self._lock = threading.Lock()
+
+    def reserve(self, instance: str, nbytes: int) -> None:
+        """Book ``nbytes`` more decoded bytes of ``instance``, beyond what is booked and unspent."""
+        with self._lock:
+            self._book(instance, self._spent.get(instance, 0) + nbytes)
+
+    def spend(self, instance: str, nbytes: int) -> None:
+        """Charge ``nbytes`` decoded from ``instance`` (booking them first when they were not)."""
+        with self._lock:
+            spent = self._spent.get(instance, 0) + nbytes
+            self._book(instance, spent)
+            self._spent[instance] = spent
+
+    def _book(self, instance: str, needed: int) -> None:
+        booked = self._booked.get(instance, 0)
+        extra = needed - booked
+        if extra <= 0:
+            return
+        if needed > self.limits.per_instance:
+            raise TooLarge(
+                f"instance {instance} would decode to {_mib(needed)} of pixel data, over the limit of "
+                f"{_mib(self.limits.per_instance)} per instance; retrieve it as stored (compressed) "
+                "or fewer frames at a time"
+            )
+        if self.total + extra > self.limits.per_request:
+            raise TooLarge(
+                f"this request would decode {_mib(self.total + extra)} of pixel data, over the limit of "
+                f"{_mib(self.limits.per_request)} per request; retrieve as stored (compressed) or ask "
+                "for fewer instances at a time"
+            )
+        self._booked[instance] = needed
+        self.total += extra
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / MIB:.0f} MiB" if nbytes >= MIB else f"{nbytes} bytes"

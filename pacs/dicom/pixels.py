@@ -5,6 +5,12 @@ MONOCHROME1 inversion) and the colour paths (RGB, YBR converted by the decoder, 
 C.7.6.3.1.5). Frames are read one at a time: native frames by offset, encapsulated frames through
 the Basic (or Extended) Offset Table or by walking the fragments (PS3.5 A.4), so a single frame
 never needs the whole object in memory.
+
+Every decoding of the archive happens here (:func:`decode_frame`, :func:`decoded_frames`: WADO-RS
+frames and transcoded instances, rendered images and thumbnails, C-MOVE / C-GET conversion through
+:mod:`pacs.services.transcode`), and each decoded frame is charged to the request's
+:class:`~pacs.limits.DecodeBudget` before the decoder allocates it (:func:`reserve` books a whole
+request up front, so that it can still be refused with an error).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import io
 import math
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -27,6 +34,7 @@ from pydicom.uid import UID
 
 from pacs import limits
 from pacs.errors import InvalidInstance, NoPixelData
+from pacs.limits import DecodeBudget
 
 #: Largest decoded frame we agree to produce (bytes); bigger ones are refused, not attempted.
 MAX_FRAME_BYTES = 256 * 1024 * 1024
@@ -111,8 +119,7 @@ def locate(fh: BinaryIO) -> PixelInfo:
         full = pydicom.dcmread(fh)
         if "PixelData" not in full:
             raise NoPixelData("the instance has no pixel data")
-        info = _info(full, ts, -1, len(full.PixelData))
-        return info
+        return _info(full, ts, _IN_MEMORY, len(full.PixelData))
     head = fh.read(8)
     if len(head) < 8:
         raise NoPixelData("the instance has no pixel data")
@@ -128,6 +135,19 @@ def locate(fh: BinaryIO) -> PixelInfo:
         vr = head[4:6].decode("latin-1")
         (length,) = struct.unpack(f"{endian}L", fh.read(4))
     return _info(ds, ts, fh.tell(), length, vr)
+
+
+#: ``value_offset`` of pixel data held in ``header`` itself (a deflated object parsed whole, a dataset).
+_IN_MEMORY = -1
+
+
+def info_of(ds: Dataset) -> PixelInfo:
+    """What :func:`locate` says of a stored file, for a dataset held in memory with its pixel data."""
+    if "PixelData" not in ds:
+        raise NoPixelData("the instance has no pixel data")
+    ts = str(ds.get("file_meta", Dataset()).get("TransferSyntaxUID", "") or EXPLICIT_LE)
+    length = 0xFFFFFFFF if ts not in NATIVE_SYNTAXES else len(ds.PixelData)
+    return _info(ds, ts, _IN_MEMORY, length)
 
 
 def _info(ds: Dataset, ts: str, offset: int, length: int, vr: str = "") -> PixelInfo:
@@ -181,8 +201,13 @@ def check_frame_numbers(info: PixelInfo, numbers: list[int]) -> None:
 
 def raw_frame(fh: BinaryIO, info: PixelInfo, number: int) -> bytes:
     """The stored bytes of frame ``number`` (1-based): a native frame or one compressed frame."""
-    if info.value_offset < 0:  # deflated: the whole dataset was parsed
-        return _native_from_bytes(info, bytes(info.header.PixelData), number)
+    extended = None
+    if "ExtendedOffsetTable" in info.header and "ExtendedOffsetTableLengths" in info.header:
+        extended = (info.header.ExtendedOffsetTable, info.header.ExtendedOffsetTableLengths)
+    if info.value_offset == _IN_MEMORY:  # the whole dataset was parsed
+        if not info.encapsulated:
+            return _native_from_bytes(info, bytes(info.header.PixelData), number)
+        return _encapsulated_frame(info.header.PixelData, info, number, extended)
     if not info.encapsulated:
         bits = info.frame_bits
         if bits % 8:
@@ -197,11 +222,14 @@ def raw_frame(fh: BinaryIO, info: PixelInfo, number: int) -> bytes:
             data = swap_bytes(data, info.bits_allocated // 8)
         return data
     fh.seek(info.value_offset)
-    extended = None
-    if "ExtendedOffsetTable" in info.header and "ExtendedOffsetTableLengths" in info.header:
-        extended = (info.header.ExtendedOffsetTable, info.header.ExtendedOffsetTableLengths)
+    return _encapsulated_frame(fh, info, number, extended)
+
+
+def _encapsulated_frame(
+    src: BinaryIO | bytes, info: PixelInfo, number: int, extended: tuple[Any, Any] | None
+) -> bytes:
     try:
-        return get_frame(fh, number - 1, number_of_frames=info.number_of_frames, extended_offsets=extended)
+        return get_frame(src, number - 1, number_of_frames=info.number_of_frames, extended_offsets=extended)
     except (ValueError, IndexError, struct.error) as exc:
         raise InvalidInstance(f"cannot read frame {number} of the encapsulated pixel data: {exc}") from exc
 
@@ -216,14 +244,60 @@ def _native_from_bytes(info: PixelInfo, data: bytes, number: int) -> bytes:
     return data[(number - 1) * size : number * size]
 
 
-def decode_frame(fh: BinaryIO, info: PixelInfo, number: int) -> np.ndarray:
-    """Decode frame ``number`` (1-based) to an array (colour as RGB, YBR converted by the decoder)."""
+def _instance(info: PixelInfo) -> str:
+    """The instance a budget charges ``info``'s decoding to."""
+    return str(info.header.get("SOPInstanceUID", "") or "") or "without SOP Instance UID"
+
+
+def reserve(info: PixelInfo, frames: int, budget: DecodeBudget | None) -> None:
+    """Book the decoding of ``frames`` frames of ``info`` in ``budget`` before decoding any, so
+    that a request over a limit is refused before its answer starts (:class:`~pacs.errors.TooLarge`)."""
+    if budget is not None:
+        budget.reserve(_instance(info), frames * info.decoded_frame_bytes)
+
+
+def decode_frame(
+    fh: BinaryIO, info: PixelInfo, number: int, budget: DecodeBudget | None = None
+) -> np.ndarray:
+    """Decode frame ``number`` (1-based) to an array (colour as RGB, YBR converted by the decoder).
+
+    The frame is charged to ``budget`` (a budget of its own, with the default limits, when None)
+    before it is decoded; over a limit is :class:`~pacs.errors.TooLarge`.
+    """
+    return _decode(fh, info, number, budget)[0]
+
+
+def decoded_frames(
+    fh: BinaryIO | None, info: PixelInfo, budget: DecodeBudget | None = None
+) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+    """Every frame decoded, in order and one at a time, with the decoder's description of the
+    decoded pixels (``photometric_interpretation``, ``planar_configuration``, ...).
+
+    ``fh`` is the stored file :func:`locate` read ``info`` from (None for a dataset of
+    :func:`info_of`). The whole instance is booked in ``budget`` before the first frame is decoded.
+    """
+    budget = budget if budget is not None else DecodeBudget()
+    reserve(info, info.number_of_frames, budget)
+    for number in range(1, info.number_of_frames + 1):
+        yield _decode(fh, info, number, budget)
+
+
+def _decode(
+    fh: BinaryIO | None, info: PixelInfo, number: int, budget: DecodeBudget | None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """THE decoding: the budget is charged first, the codestream header checked, then pydicom decodes."""
+    (budget if budget is not None else DecodeBudget()).spend(_instance(info), info.decoded_frame_bytes)
+    if fh is None:
+        if info.value_offset != _IN_MEMORY:
+            raise InvalidInstance("no stored file to read the pixel data from")
+        fh = io.BytesIO()  # not read: the pixel data is in the header
     try:
-        if info.value_offset < 0:
-            arr = info.header.pixel_array
-            return arr[number - 1] if info.number_of_frames > 1 else arr
         if info.encapsulated:  # decoders allocate what the codestream claims: check it first
             limits.check_codestream(raw_frame(fh, info, number), info.rows, info.columns)
+        if info.value_offset == _IN_MEMORY:
+            decoder = get_decoder(UID(info.transfer_syntax_uid))
+            arr, meta = decoder.as_array(info.header, index=number - 1, validate=True)
+            return arr, dict(meta)
         # What pydicom's pixel_array(fh) does after parsing the header again: we parsed it already.
         opts = as_pixel_options(info.header)
         opts["transfer_syntax_uid"] = UID(info.transfer_syntax_uid)
@@ -231,10 +305,10 @@ def decode_frame(fh: BinaryIO, info: PixelInfo, number: int) -> np.ndarray:
         if info.pixel_vr:
             opts["pixel_vr"] = info.pixel_vr
         fh.seek(info.value_offset)
-        arr, _ = get_decoder(opts["transfer_syntax_uid"]).as_array(
+        arr, meta = get_decoder(opts["transfer_syntax_uid"]).as_array(
             fh, index=number - 1, validate=True, **opts
         )
-        return arr
+        return arr, dict(meta)
     except NotImplementedError as exc:
         raise InvalidInstance(f"no decoder available for transfer syntax {info.transfer_syntax_uid}") from exc
     except (ValueError, RuntimeError, struct.error, EOFError, OSError) as exc:

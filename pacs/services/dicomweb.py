@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -29,7 +30,9 @@ from pacs.errors import (
     NotFound,
     PacsError,
     StorageUnavailable,
+    TooLarge,
 )
+from pacs.limits import DecodeBudget
 from pacs.model import Origin, StoredInstance, StoreResult
 from pacs.query import Query
 from pacs.services import transcode
@@ -47,10 +50,12 @@ _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 
 @dataclass(frozen=True)
 class Frames:
-    """Frames of one instance in one transfer syntax."""
+    """Frames of one instance in one transfer syntax: ``frames`` yields them one at a time, in the
+    order of ``numbers`` (each requested frame once)."""
 
     transfer_syntax_uid: str
-    frames: list[bytes]
+    numbers: list[int]
+    frames: Iterator[bytes]
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,20 @@ class DicomWeb:
         """The stored instances addressed by a resource path; raises :class:`NotFound`."""
         return self.archive.instances(study, series, sop)
 
-    def check_acceptable(self, instances: list[StoredInstance], syntaxes: Collection[str]) -> None:
-        """Raise :class:`NotAcceptable` unless every instance can be sent in one of ``syntaxes``."""
+    def check_acceptable(
+        self, instances: list[StoredInstance], syntaxes: Collection[str], budget: DecodeBudget | None = None
+    ) -> None:
+        """Raise :class:`NotAcceptable` unless every instance can be sent in one of ``syntaxes``.
+
+        With a ``budget``, the decoding the conversions will do is booked in it first (one header
+        read per instance to decode), so that a request over a decoding limit is refused
+        (:class:`~pacs.errors.TooLarge`) before its answer starts.
+        """
         for inst in instances:
-            self.retrieve_syntax(inst, syntaxes)
+            ts = self.retrieve_syntax(inst, syntaxes)
+            if budget is not None and transcode.needs_decoding(inst.transfer_syntax_uid, ts):
+                with self.archive.open(inst) as fh:
+                    transcode.reserve(fh, ts, budget)
 
     def retrieve_syntax(self, inst: StoredInstance, syntaxes: Collection[str]) -> str:
         """The transfer syntax one instance is sent in (:func:`transcode.choose`); raises
@@ -116,9 +131,12 @@ class DicomWeb:
             )
         return ts
 
-    def retrieve_instance_bytes(self, inst: StoredInstance, syntaxes: Collection[str]) -> Iterator[bytes]:
+    def retrieve_instance_bytes(
+        self, inst: StoredInstance, syntaxes: Collection[str], budget: DecodeBudget | None = None
+    ) -> Iterator[bytes]:
         """The Part-10 bytes of one instance: streamed as stored (never parsed) when accepted,
-        else converted by the transcoder (:class:`transcode.CannotTranscode` says why not)."""
+        else converted by the transcoder, decoded pixel data one frame at a time
+        (:func:`transcode.stream_as`; :class:`transcode.CannotTranscode` says why not)."""
         ts = self.retrieve_syntax(inst, syntaxes)
         with self.archive.open(inst) as fh:
             if ts == inst.transfer_syntax_uid:
@@ -126,10 +144,9 @@ class DicomWeb:
                     yield chunk
                 return
             try:
-                data = transcode.part10_as(fh, ts)
+                yield from transcode.stream_as(fh, ts, budget)
             except transcode.CannotTranscode as exc:
                 raise transcode.CannotTranscode(f"instance {inst.sop_instance_uid}: {exc}") from exc
-        yield data
 
     def retrieve_metadata(
         self, instances: list[StoredInstance], base_url: Callable[[StoredInstance], str]
@@ -170,23 +187,53 @@ class DicomWeb:
             log.warning("cannot cache metadata of %s: %s", inst.sop_instance_uid, exc)
         return text
 
-    def retrieve_frames(self, inst: StoredInstance, numbers: list[int], syntaxes: Collection[str]) -> Frames:
-        """Frames (1-based numbers) as stored (``*`` or the stored syntax accepted) or decoded native."""
+    def retrieve_frames(
+        self,
+        inst: StoredInstance,
+        numbers: list[int],
+        syntaxes: Collection[str],
+        budget: DecodeBudget | None = None,
+    ) -> Frames:
+        """Frames (1-based numbers) as stored (``*`` or the stored syntax accepted) or decoded native.
+
+        A frame listed more than once is sent once, where it is first listed. What can be
+        checked is checked here (frame numbers, the transfer syntax, the decoding booked in
+        ``budget``, the first frame read or decoded); the others are read, or decoded, one at a
+        time as :attr:`Frames.frames` is iterated, so a long list costs one frame of memory.
+        """
+        numbers = list(dict.fromkeys(numbers))
         with self.archive.open(inst) as fh:
             info = pixels.locate(fh)
-            pixels.check_frame_numbers(info, numbers)
-            stored = info.transfer_syntax_uid
-            ts = transcode.choose_frames(stored, syntaxes)
-            if ts is not None and info.encapsulated and ts != stored:  # decoded to native
-                return Frames(
-                    ts, [pixels.native_frame_bytes(pixels.decode_frame(fh, info, n)) for n in numbers]
-                )
-            if ts is not None:  # as stored (native frames: little endian)
-                return Frames(ts, [pixels.raw_frame(fh, info, n) for n in numbers])
-        raise NotAcceptable(
-            f"frames of {inst.sop_instance_uid} are stored as {stored} and cannot be sent as "
-            f"{', '.join(sorted(syntaxes))}"
-        )
+        pixels.check_frame_numbers(info, numbers)
+        stored = info.transfer_syntax_uid
+        ts = transcode.choose_frames(stored, syntaxes)
+        if ts is None:
+            raise NotAcceptable(
+                f"frames of {inst.sop_instance_uid} are stored as {stored} and cannot be sent as "
+                f"{', '.join(sorted(syntaxes))}"
+            )
+        decode = info.encapsulated and ts != stored  # decoded to native; else as stored (native: LE)
+        budget = budget if budget is not None else DecodeBudget()
+        if decode:
+            pixels.reserve(info, len(numbers), budget)
+        frames = self._frames(inst, info, numbers, decode, budget)
+        first = list(itertools.islice(frames, 1))  # its errors (a lying codestream...) are still an answer
+        return Frames(ts, numbers, itertools.chain(first, frames))
+
+    def _frames(
+        self,
+        inst: StoredInstance,
+        info: pixels.PixelInfo,
+        numbers: list[int],
+        decode: bool,
+        budget: DecodeBudget,
+    ) -> Iterator[bytes]:
+        with self.archive.open(inst) as fh:
+            for n in numbers:
+                if decode:
+                    yield pixels.native_frame_bytes(pixels.decode_frame(fh, info, n, budget))
+                else:
+                    yield pixels.raw_frame(fh, info, n)
 
     def retrieve_bulkdata(self, inst: StoredInstance, tag_path: list[str]) -> bytes:
         """The value of one binary element addressed by a tag path (``TAG[/ITEM/TAG...]``)."""
@@ -244,7 +291,7 @@ class DicomWeb:
             )
         try:
             return StowOutcome(sop_class, sop_instance, result=self.archive.store(part, origin))
-        except (InvalidInstance, DuplicateInstance, StorageUnavailable) as exc:
+        except (InvalidInstance, DuplicateInstance, StorageUnavailable, TooLarge) as exc:
             return StowOutcome(sop_class, sop_instance, error=exc)
 
 

@@ -1,7 +1,9 @@
 """Rendered resources and thumbnails (PS3.18 8.3.5 / 10.4.1.1.3, 10.4.1.1.4 Thumbnail).
 
-Images are produced by :mod:`pacs.dicom.pixels`. A rendered instance has a content-addressed key
-(the SHA-256 of its stored bytes plus the rendering parameters), used as ETag.
+Images are produced by :mod:`pacs.dicom.pixels`, each decoded frame charged to the request's
+:class:`~pacs.limits.DecodeBudget` (a budget of its own per image when none is given). A rendered
+instance has a content-addressed key (the SHA-256 of its stored bytes plus the rendering
+parameters), used as ETag.
 
 Thumbnails are cached on disk under ``<storage>/cache/thumbnails``, as images named by their ETag
 and as small entries keyed by the request (study, series, instance, frame, parameters) that say
@@ -24,8 +26,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pacs.dicom import pixels
-from pacs.errors import InvalidInstance, NoPixelData, NotFound
+from pacs.errors import InvalidInstance, NoPixelData, NotFound, TooLarge
 from pacs.index.versions import content_stamp
+from pacs.limits import DecodeBudget
 from pacs.model import StoredInstance
 from pacs.services.archive import Archive
 
@@ -83,12 +86,15 @@ class Renderer:
             h.update(inst.sha256.encode())
         return h.hexdigest()[:40]
 
-    def render(self, inst: StoredInstance, frame: int, params: RenderParams) -> Rendered:
-        """Render one frame (1-based) of one instance."""
+    def render(
+        self, inst: StoredInstance, frame: int, params: RenderParams, budget: DecodeBudget | None = None
+    ) -> Rendered:
+        """Render one frame (1-based) of one instance (:class:`~pacs.errors.TooLarge` when decoding
+        it would go over ``budget``)."""
         with self.archive.open(inst) as fh:
             info = self._pixel_info(inst, fh)
             pixels.check_frame_numbers(info, [frame])
-            arr = pixels.decode_frame(fh, info, frame)
+            arr = pixels.decode_frame(fh, info, frame, budget)
         display = pixels.to_display(info.header, arr, params.window)
         content = pixels.encode_image(
             display, params.media_type, quality=params.quality, viewport=params.viewport
@@ -96,7 +102,13 @@ class Renderer:
         return Rendered(content, params.media_type, self.key([inst], frame, params, "rendered"))
 
     def thumbnail(
-        self, study: str, series: str | None, sop: str | None, frame: int | None, params: RenderParams
+        self,
+        study: str,
+        series: str | None,
+        sop: str | None,
+        frame: int | None,
+        params: RenderParams,
+        budget: DecodeBudget | None = None,
     ) -> Rendered:
         """A small image standing for a study, series, instance or frame (cached on disk).
 
@@ -121,7 +133,7 @@ class Renderer:
             except FileNotFoundError:
                 pass
         instances = self.archive.instances(study, series, sop)
-        rendered, member = self._first_renderable(instances, frame, params)
+        rendered, member = self._first_renderable(instances, frame, params, budget)
         if sop is not None:
             etag = self.key([member], frame, params, "thumbnail")
         else:
@@ -191,7 +203,11 @@ class Renderer:
             self._entries[request] = entry
 
     def _first_renderable(
-        self, instances: list[StoredInstance], frame: int | None, params: RenderParams
+        self,
+        instances: list[StoredInstance],
+        frame: int | None,
+        params: RenderParams,
+        budget: DecodeBudget | None,
     ) -> tuple[Rendered, StoredInstance]:
         last: Exception | None = None
         for _series, group in groupby(instances, key=lambda i: i.series_instance_uid):
@@ -199,10 +215,10 @@ class Renderer:
             candidate = members[len(members) // 2]
             number = frame or max(1, ((candidate.number_of_frames or 1) + 1) // 2)
             try:
-                return self.render(candidate, number, params), candidate
-            except (NoPixelData, InvalidInstance) as exc:
+                return self.render(candidate, number, params, budget), candidate
+            except (NoPixelData, InvalidInstance, TooLarge) as exc:  # another series may do
                 last = exc
-        if isinstance(last, InvalidInstance):
+        if isinstance(last, InvalidInstance | TooLarge):
             raise last
         raise NoPixelData("nothing here has pixel data to make a thumbnail from")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 
 from pacs.dicom.attributes import BY_KEYWORD
-from pacs.errors import InvalidQuery, NotFound
+from pacs.errors import InvalidQuery, NotFound, TooLarge
 from pacs.model import Level, StoredInstance
 from pacs.query import AnyOf, Condition, Equal, Query
 from pacs.services import transcode
@@ -147,8 +147,9 @@ class Retrieve:
         """Read one stored instance in a transfer syntax among ``accepted`` (:func:`transcode.choose`).
 
         As stored when accepted (parsed, not converted), else converted by the transcoder;
-        no accepted syntax, a missing file or a failed conversion gives an unsendable
-        :class:`Outgoing` with the reason.
+        no accepted syntax, a missing file, a failed conversion or one that would decode more
+        than the per-instance limit (:class:`~pacs.errors.TooLarge`, refused before decoding)
+        gives an unsendable :class:`Outgoing` with the reason.
         """
         if not accepted:
             return _unsendable(inst, "the peer accepted no context for its SOP class")
@@ -160,7 +161,7 @@ class Retrieve:
         try:
             with self.archive.open(inst) as fh:
                 ds = transcode.read_as(fh, target)  # as stored: parsed, not converted
-        except (NotFound, OSError, transcode.CannotTranscode) as exc:
+        except (NotFound, OSError, transcode.CannotTranscode, TooLarge) as exc:
             return _unsendable(inst, str(exc))
         return Outgoing(inst, ds, target)
 

@@ -24,6 +24,7 @@ from pacs import query as q
 from pacs.dicom import pixels
 from pacs.dicom.text import is_valid_uid
 from pacs.errors import NotAcceptable
+from pacs.limits import DecodeBudget, DecodeLimits
 from pacs.model import Level, StoredInstance
 from pacs.services.dicomweb import ANY, DicomWeb
 from pacs.services.render import Renderer, RenderParams
@@ -49,6 +50,12 @@ def _renderer(request: Request) -> Renderer:
     return request.app.state.renderer  # type: ignore[no-any-return]
 
 
+def _budget(request: Request) -> DecodeBudget:
+    """The decoded pixel data this request may produce (``[http] max_decoded_mb_per_*``)."""
+    http = request.app.state.settings.http
+    return DecodeLimits.from_mb(http.max_decoded_mb_per_instance, http.max_decoded_mb_per_request).budget()
+
+
 def _uid(request: Request, name: str) -> str:
     value = request.path_params[name]
     if not is_valid_uid(value):
@@ -64,8 +71,11 @@ def _uids(request: Request) -> tuple[str, str | None, str | None]:
 
 
 def _root(request: Request) -> str:
-    """The absolute URL of the DICOMweb root (``.../dicom-web``)."""
-    return str(request.base_url).rstrip("/") + "/dicom-web"
+    """The absolute URL of the DICOMweb root (``.../dicom-web``): under ``[http] public_url``
+    when set, else from the request's Host header (checked by :class:`pacs.web.hosts.HostCheck`)."""
+    public = request.app.state.settings.http.public_url
+    base = public if public else str(request.base_url)
+    return base.rstrip("/") + "/dicom-web"
 
 
 def _instance_url(root: str, inst: StoredInstance) -> str:
@@ -213,14 +223,17 @@ async def retrieve(request: Request) -> Response:
     study, series, sop = _uids(request)
     syntaxes = _dicom_syntaxes(request)
     svc = _service(request)
+    budget = _budget(request)
     instances = await run_in_threadpool(svc.instances, study, series, sop)
-    svc.check_acceptable(instances, syntaxes)
+    # Refusals (not acceptable, over a decoding limit) before the answer starts.
+    await run_in_threadpool(svc.check_acceptable, instances, syntaxes, budget)
     boundary = new_boundary()
 
     def parts() -> Iterator[tuple[str, Iterator[bytes]]]:
         for inst in instances:
             ts = svc.retrieve_syntax(inst, syntaxes)
-            yield f"application/dicom; transfer-syntax={ts}", svc.retrieve_instance_bytes(inst, syntaxes)
+            part = svc.retrieve_instance_bytes(inst, syntaxes, budget)
+            yield f"application/dicom; transfer-syntax={ts}", part
 
     request.state.detail = f"instances={len(instances)}"
     return StreamingResponse(
@@ -242,17 +255,20 @@ async def retrieve_metadata(request: Request) -> Response:
 
 
 _FRAME_LIST = re.compile(r"^\d{1,6}(,\d{1,6})*$")
+#: Most entries a frame list may have (repeats included); more is 400. Repeats are answered once
+#: (the service keeps the first of each), so a response has at most NumberOfFrames parts.
+MAX_FRAME_LIST = 10_000
 
 
 def _frame_numbers(text: str) -> list[int]:
     text = text.replace("%2C", ",").replace("%2c", ",")
+    if text.count(",") >= MAX_FRAME_LIST:
+        raise HttpProblem(400, f"too many frames in one request (at most {MAX_FRAME_LIST} in a frame list)")
     if not _FRAME_LIST.fullmatch(text):
         raise HttpProblem(400, f"frame list {text[:80]!r} must be comma separated numbers starting at 1")
     numbers = [int(n) for n in text.split(",")]
     if any(n < 1 for n in numbers):
         raise HttpProblem(400, "frame numbers start at 1")
-    if len(numbers) > 10_000:
-        raise HttpProblem(400, "too many frames in one request")
     return numbers
 
 
@@ -304,14 +320,14 @@ async def _frames_response(request: Request, inst: StoredInstance, numbers: list
     if numbers is None:
         info = await run_in_threadpool(_frame_count, svc, inst)
         numbers = list(range(1, info + 1))
-    frames = await run_in_threadpool(svc.retrieve_frames, inst, numbers, syntaxes)
+    # Checked (numbers, syntax, decoding limits) now; read or decoded one frame at a time as sent.
+    frames = await run_in_threadpool(svc.retrieve_frames, inst, numbers, syntaxes, _budget(request))
     part_type = _part_type(ranges, frames.transfer_syntax_uid)
     boundary = new_boundary()
-    body = b"".join(multipart_body(boundary, ((part_type, [f]) for f in frames.frames)))
     root_type = part_type.split(";")[0]
-    request.state.detail = f"frames={len(numbers)} ts={frames.transfer_syntax_uid}"
-    return Response(
-        body,
+    request.state.detail = f"frames={len(frames.numbers)} ts={frames.transfer_syntax_uid}"
+    return StreamingResponse(
+        multipart_body(boundary, ((part_type, [f]) for f in frames.frames)),
         media_type=f'multipart/related; type="{root_type}"; boundary={boundary}',
     )
 
@@ -439,6 +455,7 @@ async def rendered(request: Request) -> Response:
     renderer = _renderer(request)
     frame = _frame_numbers(request.path_params["frames"])[0] if "frames" in request.path_params else None
     svc = _service(request)
+    budget = _budget(request)
     if sop is not None:
         number = frame or 1
 
@@ -448,7 +465,7 @@ async def rendered(request: Request) -> Response:
             etag = renderer.key([inst], number, params, "rendered")
             if _not_modified(request, etag):
                 return etag, None
-            return etag, renderer.render(inst, number, params).content
+            return etag, renderer.render(inst, number, params, budget).content
 
         etag, content = await run_in_threadpool(one)
         if content is None:
@@ -460,8 +477,8 @@ async def rendered(request: Request) -> Response:
     def parts() -> Iterator[tuple[str, list[bytes]]]:
         for inst in instances:
             try:
-                out = renderer.render(inst, 1, params)
-            except Exception:  # instances without pixels (SR, KO) are left out
+                out = renderer.render(inst, 1, params, budget)
+            except Exception:  # instances without pixels (SR, KO), or over the decoding limit, are left out
                 continue
             yield params.media_type, [out.content]
 
@@ -476,7 +493,8 @@ async def thumbnail(request: Request) -> Response:
     study, series, sop = _uids(request)
     params = _render_params(request)
     frame = _frame_numbers(request.path_params["frames"])[0] if "frames" in request.path_params else None
-    out = await run_in_threadpool(_renderer(request).thumbnail, study, series, sop, frame, params)
+    renderer = _renderer(request)
+    out = await run_in_threadpool(renderer.thumbnail, study, series, sop, frame, params, _budget(request))
     cache = "private, max-age=3600" if sop else "private, no-cache"
     if _not_modified(request, out.etag):
         return Response(status_code=304, headers={"ETag": f'"{out.etag}"', "Cache-Control": cache})

@@ -1,10 +1,12 @@
-"""Builders of hostile DICOM objects: deflate bombs, lying pixel sizes, oversized JPEG headers."""
+"""Builders of hostile DICOM objects: deflate bombs, lying pixel sizes, oversized JPEG headers,
+multi-frame JPEG 2000 decompression bombs (and well-formed multi-frame JPEG 2000 objects)."""
 
 from __future__ import annotations
 
 import struct
 import zlib
 
+import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -109,3 +111,49 @@ def encapsulated_jpeg(ds: Dataset, rows: int, columns: int, header_rows: int, he
     pixel = encapsulate([frame])
     elem = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + pixel
     return _meta_bytes(ds, "1.2.840.10008.1.2.4.50") + _body(ds) + elem
+
+
+J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"  # JPEG 2000 Image Compression (Lossless Only)
+#: Multi-frame Grayscale Word Secondary Capture Image Storage
+MULTIFRAME_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
+
+
+def j2k_frame(pixels: np.ndarray) -> bytes:
+    """One unsigned 8- or 16-bit grayscale frame as a lossless JPEG 2000 codestream (openjpeg)."""
+    import openjpeg
+
+    bits = 8 * pixels.dtype.itemsize
+    return bytes(openjpeg.encode(pixels, bits_stored=bits, photometric_interpretation=2, use_mct=False))
+
+
+def j2k_multiframe(
+    ds: Dataset,
+    frames: list[bytes],
+    rows: int,
+    columns: int,
+    bits: int = 16,
+    sop_class_uid: str = MULTIFRAME_WORD_SC,
+) -> bytes:
+    """A JPEG 2000 Lossless Part-10 object of ``ds``'s header with ``frames`` (codestreams of
+    ``rows`` x ``columns`` unsigned ``bits``-bit samples) as its pixel data, with a Basic Offset Table."""
+    from pydicom.encaps import encapsulate
+
+    ds = ds.copy()
+    ds.SOPClassUID = sop_class_uid
+    ds.Rows, ds.Columns = rows, columns
+    if len(frames) > 1:
+        ds.NumberOfFrames = len(frames)
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    pixel = encapsulate(frames, has_bot=True) + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # + delimiter
+    elem = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + pixel
+    return _meta_bytes(ds, J2K_LOSSLESS) + _body(ds) + elem
+
+
+def j2k_bomb(ds: Dataset, frames: int = 40, rows: int = 4096, columns: int = 4096) -> bytes:
+    """The issue-14 bomb: ~9 KB of JPEG 2000 (one 195-byte codestream of zeros, repeated) that
+    decodes to ``frames`` x ``rows`` x ``columns`` 16-bit samples (40 x 4096 x 4096: 1.25 GiB)."""
+    frame = j2k_frame(np.zeros((rows, columns), np.uint16))
+    return j2k_multiframe(ds, [frame] * frames, rows, columns)
