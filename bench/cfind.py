@@ -161,7 +161,7 @@ def serve_pacs(tmp: Path, url: str, http_extra: str = "") -> tuple[subprocess.Po
         f'[dicom]\nae_title = "PACS"\nport = 0\nworkers = 1\n'
         'allowed_aes = [{ ae_title = "PYNETDICOM", services = ["all"] }]\n'
         f'[http]\nport = 0\n{http_extra}\n[storage]\npath = "{tmp / "storage"}"\n[database]\nurl = "{url}"\n'
-        '[log]\nlevel = "WARNING"\n'
+        '[log]\nlevel = "WARNING"\n[auth]\nenabled = false\n'
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "pacs.cli", "serve", "--config", str(cfg)],

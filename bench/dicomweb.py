@@ -104,7 +104,8 @@ def start_pacs(tmp: Path, http_workers: int = 0) -> tuple[subprocess.Popen[bytes
     cfg.write_text(
         '[dicom]\nport = 0\nworkers = 1\nallowed_aes = ["BENCH"]\n'
         f"[http]\nport = 0\nmax_upload_mb = 4096\nworkers = {http_workers}\n"
-        f'[storage]\npath = "{tmp / "pacs"}"\n',
+        f'[storage]\npath = "{tmp / "pacs"}"\n'
+        "[auth]\nenabled = false\n",  # loopback benchmark: no sign-in, as Orthanc's defaults
         encoding="utf-8",
     )
     proc = subprocess.Popen(

@@ -187,6 +187,8 @@ workers = {workers}
 max_pdu = 262144
 [http]
 port = 0
+[auth]
+enabled = false
 [storage]
 path = "{storage}"
 fsync = {str(fsync).lower()}

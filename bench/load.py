@@ -412,6 +412,8 @@ workers = {workers}
 [http]
 host = "127.0.0.1"
 port = 0
+[auth]
+enabled = false
 [storage]
 path = "{storage}"
 [database]

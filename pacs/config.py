@@ -107,6 +107,15 @@ class HttpSettings:
     # Open connections per web server process; more are answered 503 (Retry-After) and closed at
     # once. Keep under the file-descriptor limit (ulimit -n). 0 = no cap.
     max_connections: int = 512
+    # Host header values served (DNS rebinding). Empty: loopback names, the bind address, this
+    # machine's host names and their addresses. ["*"] turns the check off.
+    allowed_hosts: tuple[str, ...] = ()
+    # Reverse proxies whose X-Forwarded-For / -Proto are believed (addresses or CIDR nets, as
+    # uvicorn's forwarded_allow_ips). Empty: none, so the audit shows the real peer address.
+    trusted_proxies: tuple[str, ...] = ()
+    # The archive's URL as clients see it (e.g. https://pacs.benhvien.vn), used for every URL the
+    # server returns (STOW RetrieveURL, BulkDataURI); empty: built from the checked Host header.
+    public_url: str = ""
     max_query_limit: int = 1000
     default_query_limit: int = 1000
     # Web server processes sharing the port (SO_REUSEPORT); 0 = one per CPU core. Each has its own
@@ -124,6 +133,9 @@ class StorageSettings:
     path: Path = Path("storage")
     duplicate_policy: DuplicatePolicy = "reject"
     fsync: bool = True
+    # Largest instance (Part-10 file) accepted over C-STORE, STOW-RS or import, MiB; 0 = no limit.
+    # Enhanced multi-frame CT/MR and long ultrasound clips run to a few hundred MiB.
+    max_instance_mb: int = 4096
 
 
 @dataclass(frozen=True)
@@ -146,10 +158,34 @@ class QuerySettings:
 class AuthSettings:
     """Web authentication: users, roles and bearer tokens (``pacs user add``)."""
 
-    enabled: str = "auto"  # "auto" (on unless http.host is loopback), "true" or "false"
+    # true (default) or false. Sign-in no longer follows the bind address: behind a local reverse
+    # proxy a loopback bind is reachable from the network. "auto" (older configs) means true.
+    enabled: str = "true"
     token_lifetime_minutes: int = 480
     login_attempts: int = 10  # per client address per window; more get 429
     login_window_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The audit trail (PS3.15 A.5): durable spool, waiting for rows, shipping to syslog."""
+
+    # Rows the database cannot take now are appended here (JSON lines, fsynced) and replayed in
+    # order when it answers again; empty = ``<storage>/audit-spool``.
+    spool_dir: Path = Path()
+    # Seconds a DICOM query or retrieve waits for its audit row to be durable (in the database or
+    # the spool) before its final response; 0 = do not wait.
+    wait_seconds: float = 5.0
+    # Seconds between the audit writer's rounds when idle: spool replay and sealing into the hash
+    # chain the rows other writers appended (stores, associations, MPPS).
+    interval_seconds: float = 1.0
+    # Copy every sealed row to a syslog collector as an RFC 5424 message carrying the DICOM audit
+    # message (IHE ATNA): ``udp://host:514`` (RFC 5426), ``tcp://host:601`` or ``tls://host:6514``
+    # (RFC 5425, octet-counted). Empty = off.
+    syslog_url: str = ""
+    syslog_ca: Path = Path()  # CA bundle verifying the collector's certificate (tls://); empty = system
+    syslog_cert: Path = Path()  # client certificate chain to present (tls://, PEM); optional
+    syslog_key: Path = Path()
 
 
 @dataclass(frozen=True)
@@ -213,16 +249,12 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     appraisal: AppraisalSettings = field(default_factory=AppraisalSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     @property
     def auth_enabled(self) -> bool:
-        """Whether the web side requires sign-in: ``auto`` means on unless bound to loopback."""
-        mode = self.auth.enabled.lower()
-        if mode in ("true", "on", "yes", "1"):
-            return True
-        if mode in ("false", "off", "no", "0"):
-            return False
-        return not is_loopback(self.http.host)
+        """Whether the web side requires sign-in: unless explicitly disabled, yes."""
+        return self.auth.enabled.lower() not in ("false", "off", "no", "0")
 
     @property
     def database_url(self) -> str:
@@ -245,6 +277,7 @@ _SECTIONS: dict[str, type] = {
     "log": LogSettings,
     "appraisal": AppraisalSettings,
     "auth": AuthSettings,
+    "audit": AuditSettings,
 }
 
 
@@ -299,6 +332,7 @@ def load(
     built["appraisal"] = _resolve_registers(built["appraisal"], base_dir)
     built["http"] = _resolve_registers(built["http"], base_dir)
     built["dicom"] = _resolve_registers(built["dicom"], base_dir)
+    built["audit"] = _resolve_registers(built["audit"], base_dir)
     settings = Settings(**built)
     _validate(settings)
     return settings
@@ -426,6 +460,11 @@ def _validate(settings: Settings) -> None:
                 raise ConfigError(f"[{name}] {f}: no such file {path}")
     if settings.dicom.tls_require_client_cert and not _set(settings.dicom.tls_ca):
         raise ConfigError("[dicom] tls_require_client_cert needs tls_ca (the CA of the client certificates)")
+    u = settings.audit.syslog_url
+    if u and not re.fullmatch(r"(udp|tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+)(:\d{1,5})?/?", u):
+        raise ConfigError(
+            "[audit] syslog_url must look like udp://host:514, tcp://host:601 or tls://host:6514"
+        )
     a = settings.appraisal
     if a.facility_code and len(a.facility_code) != 5:
         raise ConfigError("[appraisal] facility_code (MA_CSKCB) must be 5 characters")

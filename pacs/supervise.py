@@ -87,6 +87,7 @@ def serve(settings: Settings) -> int:
 
     configure_logging(settings)
     rt = runtime.build(settings, clean_tmp=True)
+    first_admin(settings, rt)
     workers = settings.dicom.workers or os.cpu_count() or 1
     ctx = multiprocessing.get_context("spawn")
     # This process accepts every association and hands each to the listener process with the
@@ -174,7 +175,18 @@ def _web_server(settings: Settings, app: Any) -> uvicorn.Server:
     import uvicorn
 
     # h11 named, not "auto": the guards (pacs.web.timeouts) follow h11's view of each request.
-    config = uvicorn.Config(app, http="h11", log_level="warning", access_log=False, lifespan="on")
+    proxies = list(settings.http.trusted_proxies)
+    config = uvicorn.Config(
+        app,
+        http="h11",
+        log_level="warning",
+        access_log=False,  # pacs.web.app.RequestLog logs each request, without patient data
+        lifespan="on",
+        # X-Forwarded-For / -Proto only from the proxies named in [http] trusted_proxies (uvicorn
+        # believes 127.0.0.1 by default: any local process could then write the audit's address).
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or [],
+    )
     config.load()
     from pacs.web.timeouts import guarded  # slow-loris headers and bodies, connection floods
 
@@ -220,6 +232,38 @@ def _http_worker(settings: Settings, port: int, parent: int, ready: Any = None) 
         server.run(sockets=[sock])
     finally:
         rt.close()
+
+
+def first_admin(settings: Settings, rt: Any) -> str | None:
+    """With sign-in on and no user at all (a first start), create ``admin`` with a random
+    password, say it once on the console and leave it in ``<storage>/initial-admin-password``
+    (mode 0600) for whoever runs the archive; returns the password, or None when users exist."""
+    if not settings.auth_enabled or rt.auth.list_users():
+        return None
+    import secrets
+
+    from pacs.services.auth import AuthError
+
+    password = secrets.token_urlsafe(12)
+    try:
+        rt.auth.add_user("admin", "admin", password)
+    except AuthError:  # another node made it first
+        return None
+    path = settings.storage.path / "initial-admin-password"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(password + "\n")
+    # On a terminal (the quick start) the password is shown once; anywhere else stderr is a log
+    # file or the journal, and the password stays in the 0600 file only.
+    shown = f"password {password}" if sys.stderr.isatty() else "password"
+    print(
+        f"\nFirst start: web user 'admin' created, {shown} in {path}\n"
+        "(change it with `pacs user password admin`; add users with `pacs user add`)\n",
+        file=sys.stderr,
+        flush=True,
+    )
+    log.warning("first start: created the web user 'admin'; its password is in %s", path)
+    return password
 
 
 def _security_log(settings: Settings, host: str, port: int, https: bool) -> None:

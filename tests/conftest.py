@@ -130,11 +130,15 @@ def archive(db_url: str, storage_dir: Path) -> Iterator[Archive]:
 
 
 def settings_for(db_url: str, storage: Path, **http: object) -> config.Settings:
-    """Settings for an in-process app under test (no fsync: tests do not need durability)."""
+    """Settings for an in-process app under test (no fsync: tests do not need durability).
+
+    Sign-in is explicitly off and every Host is served (starlette's TestClient sends
+    ``testserver``); tests/security turns both back on where they are the subject."""
     return config.Settings(
         storage=config.StorageSettings(path=storage, fsync=False),
         database=config.DatabaseSettings(url=db_url),
-        http=config.HttpSettings(**http),  # type: ignore[arg-type]
+        http=config.HttpSettings(**{"allowed_hosts": ("*",), **http}),  # type: ignore[arg-type]
+        auth=config.AuthSettings(enabled="false"),
     )
 
 

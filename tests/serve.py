@@ -66,6 +66,8 @@ workers = 1
 [http]
 host = "127.0.0.1"
 port = 0
+[auth]
+enabled = false
 [storage]
 path = "{storage}"
 [database]

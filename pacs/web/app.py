@@ -11,6 +11,7 @@ import logging
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pacs.web import appraisal, auth, dicomweb
 from pacs.web.errors import EXCEPTION_HANDLERS
+from pacs.web.hosts import HostCheck, default_hosts
 
 log = logging.getLogger("pacs.http")
 
@@ -125,7 +127,7 @@ class RequestLog:
             state["reason"] = state.get("reason") or "the client left before its request was complete"
         finally:
             client = scope.get("client") or ("", 0)
-            query = scope.get("query_string", b"").decode("latin-1")
+            query = loggable_query(scope.get("query_string", b""))
             reason = state.get("reason") or ""
             detail = state.get("detail") or ""
             log.log(
@@ -133,13 +135,36 @@ class RequestLog:
                 "http %s %s%s status=%d ms=%.1f client=%s%s%s",
                 scope.get("method"),
                 scope.get("path"),
-                f"?{query[:300]}" if query else "",
+                f"?{query}" if query else "",
                 status,
                 (time.perf_counter() - start) * 1000,
                 client[0],
                 f" {detail}" if detail else "",
                 f" reason={reason!r}" if reason else "",
             )
+
+
+#: Query parameters whose values are logged; every other value (patient names and IDs, accession
+#: numbers, anything a client adds) is logged as ``…``: the log is not an access-controlled store.
+_LOGGED_VALUES = frozenset(
+    {
+        "limit", "offset", "includefield", "fuzzymatching", "format", "Modality", "ModalitiesInStudy",
+        "StudyDate", "StudyTime", "SeriesNumber", "InstanceNumber", "QueryRetrieveLevel", "page", "size",
+        "from", "to", "date_from", "date_to", "quality", "viewport", "window", "accept",
+    }
+)  # fmt: skip
+
+
+def loggable_query(raw: bytes) -> str:
+    """A query string for the log: every parameter name, values only of :data:`_LOGGED_VALUES`."""
+    if not raw:
+        return ""
+    parts = []
+    for pair in raw.decode("latin-1").split("&")[:30]:
+        key, _, value = pair.partition("=")
+        name = unquote_plus(key)[:40]
+        parts.append(f"{name}={value[:60]}" if name in _LOGGED_VALUES else f"{name}=…")
+    return "&".join(parts)
 
 
 async def health(request: Request) -> JSONResponse:
@@ -165,7 +190,8 @@ def routes(rt: Any) -> list[BaseRoute]:
 def create_app(rt: Any) -> Starlette:
     """Build the web application over a :class:`pacs.runtime.Runtime`."""
     settings = rt.settings
-    middleware = [Middleware(RequestLog)]
+    hosts = set(settings.http.allowed_hosts) or default_hosts(settings)
+    middleware = [Middleware(RequestLog), Middleware(HostCheck, allowed=hosts)]
     if settings.http.cors_origins:
         middleware.append(
             Middleware(

@@ -26,6 +26,7 @@ def settings_for(db_url: str, storage: Path, **auth: object) -> config.Settings:
         storage=config.StorageSettings(path=storage, fsync=False),
         database=config.DatabaseSettings(url=db_url),
         auth=config.AuthSettings(**{"enabled": "true", **auth}),  # type: ignore[arg-type]
+        http=config.HttpSettings(allowed_hosts=("testserver",)),
     )
 
 

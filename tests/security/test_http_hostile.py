@@ -112,7 +112,7 @@ def _read_until_closed(s: socket.socket) -> bytes:
 
 
 def _get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
 
 
 def _token(srv: Served) -> str:
@@ -132,7 +132,7 @@ def test_oversized_login_body_is_refused_without_buffering(srv: Served) -> None:
     rss0, hwm0 = _memory_kib(pid)
     total, sent, answer = 200 << 20, 0, b""
     chunk = b"%x\r\n" % (1 << 20) + b"{" * (1 << 20) + b"\r\n"
-    head = f"POST {LOGIN} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = f"POST {LOGIN} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     with socket.create_connection(("127.0.0.1", srv.http_port), timeout=10) as s:
         s.sendall((head + "Transfer-Encoding: chunked\r\n\r\n").encode())
         try:
@@ -181,7 +181,7 @@ def test_every_request_on_a_keep_alive_connection_has_the_header_timeout(srv: Se
         assert _read_response(s).startswith(b"HTTP/1.1 200")
         t0 = time.monotonic()
         closed_after = None
-        for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+        for b in b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200:
             try:
                 s.sendall(bytes([b]))
             except OSError:
@@ -204,7 +204,7 @@ def test_every_request_on_a_keep_alive_connection_has_the_header_timeout(srv: Se
 def _post_slowly(srv: Served, body: bytes, step: int, pause: float, length: int | None = None) -> bytes:
     """POST a login body ``step`` bytes every ``pause`` seconds; the answer (read until closed)."""
     head = (
-        f"POST {LOGIN} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"POST {LOGIN} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body) if length is None else length}\r\nConnection: close\r\n\r\n"
     )
     with socket.create_connection(("127.0.0.1", srv.http_port), timeout=15) as s:
