@@ -9,6 +9,7 @@ association it accepts (``assoc.receiver``); nothing here looks for it anywhere 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -125,9 +126,13 @@ class ReceiveFile:
         self.incoming: Incoming | None = None
         self._fh: Any = None
         self._started = False
+        self.size = 0
         if receiver is None:
             assoc = getattr(threading.current_thread(), "assoc", None)  # the DUL thread's association
             receiver = getattr(assoc, "receiver", None)
+        #: ``[storage] max_instance_mb``: past it the rest of the data set is read and dropped
+        #: (as after a write error) and the C-STORE answered 0xA700 with the reason.
+        self._limit = receiver.archive.max_instance_bytes if receiver is not None else 0
         if receiver is not None:
             try:
                 self.incoming = receiver.archive.incoming()
@@ -177,6 +182,10 @@ class ReceiveFile:
 
     def write(self, data: bytes | memoryview) -> int:
         if self.error is not None or not self._started:  # before begin(): pynetdicom's preamble
+            return len(data)
+        self.size += len(data)
+        if self._limit and self.size > self._limit:
+            self._failed(OSError(errno.EFBIG, f"over max_instance_mb ({self._limit >> 20} MiB)"))
             return len(data)
         try:
             if self.incoming is not None:

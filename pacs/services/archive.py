@@ -35,7 +35,7 @@ from pacs.blobstore import BlobStore, BlobWriter
 from pacs.dicom.extract import extract, read_header
 from pacs.dicom.meta import encode_file_meta
 from pacs.dicom.text import is_valid_uid
-from pacs.errors import InvalidInstance, NotFound, StorageUnavailable
+from pacs.errors import InvalidInstance, NotFound, StorageUnavailable, TooLarge
 from pacs.index import repo
 from pacs.index.database import Database, unavailable
 from pacs.index.sql import run_query
@@ -96,17 +96,29 @@ class Archive:
         blobs: BlobStore,
         *,
         duplicate_policy: str = "reject",
+        max_instance_bytes: int = 0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.duplicate_policy = duplicate_policy
+        #: Largest Part-10 file stored (0: no limit): C-STORE stops receiving past it
+        #: (pacs.scp.receive), :meth:`store` refuses a longer stream before writing anything.
+        self.max_instance_bytes = max_instance_bytes
         self.clock = clock
         #: Hooks run in the store transaction (a few cheap statements each; see IndexHook).
         self.index_hooks: list[IndexHook] = []
         #: fsync + rename of new blobs, overlapped with parsing and indexing (threads: the
         #: syscalls release the GIL).
         self._background = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-sync")
+
+    def check_size(self, size: int) -> None:
+        """Raise :class:`TooLarge` for an instance of ``size`` bytes over ``max_instance_bytes``."""
+        if self.max_instance_bytes and size > self.max_instance_bytes:
+            raise TooLarge(
+                f"the instance is over the archive's limit of {self.max_instance_bytes >> 20} MiB"
+                " ([storage] max_instance_mb)"
+            )
 
     def close(self) -> None:
         """Stop the blob-sync workers (the database is closed by its owner)."""
@@ -133,6 +145,8 @@ class Archive:
         Raises :class:`InvalidInstance`, :class:`~pacs.errors.DuplicateInstance` or
         :class:`StorageUnavailable`; nothing is left behind when it does.
         """
+        self.check_size(stream.seek(0, 2))
+        stream.seek(0)
         meta, offset = _split_part10(stream)
         ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
         if not ts:
