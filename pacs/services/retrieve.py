@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 
 from pacs.dicom.attributes import BY_KEYWORD
 from pacs.errors import InvalidQuery, NotFound, TooLarge
+from pacs.limits import DecodeBudget, DecodeLimits
 from pacs.model import Level, StoredInstance
 from pacs.query import AnyOf, Condition, Equal, Query
 from pacs.services import transcode
@@ -72,8 +73,11 @@ class Tally:
 class Retrieve:
     """Retrieve through the :class:`Archive`: the instances a query names, ready to send."""
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(self, archive: Archive, limits: DecodeLimits | None = None) -> None:
         self.archive = archive
+        #: What one C-MOVE / C-GET may decode to convert instances for the peer: per instance
+        #: and over the whole retrieve (``[http] max_decoded_mb_*``, shared with WADO-RS).
+        self.limits = limits or DecodeLimits()
 
     def instances(self, query: Query) -> list[StoredInstance]:
         """The stored instances a C-MOVE / C-GET identifier names (PS3.4 C.4.2.2.1, C.4.3.2.1).
@@ -137,13 +141,16 @@ class Retrieve:
         """
         if tally is not None:
             tally.total = len(instances)
+        budget = self.limits.budget()  # one per retrieve: its per-request total spans every instance
         for inst in instances:
-            out = self.prepare(inst, accepted.get(inst.sop_class_uid, ()))
+            out = self.prepare(inst, accepted.get(inst.sop_class_uid, ()), budget)
             if tally is not None:
                 tally.count(out)
             yield out
 
-    def prepare(self, inst: StoredInstance, accepted: Sequence[str]) -> Outgoing:
+    def prepare(
+        self, inst: StoredInstance, accepted: Sequence[str], budget: DecodeBudget | None = None
+    ) -> Outgoing:
         """Read one stored instance in a transfer syntax among ``accepted`` (:func:`transcode.choose`).
 
         As stored when accepted (parsed, not converted), else converted by the transcoder;
@@ -160,7 +167,7 @@ class Retrieve:
             )
         try:
             with self.archive.open(inst) as fh:
-                ds = transcode.read_as(fh, target)  # as stored: parsed, not converted
+                ds = transcode.read_as(fh, target, budget)  # as stored: parsed, not converted
         except (NotFound, OSError, transcode.CannotTranscode, TooLarge) as exc:
             return _unsendable(inst, str(exc))
         return Outgoing(inst, ds, target)

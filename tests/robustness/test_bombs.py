@@ -577,3 +577,59 @@ def test_a_frame_list_of_thousands_of_repeats_streams_each_frame_once(tmp_path: 
         assert elapsed < 5 and growth < 200
         r = http.get(_url(ds) + f"/frames/{listed}", headers={"Accept": OCTET_AS_STORED})
         assert r.status_code == 200 and len(_parts(r)) == 3
+
+
+def test_the_per_request_limit_covers_a_whole_c_get(tmp_path: Path) -> None:
+    """C-MOVE / C-GET use the same limits as WADO-RS, the per-request one over the whole retrieve:
+    three 512x512 16-bit JPEG 2000 instances (0.5 MiB decoded each) under a 1 MiB per-request
+    limit, fetched by a requester that accepts only Explicit VR Little Endian: two arrive, the
+    third is a counted failure with the reason in the log."""
+    import httpx
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    from tests.serve import serve
+
+    study, series = generate_uid(), generate_uid()
+    made = [
+        _j2k_instance(
+            [np.full((512, 512), k, np.uint16)], sop_class_uid=CT, study_uid=study, series_uid=series
+        )
+        for k in range(3)
+    ]
+    env = {"PACS_HTTP_MAX_DECODED_MB_PER_REQUEST": "1"}
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    with (
+        serve(tmp_path, f"sqlite:///{tmp_path / 'index.sqlite'}", env=env) as srv,
+        httpx.Client(base_url=srv.base_url, timeout=120) as http,
+    ):
+        _stow(http, *(data for _, data in made))
+        ae = AE(ae_title="GETSCU")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(CT, [EXPLICIT])
+        assoc = ae.associate(
+            "127.0.0.1",
+            srv.dicom_port,
+            ae_title="PACS",
+            ext_neg=[build_role(CT, scp_role=True)],
+            evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        )
+        assert assoc.is_established
+        q = Dataset()
+        q.QueryRetrieveLevel = "SERIES"
+        q.StudyInstanceUID, q.SeriesInstanceUID = study, series
+        try:
+            final = [st for st, _ in assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet)][-1]
+        finally:
+            assoc.release()
+            ae.shutdown()
+        log = srv.log()
+    assert len(received) == 2
+    assert final.Status == 0xB000  # sub-operations complete, one or more failures
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 1)
+    assert "over the limit of 1 MiB per request" in log

@@ -165,6 +165,15 @@ def test_the_answers_the_edges_rely_on() -> None:
     assert (done.n_set, done.http) == (0x0110, 409)
 
 
+def test_over_a_limit_is_413_and_out_of_resources() -> None:
+    """A request or decoded object over a configured limit (decompression bombs, issue 14): HTTP
+    413 with the reason; DIMSE out of resources (a C-MOVE / C-GET sub-operation is a counted
+    failure instead, pacs/services/retrieve.py)."""
+    big = status.answer(errors.TooLarge("x"))
+    assert (big.http, big.c_store, big.c_find, big.c_retrieve) == (413, 0xA700, 0xA700, 0xA702)
+    assert (big.n_create, big.n_set) == (0x0213, 0x0213)
+
+
 def test_a_retrieve_refusal_uses_the_retrieve_column() -> None:
     """C-MOVE / C-GET answer their own column: a full archive is 0xA701, not C-FIND's 0xA700."""
     from pacs.model import Origin
