@@ -109,6 +109,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     _logging(settings)
     rt = runtime.build(settings)
     try:
+        if args.verify:
+            report = rt.audit.verify_chain()
+            if report.ok:
+                print(f"audit chain intact: {report.checked} events checked, {report.unsealed} unsealed")
+                return 0
+            print(
+                f"audit chain BROKEN at event {report.broken_id} (seq {report.broken_seq}): {report.reason}",
+                file=sys.stderr,
+            )
+            return 1
         params = {
             "since": args.since or "",
             "until": args.until or "",
@@ -296,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=["lines", "json", "xml"], default="lines", help="json/xml: PS3.15 A.5 messages"
     )
     p.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
+    p.add_argument(
+        "--verify", action="store_true", help="check the hash chain of the whole trail (exit 1 if broken)"
+    )
     p.set_defaults(func=cmd_audit)
     return parser
 

@@ -73,7 +73,12 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
         removed = blobs.clean_tmp()
         if removed:
             log.warning("removed %d unfinished write(s) left by an interrupted run", removed)
-    archive = Archive(db, blobs, duplicate_policy=settings.storage.duplicate_policy)
+    archive = Archive(
+        db,
+        blobs,
+        duplicate_policy=settings.storage.duplicate_policy,
+        max_instance_bytes=settings.storage.max_instance_mb << 20,
+    )
     appraisal = _appraisal(settings, db)
     archive.index_hooks.append(appraisal)  # service lines kept in step in the store transaction
     appraisal.rebuild_lines_if_needed()
@@ -102,14 +107,32 @@ def _web_services(settings: Settings, archive: Archive) -> tuple[DicomWeb, Rende
 
 
 def _security(settings: Settings, db: Database) -> tuple[Auth, Audit]:
-    """Users and tokens, and the audit trail."""
+    """Users and tokens, and the audit trail (its spool under the storage root, syslog if set)."""
     from datetime import timedelta
 
-    from pacs.services.audit import Audit
+    from pacs.services.audit import Audit, FileSpool, SyslogSender
     from pacs.services.auth import Auth
 
     auth = Auth(db, token_lifetime=timedelta(minutes=settings.auth.token_lifetime_minutes))
-    return auth, Audit(db, source_id=settings.dicom.ae_title)
+    a = settings.audit
+    spool_dir = a.spool_dir if str(a.spool_dir) not in ("", ".") else settings.storage.path / "audit-spool"
+    syslog = None
+    if a.syslog_url:
+        syslog = SyslogSender(
+            a.syslog_url,
+            ca=a.syslog_ca if str(a.syslog_ca) not in ("", ".") else None,
+            cert=a.syslog_cert if str(a.syslog_cert) not in ("", ".") else None,
+            key=a.syslog_key if str(a.syslog_key) not in ("", ".") else None,
+        )
+    audit = Audit(
+        db,
+        source_id=settings.dicom.ae_title,
+        spool=FileSpool(spool_dir, fsync=settings.storage.fsync),
+        syslog=syslog,
+        wait_seconds=a.wait_seconds,
+        interval=a.interval_seconds,
+    )
+    return auth, audit
 
 
 def _appraisal(settings: Settings, db: Database) -> Appraisal:
@@ -134,10 +157,14 @@ def _appraisal(settings: Settings, db: Database) -> Appraisal:
 
 def dimse_extensions(rt: Runtime) -> list[Any]:
     """DIMSE services beyond Verification and Storage (Query/Retrieve, MPPS)."""
+    from pacs.limits import DecodeLimits
     from pacs.scp import mpps, qr
     from pacs.services.retrieve import Retrieve
 
-    retrieve = Retrieve(rt.archive)
+    h = rt.settings.http
+    retrieve = Retrieve(
+        rt.archive, DecodeLimits.from_mb(h.max_decoded_mb_per_instance, h.max_decoded_mb_per_request)
+    )
     return [qr.extension(rt.archive, rt.settings, rt.audit, retrieve), mpps.extension(rt.appraisal)]
 
 

@@ -4,7 +4,8 @@ Four tables (patients, studies, series, instances) carry one column per catalogu
 their level (``<column>_key`` beside each person name holds its accent- and case-folded search
 key), the computed counts as counters maintained by the store transaction, and archive facts.
 ``events`` is the append-only log of acquisition and archive facts (stores, associations, MPPS)
-written in the same transaction as the index change it describes.
+written in the same transaction as the index change it describes, and of every access (the
+audit trail), hash-chained for tamper evidence.
 """
 
 from __future__ import annotations
@@ -139,6 +140,18 @@ events = Table(
     Column("peer_address", String(64)),
     Column("user_name", String(64)),
     Column("details", Text),
+    Column("patient_id", String(64), index=True),  # the one patient an access touched, if one
+    # The hash chain (pacs.index.audit_chain): NULL until the audit writer seals the row, then set
+    # once (the append-only trigger allows nothing else).
+    Column("seq", BigInteger, index=True, unique=True),
+    Column("prev_hash", String(64)),
+    Column("row_hash", String(64)),
+)
+Index(
+    "ix_events_unsealed",
+    events.c.id,
+    sqlite_where=events.c.row_hash.is_(None),
+    postgresql_where=events.c.row_hash.is_(None),
 )
 
 #: Modality Performed Procedure Steps (PS3.4 Annex F), one row per MPPS SOP Instance. Times are

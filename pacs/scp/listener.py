@@ -492,8 +492,13 @@ class DicomServer:
         self._record("association.close", o, how=how)
 
     def _record(self, kind: str, origin: Origin, **details: Any) -> None:
+        """An association event through the audit trail (spooled to disk while the database is
+        down, so none is lost), or straight into the index without one."""
         try:
-            self.archive.record_event(kind, origin, details=details)
+            if self.audit is not None:
+                self.audit.record(kind, origin, **details)
+            else:
+                self.archive.record_event(kind, origin, details=details)
         except Exception as exc:  # an audit row must never break the association
             log.warning("cannot record %s event: %s", kind, exc)
 

@@ -24,6 +24,11 @@ stored when accepted, else converted by :mod:`pacs.services.transcode`). An inst
 be sent is a failed sub-operation whose UID goes into the Failed SOP Instance UID List; pynetdicom
 counts the sub-operations and sends the pending and final responses. Files are read one at a time
 while sending, never a whole study in memory.
+
+Audit (PS3.15 A.5.3): every request leaves one row when it ends, whatever the outcome (success,
+refused with its status and reason, capped, cancelled, cut by the end of the association), with
+the identifier's keys as sent and the studies and patients matched or sent; the final response
+waits until that row is durable (``[audit] wait_seconds``).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pydicom import config
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
@@ -212,6 +217,67 @@ def _peer(origin: Origin) -> str:
     return f"{origin.calling_ae}@{origin.address}"
 
 
+def query_keys(identifier: Dataset, size: int = 256, depth: int = 0) -> dict[str, Any]:
+    """The keys of a Q/R identifier as the audit trail records them (``{keyword: value}``, empty
+    for a return key): the ParticipantObjectQuery of the Query message (PS3.15 A.5.3). Values are cut at
+    ``size`` characters; one that cannot be decoded is kept as its raw bytes (Latin-1)."""
+    out: dict[str, Any] = {}
+    for tag in identifier.keys():
+        if tag.group in (0x0000, 0x0002):
+            continue
+        name = keyword_for_tag(tag) or f"({tag.group:04X},{tag.element:04X})"
+        value: Any
+        try:
+            elem = identifier[tag]
+            if elem.VR == "SQ":
+                value = [query_keys(item, size, depth + 1) for item in elem.value[:4]] if depth < 2 else []
+            elif elem.value is None or elem.value == "":
+                value = ""
+            elif isinstance(elem.value, bytes):
+                value = elem.value[:size].decode("latin-1")
+            elif isinstance(elem.value, list | tuple) or type(elem.value).__name__ == "MultiValue":
+                value = "\\".join(str(v) for v in elem.value)
+            else:
+                value = str(elem.value)
+        except Exception:
+            raw = identifier.get_item(tag).value
+            value = raw.decode("latin-1") if isinstance(raw, bytes) else repr(raw)
+        out[name] = value[:size] if isinstance(value, str) else value
+    return out
+
+
+def _matched(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Audit details of the C-FIND matches sent: count, studies, patients (the audit service
+    adds the patients of the studies)."""
+    studies = list(dict.fromkeys(str(r["StudyInstanceUID"]) for r in rows if r.get("StudyInstanceUID")))
+    patients = list(dict.fromkeys(str(r["PatientID"]) for r in rows if r.get("PatientID")))
+    return {"matches": len(rows), "studies": studies, "patients": patients}
+
+
+def _retrieved(instances: Sequence[StoredInstance]) -> dict[str, Any]:
+    """Audit details of a retrieve set: instance count and studies."""
+    return {
+        "instances": len(instances),
+        "studies": list(dict.fromkeys(i.study_instance_uid for i in instances)),
+    }
+
+
+def _ended(reason: str, **more: Any) -> dict[str, Any]:
+    """Audit details of a request that did not end in success (outcome 4, minor failure)."""
+    return {"outcome": 4, "reason": reason, **more}
+
+
+def _failure(refusal: Dataset) -> dict[str, Any]:
+    """Audit details of a refused request: its status, reason and outcome (PS3.15 A.5.1: 8 serious
+    failure when we could not serve it, 4 minor failure for a request we would not)."""
+    code = int(refusal.Status)
+    return {
+        "outcome": 8 if code == codes.FIND_TOO_MANY_MATCHES else 4,
+        "dimse_status": f"0x{code:04X}",
+        "reason": str(refusal.get("ErrorComment", "")),
+    }
+
+
 # ---------------------------------------------------------------- the service
 
 
@@ -242,30 +308,47 @@ class QueryRetrieveSCP:
         """C-FIND (PS3.4 C.4.1): one pending response per match, then the final status."""
         origin = origin_of(event)
         started = time.monotonic()
-        patient_root = str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT
+        sop_class = str(event.request.AffectedSOPClassUID)
+        patient_root = sop_class in _PATIENT_ROOT
+        audit: dict[str, Any] = {"sop_class": sop_class}
         try:
             identifier = event.identifier
             assume_utf8_when_undeclared(identifier)
+            audit["query"] = query_keys(identifier)
             query = from_identifier(
                 identifier,
                 patient_root=patient_root,
                 max_results=self.max_results + 1,
                 fold_names=self.fold_names,
             )
+            audit["level"] = query.level.value
             rows = self.archive.search(query)
         except Exception as exc:
-            yield self._refused("C-FIND", exc, origin), None
+            refusal = self._refused("C-FIND", exc, origin)
+            self._record("query.find", origin, **audit, **_failure(refusal))
+            yield refusal, None
             return
         pending = codes.PENDING_WARNING if query.unsupported_return_keys else codes.PENDING
         sent = 0
         plan = ResponsePlan(identifier, query.level, self.ae_title)
-        for row in rows[: self.max_results]:
-            if event.is_cancelled:
-                log.info("C-FIND cancelled by %s after %d matches", _peer(origin), sent)
-                yield codes.CANCEL, None
-                return
-            yield pending, plan.identifier(row)
-            sent += 1
+        recorded = finished = False
+        try:
+            for row in rows[: self.max_results]:
+                if event.is_cancelled:
+                    log.info("C-FIND cancelled by %s after %d matches", _peer(origin), sent)
+                    recorded = True
+                    why = _ended("cancelled by the requester (C-CANCEL)", cancelled=True)
+                    self._record("query.find", origin, **audit, **_matched(rows[:sent]), **why)
+                    yield codes.CANCEL, None
+                    return
+                answer = plan.identifier(row)
+                sent += 1
+                yield pending, answer
+            finished = True
+        finally:
+            if not recorded and not finished:  # the association ended (or building an answer failed)
+                why = _ended("the association ended before the last response")
+                self._record("query.find", origin, durable=False, **audit, **_matched(rows[:sent]), **why)
         capped = len(rows) > self.max_results
         root = "patient-root" if patient_root else "study-root"
         ms = (time.monotonic() - started) * 1000
@@ -278,10 +361,14 @@ class QueryRetrieveSCP:
             ms,
             _peer(origin),
         )
-        self._record("query.find", origin, level=query.level.value, matches=sent, capped=capped)
         if capped:
-            why = f"more than {self.max_results} matches; refine the query"
-            yield status.dataset(codes.FIND_TOO_MANY_MATCHES, why), None
+            comment = f"more than {self.max_results} matches; refine the query"
+            final = status.dataset(codes.FIND_TOO_MANY_MATCHES, comment)
+            capped_ = {**_failure(final), "outcome": 4, "capped": True}  # matches went out: minor
+            self._record("query.find", origin, **audit, **_matched(rows[:sent]), **capped_)
+            yield final, None
+            return
+        self._record("query.find", origin, **audit, **_matched(rows[:sent]), outcome=0)
 
     # ------------------------------------------------------------------ C-MOVE
 
@@ -289,20 +376,27 @@ class QueryRetrieveSCP:
         """C-MOVE (PS3.4 C.4.2): open a storage association to the named destination and send."""
         origin = origin_of(event)
         title = str(event.move_destination or "").strip()
+        audit: dict[str, Any] = {"sop_class": str(event.request.AffectedSOPClassUID), "destination": title}
         dest = next((d for d in self.settings.dicom.destinations if d.ae_title == title), None)
         if dest is None:
             log.warning("C-MOVE refused: unknown destination %r requested by %s", title, _peer(origin))
+            self._keys_of(event, audit)
+            why = _ended(f"unknown move destination {title!r}", dimse_status="0xA801")
+            self._record("retrieve.move", origin, **audit, **why)
             yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
             return
         try:
-            instances = self._retrieve_set(event)
+            instances = self._retrieve_set(event, audit)
         except Exception as exc:
             # pynetdicom only sends a final status after the destination and a sub-operation
             # count, and it associates with the destination in between.
             yield dest.host, dest.port, {"contexts": [build_context(Verification)]}
             yield 1
-            yield self._refused("C-MOVE", exc, origin), None
+            refusal = self._refused("C-MOVE", exc, origin)
+            self._record("retrieve.move", origin, **audit, **_failure(refusal))
+            yield refusal, None
             return
+        audit.update(_retrieved(instances))
         store_assoc: dict[str, Any] = {}
 
         def _accepted(ev: evt.Event) -> None:
@@ -327,10 +421,9 @@ class QueryRetrieveSCP:
             dest.port,
             _peer(origin),
         )
-        self._record("retrieve.move", origin, destination=dest.ae_title, instances=len(instances))
         assoc = store_assoc.get("assoc")
         accepted = accepted_syntaxes(assoc.accepted_contexts if assoc is not None else [])
-        yield from self._send(event, instances, accepted, "C-MOVE", origin)
+        yield from self._send(event, instances, accepted, "C-MOVE", origin, audit)
 
     def _tls_client(self) -> ssl.SSLContext:
         """The TLS context of associations to destinations with ``tls = true``: the destination
@@ -347,17 +440,20 @@ class QueryRetrieveSCP:
     def handle_get(self, event: evt.Event) -> Iterator[Any]:
         """C-GET (PS3.4 C.4.3): send on the requesting association, which took the SCP role."""
         origin = origin_of(event)
+        audit: dict[str, Any] = {"sop_class": str(event.request.AffectedSOPClassUID)}
         try:
-            instances = self._retrieve_set(event)
+            instances = self._retrieve_set(event, audit)
         except Exception as exc:
             yield 1  # pynetdicom sends a final status only after a non-zero sub-operation count
-            yield self._refused("C-GET", exc, origin), None
+            refusal = self._refused("C-GET", exc, origin)
+            self._record("retrieve.get", origin, **audit, **_failure(refusal))
+            yield refusal, None
             return
+        audit.update(_retrieved(instances))
         yield len(instances)
         log.info("C-GET %d instance(s) for %s", len(instances), _peer(origin))
-        self._record("retrieve.get", origin, instances=len(instances))
         accepted = accepted_syntaxes([cx for cx in event.assoc.accepted_contexts if cx.as_scu])
-        yield from self._send(event, instances, accepted, "C-GET", origin)
+        yield from self._send(event, instances, accepted, "C-GET", origin, audit)
 
     # ------------------------------------------------------------------ shared
 
@@ -368,22 +464,55 @@ class QueryRetrieveSCP:
         accepted: dict[str, list[str]],
         what: str,
         origin: Origin,
+        audit: dict[str, Any],
     ) -> Iterator[Response]:
-        """One pending C-STORE sub-operation per instance; pynetdicom counts their outcomes."""
+        """One pending C-STORE sub-operation per instance; pynetdicom counts their outcomes. The
+        audit row (kind ``retrieve.move`` / ``retrieve.get``) is written when it ends, however."""
+        kind = "retrieve.move" if what == "C-MOVE" else "retrieve.get"
         tally = Tally()
-        for i, out in enumerate(self.retrieve.outgoing(instances, accepted, tally)):
-            if event.is_cancelled:
-                log.info("%s cancelled by %s after %d of %d", what, _peer(origin), i, len(instances))
-                yield codes.CANCEL, None
-                return
-            yield codes.PENDING, _dataset(out)
-        log.info("%s for %s prepared %s", what, _peer(origin), tally)
+        offered = 0
+        recorded = False
+        try:
+            for i, out in enumerate(self.retrieve.outgoing(instances, accepted, tally)):
+                if event.is_cancelled:
+                    log.info("%s cancelled by %s after %d of %d", what, _peer(origin), i, len(instances))
+                    recorded = True
+                    why = _ended("cancelled by the requester (C-CANCEL)", cancelled=True)
+                    self._record(kind, origin, **audit, offered=i, unsendable=len(tally.failed), **why)
+                    yield codes.CANCEL, None
+                    return
+                ds = _dataset(out)
+                offered = i + 1
+                yield codes.PENDING, ds
+            log.info("%s for %s prepared %s", what, _peer(origin), tally)
+            recorded = True
+            outcome = 4 if tally.failed else 0
+            self._record(
+                kind, origin, **audit, offered=offered, unsendable=len(tally.failed), outcome=outcome
+            )
+        finally:
+            if not recorded:  # the association ended, or preparing an instance failed
+                why = _ended(f"{what} ended after {offered} of {len(instances)} instance(s)")
+                self._record(kind, origin, durable=False, **audit, offered=offered, **why)
 
-    def _retrieve_set(self, event: evt.Event) -> list[StoredInstance]:
+    def _retrieve_set(self, event: evt.Event, audit: dict[str, Any]) -> list[StoredInstance]:
         patient_root = str(event.request.AffectedSOPClassUID) in _PATIENT_ROOT
         identifier = event.identifier
         assume_utf8_when_undeclared(identifier)
-        return self.retrieve.instances(from_identifier(identifier, patient_root=patient_root))
+        audit["query"] = query_keys(identifier)
+        query = from_identifier(identifier, patient_root=patient_root)
+        audit["level"] = query.level.value
+        return self.retrieve.instances(query)
+
+    @staticmethod
+    def _keys_of(event: evt.Event, audit: dict[str, Any]) -> None:
+        """The identifier's keys into ``audit``, when it can be decoded at all."""
+        try:
+            identifier = event.identifier
+            assume_utf8_when_undeclared(identifier)
+            audit["query"] = query_keys(identifier)
+        except Exception as exc:
+            audit["identifier_error"] = f"{type(exc).__name__}: {exc}"[:200]
 
     def _refused(self, what: str, exc: Exception, origin: Origin) -> Dataset:
         if isinstance(exc, PacsError):
@@ -396,10 +525,11 @@ class QueryRetrieveSCP:
         log.warning("%s refused from %s: 0x%04X %s", what, _peer(origin), code, reason)
         return status.dataset(code, reason)
 
-    def _record(self, kind: str, origin: Origin, **details: Any) -> None:
+    def _record(self, kind: str, origin: Origin, *, durable: bool = True, **details: Any) -> None:
+        """One audit row; ``durable``: wait until it is in the database or the spool."""
         try:
             if self.audit is not None:
-                self.audit.record(kind, origin, **details)
+                self.audit.record(kind, origin, durable=durable, **details)
             else:
                 self.archive.record_event(kind, origin, details=details)
         except Exception as exc:  # an audit row must never fail the query itself

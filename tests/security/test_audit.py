@@ -223,3 +223,5 @@ def test_cli_users_and_audit(db_url: str, tmp_path: Path, monkeypatch: pytest.Mo
     assert main(["audit", "--kind", "query.", "--format", "json", *common]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["AuditMessages"][0]["AuditMessage"]["EventIdentification"]["EventID"]["csd-code"] == "110112"
+    assert main(["audit", "--verify", *common]) == 0  # the hash chain holds
+    assert "audit chain intact" in capsys.readouterr().out
