@@ -175,6 +175,12 @@ class WakeupDUL(DULServiceProvider):
             )
             self.event_queue.put("Evt17")
             return
+        identified = getattr(self.assoc, "ended", None) if pdu_type == 0x01 else None
+        if identified is not None:
+            # A whole A-ASSOCIATE-RQ arrived in time: the peer has named itself, and leaves the
+            # budget of unidentified connections before the AE check (which may take a while
+            # under load), so a flood can no longer push it out while it is being answered.
+            identified()
         if pdu_type == 0x04:
             fast = self._fast_path()
             if fast is not None and fast.take(body):
@@ -354,7 +360,8 @@ class WakeupAssociation(Association):
     #: made by pynetdicom's chunked receive finds the archive.
     receiver: Any = None
     #: Set by the listener on each association it accepts: its accepted socket, and what to
-    #: call when the association's thread ends (the listener's count of unidentified peers).
+    #: call once the peer is no longer unidentified (the listener's budget of such peers): when
+    #: its whole A-ASSOCIATE-RQ has arrived, and again (harmless) when the thread ends.
     connection: Any = None
     ended: Callable[[], None] | None = None
 
