@@ -53,6 +53,7 @@ class Stats:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     sent: set[str] = field(default_factory=set)
+    acknowledged: set[str] = field(default_factory=set)  # in storescu runs that reported success
     acknowledged_runs: int = 0
     failed_runs: list[str] = field(default_factory=list)
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -125,6 +126,7 @@ def sender(idx: int, port: int, work: Path, per_study: int, deadline: float, sta
             stats.latencies["storescu study"].append(elapsed)
             if done.returncode == 0 and "E:" not in done.stderr:
                 stats.acknowledged_runs += 1
+                stats.acknowledged.update(uids)
             else:
                 stats.failed_runs.append(f"sender {idx} study {k}: rc={done.returncode} {done.stderr[-300:]}")
         shutil.rmtree(folder, ignore_errors=True)
@@ -234,22 +236,29 @@ def hostile(idx: int, dport: int, hport: int, bomb: str, frames: str, deadline: 
         "http bomb",
     ]
     k = idx
+    source = f"127.0.{(idx + 2) // 250}.{(idx + 2) % 250}"
     while time.monotonic() < deadline:
         kind = kinds[k % len(kinds)]
         k += 1
         port = dport if kind.startswith("dicom") else hport
         end = min(deadline, time.monotonic() + 60)
         try:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            # Each hostile peer is its own host (127.0.0.2, .3, ...): the senders and readers are
+            # 127.0.0.1, as modalities and workstations are other machines than an attacker's.
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
         except OSError as exc:
             outcome = f"connect failed ({type(exc).__name__})"
         else:
+            began = time.monotonic()
             try:
                 outcome = _abuse(kind, sock, bomb, frames, end)
             except OSError as exc:
                 outcome = f"closed ({type(exc).__name__})"
             finally:
                 sock.close()
+            if outcome == "still open":  # when the run ended: within the server's deadlines, or not?
+                age = time.monotonic() - began
+                outcome = f"still open at the end, {'over' if age > 40 else 'under'} 40 s old"
         with stats.lock:
             stats.hostile[f"{kind}: {outcome}"] += 1
 
@@ -505,13 +514,15 @@ def main(argv: list[str] | None = None) -> int:
     verify_cmd = [sys.executable, "-m", "pacs.cli", "verify", "--config", str(cfg)]
     print("$", " ".join(verify_cmd), flush=True)
     verify = subprocess.run(verify_cmd, capture_output=True, text=True, cwd=ROOT)
-    lost = stats.sent - indexed
+    lost = stats.acknowledged - indexed  # acknowledged by the archive, then not found: lost
+    refused = stats.sent - stats.acknowledged - indexed  # not acknowledged: the sender keeps them
     print(
         f"\nload run: {wall:.0f} s, {args.senders} storescu senders + {args.readers} web readers, "
         f"database {'PostgreSQL' if db.startswith('postgres') else 'SQLite'}"
     )
     print(
-        f"instances sent {len(stats.sent)}, indexed {len(indexed)}, lost {len(lost)}; "
+        f"instances sent {len(stats.sent)}, acknowledged {len(stats.acknowledged)}, indexed {len(indexed)}, "
+        f"lost (acknowledged, not indexed) {len(lost)}, refused (the sender keeps them) {len(refused)}; "
         f"storescu runs ok {stats.acknowledged_runs}, failed {len(stats.failed_runs)}"
     )
     print(f"store throughput {len(indexed) / wall:.1f} instances/s")
