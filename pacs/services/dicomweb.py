@@ -80,9 +80,10 @@ class DicomWeb:
 
     def search_text(
         self, query: Query, retrieve_url: Callable[[dict[str, Any]], str | None]
-    ) -> tuple[str, int, bool]:
+    ) -> tuple[str, int, bool, list[str]]:
         """Run a QIDO-RS query: the DICOM JSON text of the response (RetrieveURL (0008,1190) where
-        given), the number of matches in it, and whether more matches lie beyond ``limit``."""
+        given), the number of matches in it, whether more matches lie beyond ``limit``, and the
+        studies the matches belong to (for the audit trail: which patients a search showed)."""
         more = False
         if query.limit is not None:
             rows = self.archive.search(query.with_limit(query.limit + 1, query.offset))
@@ -92,10 +93,14 @@ class DicomWeb:
             rows = self.archive.search(query)
         plan = ResultPlan(query.return_keys, ("00081190",))
         parts = []
+        studies: dict[str, None] = {}
         for row in rows:
             url = retrieve_url(row)
             parts.append(plan.text(row, {"00081190": text_element("UR", url)} if url else None))
-        return "[" + ",".join(parts) + "]", len(parts), more
+            study = row.get("StudyInstanceUID")
+            if study:
+                studies[str(study)] = None
+        return "[" + ",".join(parts) + "]", len(parts), more, list(studies)
 
     # ------------------------------------------------------------------ retrieve (10.4)
 

@@ -126,10 +126,16 @@ class AccessControl:
             refusal = problem(403, refusal_reason(principal.role, family))
         status = 500
 
+        audited = False
+
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, audited
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # No patient data leaves before its audit row is durable (in the database, or in
+                # the spool while the database is away).
+                audited = True
+                await run_in_threadpool(self._audit, scope, family, principal, status, True)
             await send(message)
 
         try:
@@ -140,9 +146,12 @@ class AccessControl:
             else:
                 await self.app(scope, receive, send_wrapper)
         finally:
-            self._audit(scope, family, principal, status)
+            if not audited:  # no response began (an error, the client left): still recorded
+                self._audit(scope, family, principal, status)
 
-    def _audit(self, scope: Scope, family: Family, principal: Principal | None, status: int) -> None:
+    def _audit(
+        self, scope: Scope, family: Family, principal: Principal | None, status: int, durable: bool = False
+    ) -> None:
         if family is Family.SESSION and status < 400:
             return  # not patient data
         if family is Family.APPRAISAL and status < 400:
@@ -164,6 +173,9 @@ class AccessControl:
             details["role"] = principal.role
         if status in (401, 403):
             details["reason"] = "unauthenticated" if status == 401 else "forbidden"
+        shown = (scope.get("state") or {}).get("audit_studies")
+        if shown:
+            details["studies"] = list(shown)[:1000]  # the audit names their patients
         try:
             self.audit.record(
                 f"http.{family.value}",
@@ -171,6 +183,7 @@ class AccessControl:
                 study_instance_uid=study or params.get("StudyInstanceUID"),
                 series_instance_uid=series,
                 sop_instance_uid=sop,
+                durable=durable,
                 **details,
             )
         except Exception:  # never fail the response because of the audit queue

@@ -169,8 +169,11 @@ async def _search(request: Request, level: Level) -> Response:
         sop = row.get("SOPInstanceUID")
         return f"{url}/instances/{sop}" if sop else None
 
-    text, matches, more = await run_in_threadpool(_service(request).search_text, query, retrieve_url)
+    text, matches, more, studies = await run_in_threadpool(_service(request).search_text, query, retrieve_url)
     request.state.detail = f"matches={matches}{' (more)' if more else ''}"
+    if not studies and study_scope and matches:
+        studies = [study_scope]
+    request.state.audit_studies = studies  # the audit row names the patients this search showed
     response = dicom_json(request, text)
     if more:  # PS3.18 8.3.4.4.1: the client may ask for the next page with offset
         response.headers["Warning"] = '299 pacs: "There are additional results that can be requested"'

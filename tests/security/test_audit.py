@@ -225,3 +225,23 @@ def test_cli_users_and_audit(db_url: str, tmp_path: Path, monkeypatch: pytest.Mo
     assert doc["AuditMessages"][0]["AuditMessage"]["EventIdentification"]["EventID"]["csd-code"] == "110112"
     assert main(["audit", "--verify", *common]) == 0  # the hash chain holds
     assert "audit chain intact" in capsys.readouterr().out
+
+
+def test_a_search_row_names_every_patient_it_showed(secured: Secured) -> None:
+    """QIDO-RS by name, matching two patients: the audit row (durable before the response
+    began) lists both patients and their studies, though the query named neither patient."""
+    for pid in ("PID-TRAN-1", "PID-TRAN-2"):
+        secured.rt.archive.store_bytes(
+            to_bytes(make_dataset(patient_id=pid, PatientName="Trần^Thị Lan")), Origin(protocol="internal")
+        )
+    secured.rt.archive.store_bytes(
+        to_bytes(make_dataset(patient_id="PID-OTHER", PatientName="Lý^Văn Nam")), Origin(protocol="internal")
+    )
+    r = secured.client.get("/dicom-web/studies?PatientName=Tr*", headers=secured.headers("radiologist"))
+    assert r.status_code == 200 and len(r.json()) == 2
+    rows = [
+        x for x in _rows(secured, kinds=("http.search",)) if "PatientName" in x["details"].get("query", "")
+    ]
+    assert len(rows) == 1  # already there: written before the response started
+    assert set(rows[0]["details"]["patients"]) == {"PID-TRAN-1", "PID-TRAN-2"}
+    assert len(rows[0]["details"]["studies"]) == 2
