@@ -92,3 +92,25 @@ def test_import_over_the_limit_is_refused(tmp_path: Path) -> None:
         assert rt.archive.count(Level.IMAGE) == 0
     finally:
         rt.close()
+
+
+def test_a_large_stow_is_spooled_not_held_in_memory(srv: Served) -> None:
+    """The body of a STOW-RS request is spooled to disk as it arrives and read part by part: a
+    96 MiB request (three 32 MiB instances, over the 4 MiB limit here, so refused one by one once
+    the body is in) grows the server's memory by far less than its size."""
+    big = to_bytes(make_dataset(pixels=np.zeros((4096, 4096), "uint16")))  # 32 MiB each
+    body = stow_body(big, big, big)
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(body), 1 << 20):
+            yield body[i : i + (1 << 20)]
+
+    with PeakRss(srv.process.pid) as rss:
+        r = httpx.post(
+            f"{srv.base_url}/dicom-web/studies",
+            content=chunks(),
+            headers={"Content-Type": STOW_TYPE, "Accept": "application/dicom+json"},
+            timeout=120,
+        )
+    assert r.status_code == 409, r.text  # none stored: each over max_instance_mb
+    assert rss.grew_mib < 40, f"server RSS grew {rss.grew_mib:.0f} MiB for a {len(body) >> 20} MiB body"
