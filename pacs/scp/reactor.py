@@ -137,15 +137,8 @@ class WakeupDUL(DULServiceProvider):
             self.event_queue.put("Evt17")
             return
         deadline = self._deadline()
-        try:
-            head = _recv_exact(sock, 6, deadline=deadline)
-        except PduRefused as exc:
-            self._refuse(sock, str(exc))
-            return
-        except (OSError, TimeoutError) as exc:
-            log.error("Connection closed before the entire PDU was received")
-            log.debug("recv failed: %s", exc)
-            self.event_queue.put("Evt17")
+        head = self._recv(sock, 6, b"", deadline)
+        if head is None:
             return
         if len(head) != 6:
             self.event_queue.put("Evt17")
@@ -159,15 +152,8 @@ class WakeupDUL(DULServiceProvider):
         if limit is not None and pdu_length > limit:
             self._refuse(sock, f"PDU type 0x{pdu_type:02X} of {pdu_length} bytes, over the {limit} accepted")
             return
-        try:
-            body = _recv_exact(sock, pdu_length, prefix=head, deadline=deadline)
-        except PduRefused as exc:
-            self._refuse(sock, str(exc))
-            return
-        except (OSError, TimeoutError) as exc:
-            log.error("Connection closed before the entire PDU was received")
-            log.debug("recv failed: %s", exc)
-            self.event_queue.put("Evt17")
+        body = self._recv(sock, pdu_length, head, deadline)
+        if body is None:
             return
         if len(body) != 6 + pdu_length:
             log.error(
@@ -194,6 +180,21 @@ class WakeupDUL(DULServiceProvider):
             self.event_queue.put("Evt19")
             return
         self._recv_pdu.put(pdu)
+
+    def _recv(
+        self, sock: socket.socket, n: int, prefix: bytearray | bytes, deadline: float | None
+    ) -> bytearray | None:
+        """``prefix`` and ``n`` more bytes; None (the peer aborted, or the transport closed, its
+        event queued) when they do not arrive by the deadline or the connection fails."""
+        try:
+            return _recv_exact(sock, n, prefix=prefix, deadline=deadline)
+        except PduRefused as exc:
+            self._refuse(sock, str(exc))
+        except (OSError, TimeoutError) as exc:
+            log.error("Connection closed before the entire PDU was received")
+            log.debug("recv failed: %s", exc)
+            self.event_queue.put("Evt17")
+        return None
 
     def _limit(self, pdu_type: int) -> int | None:
         """The largest body length this side accepts for a PDU type; None: no limit."""

@@ -76,6 +76,9 @@ def _echo(port: int) -> int:
 
 
 def test_max_associations_rejects_the_extra_one_and_keeps_serving(srv: Served) -> None:
+    """Established associations fill ``max_associations`` (connections still negotiating do not:
+    tests/security/test_dicom_hostile.py); the extra one is rejected transient, and a slot
+    freed by a release is taken again."""
     ae = AE(ae_title="PYNETDICOM")
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = 10
@@ -89,6 +92,14 @@ def test_max_associations_rejects_the_extra_one_and_keeps_serving(srv: Served) -
         # local-limit-exceeded (2)
         assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)
         assert held[0].send_c_echo().Status == 0  # the held ones still work
+        held.pop().release()
+        for _ in range(50):  # the released slot is free once its association thread has ended
+            again = ae.associate("127.0.0.1", srv.dicom_port, ae_title="PACS")
+            if again.is_established:
+                break
+            time.sleep(0.1)
+        assert again.is_established
+        held.append(again)
     finally:
         for a in held:
             a.release()

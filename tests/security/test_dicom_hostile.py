@@ -277,33 +277,3 @@ def test_flood_of_silent_and_slow_sockets_does_not_lock_out_modalities(srv: Serv
         assert "4 connections from 127.0.0.2 still negotiating: dropping the oldest" in log
     else:
         assert "12 connections still negotiating: dropping the oldest" in log
-
-
-def test_association_limit_counts_established_associations_only(srv: Served) -> None:
-    """Four established associations fill ``max_associations``: a fifth is rejected transient
-    (local limit exceeded, PS3.8 9.3.4), and is accepted again once one is released."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
-
-    ae = AE(ae_title="PYNETDICOM")
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = 10
-    held = [ae.associate("127.0.0.1", srv.dicom_port, ae_title="PACS") for _ in range(4)]
-    try:
-        assert all(a.is_established for a in held)
-        extra = ae.associate("127.0.0.1", srv.dicom_port, ae_title="PACS")
-        assert extra.is_rejected
-        rj = extra.acceptor.primitive
-        assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)
-        held.pop().release()
-        deadline = time.monotonic() + 5
-        again = ae.associate("127.0.0.1", srv.dicom_port, ae_title="PACS")
-        while not again.is_established and time.monotonic() < deadline:
-            time.sleep(0.1)
-            again = ae.associate("127.0.0.1", srv.dicom_port, ae_title="PACS")
-        assert again.is_established
-        held.append(again)
-    finally:
-        for a in held:
-            a.release()
-        ae.shutdown()
