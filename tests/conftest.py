@@ -143,6 +143,16 @@ def settings_for(db_url: str, storage: Path, **http: object) -> config.Settings:
 
 
 @pytest.fixture
+def sqlite_rt(tmp_path: Path) -> Iterator[runtime.Runtime]:
+    """A runtime on SQLite only (pixel tests, where the index plays no part)."""
+    r = runtime.build(settings_for(f"sqlite:///{tmp_path / 'index.sqlite'}", tmp_path / "storage"))
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.fixture
 def rt(db_url: str, tmp_path: Path) -> Iterator[runtime.Runtime]:
     """A whole runtime (archive, services) on SQLite and PostgreSQL."""
     r = runtime.build(settings_for(db_url, tmp_path / "storage"))

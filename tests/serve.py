@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -184,3 +185,52 @@ def _cmdline(pid: int) -> str:
             return fh.read().replace(b"\0", b" ").decode(errors="replace")[:200]
     except OSError:
         return ""
+
+
+def _status_total(pid: int, field: str) -> int:
+    """The sum of a numeric ``/proc/PID/status`` field over ``pid`` and its children."""
+    total = 0
+    for p in [pid, *children_of(pid)]:
+        try:
+            with open(f"/proc/{p}/status", encoding="utf-8") as fh:
+                total += next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set of ``pid`` and its children, KiB."""
+    return _status_total(pid, "VmRSS")
+
+
+class PeakRss:
+    """Samples the server's resident set every 20 ms while the block runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.before = rss_kib(pid)
+        self.peak = self.before
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, rss_kib(self.pid))
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def grew_mib(self) -> float:
+        return (self.peak - self.before) / 1024
+
+
+def threads_of(pid: int) -> int:
+    """Threads of ``pid`` and its children."""
+    return _status_total(pid, "Threads")

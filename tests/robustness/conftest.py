@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
@@ -14,7 +13,6 @@ from pynetdicom.sop_class import CTImageStorage
 
 from pacs import runtime
 from pacs.model import Origin
-from tests.conftest import settings_for
 from tests.factories import to_bytes
 
 with warnings.catch_warnings():
@@ -67,16 +65,6 @@ def c_store(port: int, datasets: list[Dataset], ae_title: str = "PYNETDICOM") ->
 def part10(ds: Dataset) -> bytes:
     """Part-10 bytes of a dataset."""
     return to_bytes(ds)
-
-
-@pytest.fixture
-def sqlite_rt(tmp_path: Path) -> Iterator[runtime.Runtime]:
-    """A runtime on SQLite only (pixel tests, where the index plays no part)."""
-    r = runtime.build(settings_for(f"sqlite:///{tmp_path / 'index.sqlite'}", tmp_path / "storage"))
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture

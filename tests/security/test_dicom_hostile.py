@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import require_tool
 from tests.robustness.test_limits import _assoc_rq, _patch
-from tests.serve import Served, children_of, serve
+from tests.serve import PeakRss, Served, serve, threads_of
 
 LIMITS = """
 [dicom]
@@ -39,45 +39,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("dicom-hostile")
     with serve(tmp, f"sqlite:///{tmp / 'index.sqlite'}", env=_patch(LIMITS)) as s:  # type: ignore[arg-type]
         yield s
-
-
-def _rss_kib(pid: int) -> int:
-    """Resident set of ``pid`` and its children, KiB."""
-    total = 0
-    for p in [pid, *children_of(pid)]:
-        try:
-            with open(f"/proc/{p}/status", encoding="utf-8") as fh:
-                total += next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            pass
-    return total
-
-
-class PeakRss:
-    """Samples the server's resident set every 20 ms while the block runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.before = _rss_kib(pid)
-        self.peak = self.before
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, _rss_kib(self.pid))
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def grew_mib(self) -> float:
-        return (self.peak - self.before) / 1024
 
 
 def _echo_from(port: int, source: str) -> int:
@@ -226,17 +187,6 @@ def test_pdu_dribbled_byte_by_byte_meets_a_deadline(srv: Served, phase: str) -> 
     assert _echoscu(srv.dicom_port).returncode == 0
 
 
-def _threads(pid: int) -> int:
-    total = 0
-    for p in [pid, *children_of(pid)]:
-        try:
-            with open(f"/proc/{p}/status", encoding="utf-8") as fh:
-                total += next(int(line.split()[1]) for line in fh if line.startswith("Threads:"))
-        except (OSError, StopIteration):
-            pass
-    return total
-
-
 @pytest.mark.parametrize("hosts", ["one host", "many hosts"])
 def test_flood_of_silent_and_slow_sockets_does_not_lock_out_modalities(srv: Served, hosts: str) -> None:
     """60 connections that never finish negotiating (silent, or an A-ASSOCIATE-RQ dribbled), from
@@ -246,7 +196,7 @@ def test_flood_of_silent_and_slow_sockets_does_not_lock_out_modalities(srv: Serv
     one. 40 such sockets used to get echoscu rejected."""
     stop = threading.Event()
     socks: list[socket.socket] = []
-    threads_before = _threads(srv.process.pid)
+    threads_before = threads_of(srv.process.pid)
     with PeakRss(srv.process.pid) as rss:
         try:
             for k in range(60):
@@ -263,7 +213,7 @@ def test_flood_of_silent_and_slow_sockets_does_not_lock_out_modalities(srv: Serv
             time.sleep(0.3)
             results = [_echoscu(srv.dicom_port) for _ in range(3)]
             behind = _echo_from(srv.dicom_port, "127.0.0.2" if hosts == "one host" else "127.0.1.1")
-            held = _threads(srv.process.pid) - threads_before
+            held = threads_of(srv.process.pid) - threads_before
         finally:
             stop.set()
             for sock in socks:

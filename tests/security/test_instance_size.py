@@ -20,8 +20,7 @@ from pacs.model import Level, Origin
 from tests.conftest import settings_for
 from tests.factories import make_dataset, to_bytes
 from tests.robustness.conftest import STOW_TYPE, stow_body
-from tests.security.test_dicom_hostile import PeakRss
-from tests.serve import Served, serve
+from tests.serve import PeakRss, Served, serve
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -15,7 +14,6 @@ from pydicom.uid import generate_uid
 
 from pacs import runtime
 from pacs.model import Origin, StoreResult
-from tests.conftest import settings_for
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -27,16 +25,6 @@ def client(rt: runtime.Runtime) -> Iterator[TestClient]:
     """An HTTP client on the app (in process)."""
     with TestClient(runtime.web_app(rt)) as c:
         yield c
-
-
-@pytest.fixture
-def sqlite_rt(tmp_path: Path) -> Iterator[runtime.Runtime]:
-    """A runtime on SQLite only (pixel tests, where the index plays no part)."""
-    r = runtime.build(settings_for(f"sqlite:///{tmp_path / 'index.sqlite'}", tmp_path / "storage"))
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture
