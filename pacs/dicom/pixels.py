@@ -312,7 +312,42 @@ def _decode(
     except NotImplementedError as exc:
         raise InvalidInstance(f"no decoder available for transfer syntax {info.transfer_syntax_uid}") from exc
     except (ValueError, RuntimeError, struct.error, EOFError, OSError) as exc:
+        fallback = _imagecodecs_jpeg(fh, info, number)
+        if fallback is not None:
+            return fallback
         raise InvalidInstance(f"cannot decode frame {number}: {exc}") from exc
+
+
+#: JPEG processes pydicom's plugins cannot always decode: libjpeg refuses some real 12-bit
+#: extended (process 4) encoders' streams ("scan start must be zero ... sequential") and Pillow
+#: has no 12-bit JPEG; imagecodecs' libjpeg-turbo build decodes them (pydicom's JPEG-lossy.dcm).
+_IMAGECODECS_JPEG = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
+
+
+def _imagecodecs_jpeg(fh: BinaryIO, info: PixelInfo, number: int) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """A JPEG baseline/extended frame decoded by imagecodecs when pydicom's plugins failed, or None
+    (not such a frame, imagecodecs missing, or it cannot decode it either). Grayscale only:
+    colour streams keep pydicom's handling of their photometric interpretation."""
+    if info.transfer_syntax_uid not in _IMAGECODECS_JPEG or info.samples_per_pixel != 1:
+        return None
+    try:
+        import imagecodecs
+    except ImportError:
+        return None
+    try:
+        arr = np.asarray(imagecodecs.jpeg8_decode(raw_frame(fh, info, number)))
+    except Exception:  # imagecodecs raises its own error classes per codec
+        return None
+    if arr.shape[:2] != (info.rows, info.columns):
+        return None
+    bits = int(info.header.get("BitsStored", 8) or 8)
+    if int(info.header.get("PixelRepresentation", 0) or 0) == 1:  # two's complement in BitsStored bits
+        wide = arr.astype(np.int32)
+        arr = np.where(wide >= 1 << (bits - 1), wide - (1 << bits), wide).astype(
+            np.int16 if bits > 8 else np.int8
+        )
+    photometric = str(info.header.get("PhotometricInterpretation", "MONOCHROME2"))
+    return arr, {"photometric_interpretation": photometric, "bits_stored": bits}
 
 
 def swap_bytes(data: bytes, width: int) -> bytes:
