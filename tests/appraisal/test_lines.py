@@ -55,7 +55,8 @@ def test_mpps_only_line_is_listed_and_images_join_it(rt: Runtime, client: TestCl
     assert rec["service_line"]["study_instance_uids"] == []
     assert [s["sop_instance_uid"] for s in rec["procedure_steps"]] == [step]
     assert rec["service"]["service_code"] == "18.0001.0001"  # CT-SN from the MPPS
-    assert rec["device_acquisition_span"] is None
+    assert rec["device_acquisition_span"]["status"] == "unknown"  # no image: unknown, never 0 (issue 16)
+    assert rec["device_acquisition_span"]["seconds"] is None
     assert any("none yet" in n for n in rec["notes"])
     listed = client.get("/api/appraisal/v1/records", params={"from": "20250110", "to": "20250110"}).json()
     assert [r["id"] for r in listed["records"]] == ["acc:ACC-MPPS"]
@@ -147,12 +148,13 @@ def test_device_clock_summary(rt: Runtime, client: TestClient) -> None:
     by_serial = {d["device_serial_number"]: d for d in body["devices"]}
     ct, dr = by_serial["SN-1234"], by_serial["XR-0001"]
     assert ct["series_count"] == 2 and ct["clock"]["samples"] == 2
-    assert ct["clock"]["clock_offset_median_seconds"] == -60.0
-    assert ct["clock"]["clock_offset_latest_seconds"] == -60.0
+    assert ct["clock"]["receive_delay_median_seconds"] == 60.0
+    assert ct["clock"]["receive_delay_latest_seconds"] == 60.0
     assert ct["clock"]["time_synchronised"] is True
-    assert ct["clock"]["clock_offset_beyond_tolerance"] is False
+    assert ct["clock"]["clock_offset_beyond_tolerance"] is None  # a delay shows no offset (issue 16)
     assert ct["machine_code"] == "CL.1.SN-1234"
-    assert dr["clock"]["clock_offset_median_seconds"] == 4170.0  # 11:30:00 - 10:20:30
+    assert dr["clock"]["receive_delay_median_seconds"] == -4170.0  # received 10:20:30, written 11:30:00
+    assert dr["clock"]["clock_ahead_at_least_seconds"] == 4170.0
     assert dr["clock"]["latest_received_at"] == "2025-01-10T05:20:30+00:00"
     assert dr["clock"]["time_synchronised"] is False and dr["clock"]["acquisition_time_synchronized"] == "N"
     assert dr["clock"]["clock_offset_beyond_tolerance"] is True

@@ -91,7 +91,8 @@ def test_mpps_and_storescu_through_pacs_serve(db_url: str, tmp_path: Path) -> No
         assert rec["device_timestamps"]["first_acquisition"]["value"] == "2025-02-15T09:00:00+07:00"
         assert rec["device_timestamps"]["last_acquisition"]["value"] == "2025-02-15T09:02:30+07:00"
         assert rec["device_acquisition_span"]["seconds"] == 150.0
-        assert rec["claim_fields"]["NGAY_TH_YL"] == "202502151010"  # MPPS start 10:10
+        assert rec["claim_fields"]["NGAY_TH_YL"] == ""  # the HIS only, never the MPPS start (issue 16)
+        assert rec["device_timestamps"]["procedure_step_start"] == "2025-02-15T10:10:00+07:00"
         assert rec["studies"][0]["number_of_instances"] == 2
         assert rec["people"]["operators"] == [{"dicom_name": "Phạm^Thu", "licence_code": None}]
         assert "N-SET refused" in srv.log()

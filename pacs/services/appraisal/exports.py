@@ -54,9 +54,11 @@ CSV_FIELDS = (
 EXTRACT_NOTE_VI = "Trích xuất từ PACS để đối chiếu, không phải hồ sơ đề nghị thanh toán"
 EXTRACT_NOTE_EN = "PACS extract for reconciliation, not a claim file"
 FIELD_NOTE = (
-    "NGAY_TH_YL/TG_THIET_BI_*: device times (MPPS start, else first image acquisition; last image "
-    "acquisition), Vietnam time (UTC+7), yyyymmddHHMM; TG_THIET_BI_* and PACS_* are PACS extension "
-    "fields, not fields of the data standard; NGAY_YL and NGAY_KQ are not known to the PACS"
+    "TG_THIET_BI_BAT_DAU/TG_THIET_BI_KET_THUC: first/last image acquisition time written by the "
+    "device (machine operating time only), Vietnam time (UTC+7), yyyymmddHHMM, their sources in "
+    "PACS_NGUON_TG_THIET_BI; TG_THIET_BI_* and PACS_* are PACS extension fields, not fields of the "
+    "data standard; NGAY_YL, NGAY_TH_YL and NGAY_KQ come only from the HIS (not connected): left "
+    "empty, never filled with a device time"
 )
 _XML_DECLARATION = "<?xml version='1.0' encoding='utf-8'?>\n"
 _XML_SLOT = "PACS_RECORDS_HERE"
@@ -175,11 +177,10 @@ def xml_chunks(
 def claim_row(rec: dict[str, Any], n: int) -> dict[str, Any]:
     """Row ``n`` of an extract: the claim-shaped fields of a record and the PACS extension fields."""
     c = rec["claim_fields"]
-    first = rec["device_timestamps"]["first_acquisition"]
     return {
         "STT": n,
         **{k: c[k] for k in CSV_FIELDS if k in c},
-        "PACS_NGUON_TG_THIET_BI": first["source"] if first else "",
+        "PACS_NGUON_TG_THIET_BI": device_time_sources(rec["device_timestamps"]),
         "PACS_SO_PHIEU_CHI_DINH": rec["service_line"]["accession_number"] or "",
         "PACS_MA_BAN_GHI": rec["id"],
         "PACS_STUDY_UID": ";".join(rec["service_line"]["study_instance_uids"]),
@@ -189,6 +190,20 @@ def claim_row(rec: dict[str, Any], n: int) -> dict[str, Any]:
         "PACS_MA_NHAN": rec["label"]["code"],
         "PACS_GHI_CHU": " | ".join(rec["notes"]),
     }
+
+
+def device_time_sources(stamps: dict[str, Any]) -> str:
+    """The source of each device time of a row: ``TG_THIET_BI_BAT_DAU: <attribute>, <offset source>;
+    TG_THIET_BI_KET_THUC: ...`` (empty when the row has none)."""
+    parts = []
+    for field, key in (
+        ("TG_THIET_BI_BAT_DAU", "first_acquisition"),
+        ("TG_THIET_BI_KET_THUC", "last_acquisition"),
+    ):
+        st = stamps.get(key)
+        if st:
+            parts.append(f"{field}: {st['source']}, {st['timezone_source']}")
+    return "; ".join(parts)
 
 
 def _xml_item(row: dict[str, Any]) -> str:
@@ -243,19 +258,30 @@ def render_html(rec: dict[str, Any]) -> str:
         table("Dịch vụ / Service", {**rec["service_line"], **rec["service"]}),
         table("Người bệnh / Patient", rec["patient"]),
         table("Mã hồ sơ (XML3-like) / Claim-shaped fields", rec["claim_fields"]),
+        table("Nguồn / Sources of the claim-shaped time fields", rec.get("claim_field_sources") or {}),
     ]
     stamps = rec["device_timestamps"]
+    first, last = stamps["first_acquisition"] or {}, stamps["last_acquisition"] or {}
     times = {
-        "first_acquisition": (stamps["first_acquisition"] or {}).get("value"),
-        "first_acquisition source": (stamps["first_acquisition"] or {}).get("source"),
-        "last_acquisition": (stamps["last_acquisition"] or {}).get("value"),
-        "last_acquisition source": (stamps["last_acquisition"] or {}).get("source"),
+        "first_acquisition": first.get("value"),
+        "first_acquisition source": first.get("source"),
+        "first_acquisition timezone source": first.get("timezone_source"),
+        "last_acquisition": last.get("value"),
+        "last_acquisition source": last.get("source"),
+        "last_acquisition timezone source": last.get("timezone_source"),
         "procedure_step_start": stamps["procedure_step_start"],
+        "procedure_step_start source": stamps.get("procedure_step_start_source"),
+        "procedure_step_start timezone source": stamps.get("procedure_step_start_timezone_source"),
         "first_received (archive)": rec["archive_receipt"]["first_received"],
         "last_received (archive)": rec["archive_receipt"]["last_received"],
+        "received source": rec["archive_receipt"]["source"],
     }
-    if rec["device_acquisition_span"]:
-        times["device_acquisition_span (s)"] = rec["device_acquisition_span"]["seconds"]
+    span = rec["device_acquisition_span"]
+    if span:
+        measured = span.get("seconds") is not None
+        times["device_acquisition_span (s)"] = span["seconds"] if measured else "unknown"
+        if not measured:
+            times["device_acquisition_span reason"] = span.get("reason")
     parts.append(table("Mốc thời gian thiết bị / Device timestamps", times))
     for i, step in enumerate(rec["procedure_steps"], 1):
         parts.append(table(f"MPPS {i}", {k: v for k, v in step.items() if k != "performed_series"}))

@@ -1,8 +1,17 @@
 """The record of one service line, built from its line, study, series and MPPS rows.
 
 A record reports what the archive saw (PS3.4 Annex F steps, the device's acquisition times with
-the attribute each came from, receipt times, devices, people, clock facts) and orderings between
-those times; it never turns a time into a judgement on the service (appraisal domain notes).
+the attribute and offset each came from, receipt times, devices, people, clock facts) and orderings
+between those times; it never turns a time into a judgement on the service (appraisal domain notes).
+
+Device times never go into a field of the data standard. ``NGAY_YL`` (order time), ``NGAY_TH_YL``
+(time the service was carried out) and ``NGAY_KQ`` (result time) come only from the HIS, which is
+not connected yet: they are left empty and ``claim_field_sources`` says so (:data:`HIS_SOURCE`).
+Device times are exported in the PACS extension fields ``TG_THIET_BI_BAT_DAU`` /
+``TG_THIET_BI_KET_THUC`` (first / last image acquisition time written by the device), each with
+its source; the MPPS start stays in ``device_timestamps.procedure_step_start``. A device
+acquisition span that the times cannot measure (one image, SeriesDate/Time only, one acquisition
+time for every image) is ``unknown`` with the reason, never 0.
 """
 
 from __future__ import annotations
@@ -12,19 +21,26 @@ from datetime import UTC, datetime, timezone
 from typing import Any
 
 from pacs.config import AppraisalSettings
-from pacs.services.appraisal.clocks import OFFSET_BASIS, clock_facts, device_key
+from pacs.services.appraisal.clocks import (
+    RECEIVE_DELAY_BASIS,
+    clock_evidence,
+    clock_facts,
+    device_key,
+    receive_delay,
+)
 from pacs.services.appraisal.lines import MPPS_CODE_SOURCE
 from pacs.services.appraisal.people import names, patient_ids
 from pacs.services.appraisal.registers import Registers
 from pacs.services.appraisal.times import (
+    acquisition_span,
     as_utc,
     assumed_offset,
     claim_time,
     iso,
     ordering_check,
-    parse_dicom_datetime,
     series_times,
     stamp,
+    step_time,
     utc_iso,
 )
 
@@ -35,6 +51,17 @@ _SPAN_BASIS = "first to last image acquisition time written by the device"
 _RECEIPT_SOURCE = "archive receive log (instances received_at, events instance.stored)"
 _STEP_START_SOURCE = "PerformedProcedureStepStartDate/Time (0040,0244/0245)"
 _STEP_END_SOURCE = "PerformedProcedureStepEndDate/Time (0040,0250/0251)"
+#: Where NGAY_YL, NGAY_TH_YL and NGAY_KQ come from: the HIS only (not connected: left empty).
+HIS_SOURCE = "HIS (chưa kết nối / not connected): để trống / left empty"
+HIS_TIMES = ("NGAY_YL", "NGAY_TH_YL", "NGAY_KQ")
+_HIS_NOTE = (
+    "NGAY_YL, NGAY_TH_YL, NGAY_KQ come only from the HIS (not connected): left empty; device times "
+    "are in TG_THIET_BI_* (PACS extension fields), never in a field of the data standard"
+)
+_DEVICE_TIME_FIELDS = (
+    ("TG_THIET_BI_BAT_DAU", "first image acquisition time written by the device"),
+    ("TG_THIET_BI_KET_THUC", "last image acquisition time written by the device"),
+)
 
 
 class RecordBuilder:
@@ -114,22 +141,20 @@ class RecordBuilder:
 
     # ------------------------------------------------------------------ parts
 
-    def step(self, row: dict[str, Any]) -> tuple[dict[str, Any], datetime | None, dict[str, Any]]:
-        """One procedure step: (its record entry, its start, its stored attributes)."""
+    def step(self, row: dict[str, Any]) -> tuple[dict[str, Any], tuple[datetime, str] | None, dict[str, Any]]:
+        """One procedure step: (its record entry, its start and offset source, its stored attributes)."""
         attrs = json.loads(row["attributes"] or "{}")
-        start = parse_dicom_datetime((row["start_date"] or "") + (row["start_time"] or ""), self.device_tz)
-        end = (
-            parse_dicom_datetime((row["end_date"] or "") + (row["end_time"] or ""), self.device_tz)
-            if row["end_date"]
-            else None
-        )
+        start = step_time(row["start_date"], row["start_time"], self.device_tz, self.assumed)
+        end = step_time(row["end_date"], row["end_time"], self.device_tz, self.assumed)
         entry = {
             "sop_instance_uid": row["sop_instance_uid"],
             "status": row["status"],
             "start": iso(start[0]) if start else None,
             "start_source": _STEP_START_SOURCE,
+            "start_timezone_source": start[1] if start else None,
             "end": iso(end[0]) if end else None,
             "end_source": _STEP_END_SOURCE,
+            "end_timezone_source": end[1] if end else None,
             "performed_station_ae_title": row["performed_station_ae_title"],
             "performed_station_name": row["performed_station_name"],
             "modality": row["modality"],
@@ -142,7 +167,7 @@ class RecordBuilder:
             "received_at": utc_iso(row["created_at"]),
             "updated_at": utc_iso(row["updated_at"]),
         }
-        return entry, (start[0] if start else None), attrs
+        return entry, start, attrs
 
     def device(
         self, s: dict[str, Any], sending: list[str], tz_source: str | None, notes: list[str]
@@ -170,11 +195,9 @@ class RecordBuilder:
                 "acquisition_time_synchronized": None,
                 "time_synchronised": None,
                 "time_source": s["time_source"],
-                "clock_offset_seconds": None,
-                "clock_offset_basis": OFFSET_BASIS,
-                "tolerance_seconds": self.tol,
-                "clock_offset_beyond_tolerance": None,
-                "device_clock_ahead_of_archive": None,
+                "receive_delay_min_seconds": None,
+                "receive_delay_basis": RECEIVE_DELAY_BASIS,
+                **clock_evidence(None, self.tol),
             },
             "series": [],
         }
@@ -217,8 +240,9 @@ class RecordBuilder:
         last_acq: tuple[datetime, str, str] | None = None
         first_received: datetime | None = None
         last_received: datetime | None = None
+        timed_images = 0
         for s in series_rows:
-            first, last, source, tz_source = series_times(s, self.device_tz, self.assumed)
+            first, last, source, tz_first, tz_last = series_times(s, self.device_tz, self.assumed)
             r_first, r_last = s["first_received"], s["last_received"]
             if r_first is not None and (type(r_first) is not datetime or r_first.tzinfo is not UTC):
                 r_first = as_utc(r_first)
@@ -230,11 +254,14 @@ class RecordBuilder:
                         first_received = r
                     if last_received is None or r > last_received:
                         last_received = r
-            if first and last:
+            if first and last and source and tz_first and tz_last:
+                timed_images += s["instance_count"] or 0
                 if first_acq is None or first < first_acq[0]:
-                    first_acq = (first, source, tz_source)  # type: ignore[assignment]
+                    first_acq = (first, source, tz_first)
                 if last_acq is None or last > last_acq[0]:
-                    last_acq = (last, source, tz_source)  # type: ignore[assignment]
+                    last_acq = (last, source, tz_last)
+            delay = receive_delay(last, r_last)
+            tz_source = tz_first if tz_first == tz_last else f"{tz_first} (first) / {tz_last} (last)"
             series_out.append(
                 {
                     "series_instance_uid": s["series_instance_uid"],
@@ -246,30 +273,33 @@ class RecordBuilder:
                     "first_acquisition": iso(first),
                     "last_acquisition": iso(last),
                     "acquisition_time_source": source,
+                    "timezone_source": tz_source if source else None,
                     "received_first": iso(r_first),
                     "received_last": iso(r_last),
+                    "receive_delay_seconds": delay,
                 }
             )
             sending = names(s["ae_min"], s["ae_max"])
             key = (*device_key(s), tuple(sending))
             dev = devices.get(key)
             if dev is None:
-                dev = devices[key] = self.device(s, sending, tz_source, notes)
+                dev = devices[key] = self.device(s, sending, tz_source if source else None, notes)
             dev["series"].append(s["series_instance_uid"])
-            clock_facts(dev["clock"], s, last, r_last, tol)
+            clock_facts(dev["clock"], s, delay, tol)
         if not series_rows:
             notes.append(_NO_IMAGES)
 
         # --- procedure steps
         steps_out = []
         step_start: datetime | None = None
+        step_start_tz: str | None = None
         performing = names(*(s["performing_physician_name"] for s in series_rows))
         operators = names(*(s["operators_name"] for s in series_rows))
         for row in steps:
             entry, start, attrs = self.step(row)
             steps_out.append(entry)
-            if start and (step_start is None or start < step_start):
-                step_start = start
+            if start and (step_start is None or start[0] < step_start):
+                step_start, step_start_tz = start
             performing = names("\\".join(performing), *attrs.get("performing_physicians", []))
             operators = names("\\".join(operators), *attrs.get("operators", []))
 
@@ -331,15 +361,7 @@ class RecordBuilder:
 
         code = service.service_code if service else None
         machine_codes = [d["machine_code"] for d in devices.values()]
-        span = None
-        if fa and la:
-            span = {
-                "from": fa_iso,
-                "to": la_iso,
-                "seconds": round((la - fa).total_seconds(), 1),
-                "basis": _SPAN_BASIS,
-            }
-        device_start = step_start or fa
+        span = acquisition_span(first_acq, last_acq, timed_images, (fa_iso, la_iso), _SPAN_BASIS)
         performer_codes = [
             p["licence_code"] for p in people["performing"] + people["operators"] if p["licence_code"]
         ]
@@ -347,6 +369,7 @@ class RecordBuilder:
         src = study if study is not None else line
         pids = self.patient(src["patient_id"], src["issuer_of_patient_id"], src["other_patient_ids"])
         notes.append(_NO_MA_LK)
+        notes.append(_HIS_NOTE)
         has_code = bool(line["procedure_code"])
         return {
             "id": line["line_key"],
@@ -390,6 +413,8 @@ class RecordBuilder:
                 "first_acquisition": stamp(first_acq, fa_iso),
                 "last_acquisition": stamp(last_acq, la_iso),
                 "procedure_step_start": ss_iso,
+                "procedure_step_start_source": _STEP_START_SOURCE if step_start else None,
+                "procedure_step_start_timezone_source": step_start_tz,
             },
             "device_acquisition_span": span,
             "archive_receipt": {
@@ -407,13 +432,24 @@ class RecordBuilder:
                 "TEN_DICH_VU": service.service_name if service else "",
                 "MA_BAC_SI": ";".join(orderer_codes),
                 "NGUOI_THUC_HIEN": ";".join(performer_codes),
-                "NGAY_YL": "",
-                "NGAY_TH_YL": claim_time(device_start),
+                "NGAY_YL": "",  # the HIS only (HIS_SOURCE)
+                "NGAY_TH_YL": "",
                 "NGAY_KQ": "",
                 "MA_MAY": ";".join(m["current"] for m in machine_codes if m["current"]),
                 "PACS_MA_MAY_4750": ";".join(m["previous"] for m in machine_codes if m["previous"]),
                 "TG_THIET_BI_BAT_DAU": claim_time(fa),
                 "TG_THIET_BI_KET_THUC": claim_time(la),
+            },
+            "claim_field_sources": {
+                **dict.fromkeys(HIS_TIMES, HIS_SOURCE),
+                **{
+                    field: (
+                        f"{what}: {st[1]}, {st[2]} (PACS extension field; machine operating time only)"
+                        if st
+                        else None
+                    )
+                    for (field, what), st in zip(_DEVICE_TIME_FIELDS, (first_acq, last_acq), strict=True)
+                },
             },
             "notes": notes,
         }

@@ -1,8 +1,11 @@
 """Device and archive times: DICOM DA/TM/DT values -> aware instants, and the forms records print.
 
 Device times are read in the offset the images carry (TimezoneOffsetFromUTC, or the offset inside
-AcquisitionDateTime), else in the configured device offset; archive times are UTC. Nothing here
-judges a time: it only reads and prints it (PS3.5 6.2 value representations DA, TM, DT).
+AcquisitionDateTime), else in the configured device offset, and each says which; MPPS times (DA +
+TM, no offset) are always in the configured offset, labelled as assumed. Archive times are UTC.
+A device acquisition span is measured only from two different image acquisition times; otherwise
+it is ``unknown`` with the reason, never 0. Nothing here judges a time: it only reads and prints
+it (PS3.5 6.2 value representations DA, TM, DT).
 """
 
 from __future__ import annotations
@@ -107,36 +110,101 @@ def assumed_offset(settings: AppraisalSettings) -> str:
     return f"assumed {settings.device_utc_offset} ([appraisal] device_utc_offset)"
 
 
+#: Where each first / last acquisition time of a series may come from, best first (domain notes).
+ACQUISITION_SOURCES = (
+    "AcquisitionDateTime",
+    "AcquisitionDate+AcquisitionTime",
+    "ContentDate+ContentTime",
+    "SeriesDate+SeriesTime",
+)
+#: The source that gives one time per series (its start), never a time per image.
+SERIES_SOURCE = "SeriesDate+SeriesTime"
+
+
 def series_times(
     s: dict[str, Any], device_tz: timezone, assumed: str
-) -> tuple[datetime | None, datetime | None, str | None, str | None]:
+) -> tuple[datetime | None, datetime | None, str | None, str | None, str | None]:
     """First/last acquisition of a series from the best source present (domain notes table).
 
-    Returns (first, last, attribute used, where the offset came from); ``assumed`` names the
-    configured device offset used when the images carry none.
+    Returns (first, last, attribute used, where the first's offset came from, where the last's
+    offset came from); ``assumed`` names the configured device offset used when the images carry
+    none. SeriesDate without SeriesTime gives no time (a date is not a time of day).
     """
     tz = parse_offset(s["tz_min"]) if s["tz_min"] and s["tz_min"] == s["tz_max"] else None
     default = tz or device_tz
-    series_dt = (s["series_date"] or "") + (s["series_time"] or "") if s["series_date"] else None
-    for name, lo, hi in (
-        ("AcquisitionDateTime", s["min_adt"], s["max_adt"]),
-        ("AcquisitionDate+AcquisitionTime", s["min_ad_at"], s["max_ad_at"]),
-        ("ContentDate+ContentTime", s["min_cd_ct"], s["max_cd_ct"]),
-        ("SeriesDate+SeriesTime", series_dt, series_dt),
+    series_dt = (s["series_date"] + s["series_time"]) if s["series_date"] and s["series_time"] else None
+    for name, lo, hi in zip(
+        ACQUISITION_SOURCES,
+        (s["min_adt"], s["min_ad_at"], s["min_cd_ct"], series_dt),
+        (s["max_adt"], s["max_ad_at"], s["max_cd_ct"], series_dt),
+        strict=True,
     ):
         if not lo or not hi:
             continue
         first = parse_dicom_datetime(lo, default)
         last = parse_dicom_datetime(hi, default)
         if first and last:
-            if first[1]:
-                tz_source = "offset in AcquisitionDateTime"
-            elif tz:
-                tz_source = "TimezoneOffsetFromUTC"
-            else:
-                tz_source = assumed
-            return first[0], last[0], name, tz_source
-    return None, None, None, None
+            return (
+                first[0],
+                last[0],
+                name,
+                _tz_source(first[1], name, tz, assumed),
+                _tz_source(last[1], name, tz, assumed),
+            )
+    return None, None, None, None, None
+
+
+def _tz_source(own: bool, name: str, tz: timezone | None, assumed: str) -> str:
+    """Where the offset of one device time came from: its own value, the images, or the setting."""
+    if own:
+        return f"offset in {name}"
+    return "TimezoneOffsetFromUTC" if tz else assumed
+
+
+def step_time(
+    date: str | None, time: str | None, device_tz: timezone, assumed: str
+) -> tuple[datetime, str] | None:
+    """An MPPS date + time (PS3.4 F.7.2: DA and TM, no offset) -> (instant, where its offset came from)."""
+    if not date:
+        return None
+    got = parse_dicom_datetime(date + (time or ""), device_tz)
+    if got is None:
+        return None
+    return got[0], ("offset in the value" if got[1] else assumed)
+
+
+def acquisition_span(
+    first: tuple[datetime, str, str] | None,
+    last: tuple[datetime, str, str] | None,
+    images: int,
+    texts: tuple[str | None, str | None],
+    basis: str,
+) -> dict[str, Any]:
+    """The device acquisition span, first to last image acquisition time; ``unknown`` with the
+    reason whenever those times cannot measure one (never 0 for a span nobody measured).
+
+    ``first`` / ``last`` are (instant, attribute, offset source), ``images`` the number of images
+    they were read from and ``texts`` their ISO forms.
+    """
+    span: dict[str, Any] = {"from": texts[0], "to": texts[1], "seconds": None, "status": "unknown"}
+    if first is None or last is None:
+        reason = "no image acquisition time (no image yet, or none carries an acquisition time)"
+    elif SERIES_SOURCE in (first[1], last[1]):
+        reason = (
+            "SeriesDate/SeriesTime only: one start time per series, not a time per image; "
+            "a span needs two image acquisition times"
+        )
+    elif images <= 1:
+        reason = "one image: a span needs two acquisition times"
+    elif first[0] == last[0]:
+        reason = "every image carries the same acquisition time: a span needs two different acquisition times"
+    else:
+        span.update(seconds=round((last[0] - first[0]).total_seconds(), 1), status="measured")
+        reason = None
+    if reason:
+        span["reason"] = reason
+    span["basis"] = basis
+    return span
 
 
 def ordering_check(
