@@ -112,11 +112,14 @@ def test_record_field_by_field(rt: Runtime, client: TestClient) -> None:
     }
     assert rec["service"]["service_code"] == "18.0001.0001"
     assert rec["service"]["source"] == "ProcedureCodeSequence (MPPS)"
+    # Other Patient IDs without an issuer are never typed by their shape (issue 16): a 12-digit
+    # local ID is not guessed to be a CCCD (tests/appraisal/test_register_import.py types them).
     assert rec["patient"] == {
         "patient_id": "PID001",
         "issuer_of_patient_id": None,
-        "citizen_id": "079123456789",
-        "insurance_card_code": "HC4010123456789",
+        "patient_id_type": "unknown",
+        "citizen_id": None,
+        "insurance_card_code": None,
     }
     first, last = rec["device_timestamps"]["first_acquisition"], rec["device_timestamps"]["last_acquisition"]
     assert first["value"] == "2025-01-10T10:15:00+07:00"
@@ -124,6 +127,7 @@ def test_record_field_by_field(rt: Runtime, client: TestClient) -> None:
     assert first["source"] == last["source"] == "AcquisitionDate+AcquisitionTime"
     assert "assumed +0700" in first["timezone_source"]
     assert rec["device_acquisition_span"]["seconds"] == 270.0
+    assert rec["device_acquisition_span"]["status"] == "measured"
     assert rec["archive_receipt"]["first_received"] == "2025-01-10T03:20:30+00:00"
     [study] = rec["studies"]
     assert study["number_of_instances"] == 3 and study["study_id"] == "1"
@@ -135,8 +139,10 @@ def test_record_field_by_field(rt: Runtime, client: TestClient) -> None:
     assert dev["sending_ae_titles"] == ["CT01AE"]
     assert dev["machine_code"]["current"] == "CL.1.SN-1234"
     assert dev["machine_code"]["previous"] == f"CL.1.{FACILITY}.SN-1234"
-    assert dev["clock"]["clock_offset_seconds"] == -60.0  # last image 10:19:30, received 10:20:30
-    assert dev["clock"]["clock_offset_beyond_tolerance"] is False
+    assert dev["clock"]["receive_delay_min_seconds"] == 60.0  # last image 10:19:30, received 10:20:30
+    # a receive delay cannot show the clock offset (issue 16): not shown either way
+    assert dev["clock"]["clock_ahead_beyond_tolerance"] is None
+    assert dev["clock"]["clock_offset_beyond_tolerance"] is None
     [step] = rec["procedure_steps"]
     assert step["status"] == "COMPLETED" and step["sop_instance_uid"] == uid
     assert step["start"] == "2025-01-10T10:10:00+07:00" and step["end"] == "2025-01-10T10:20:00+07:00"
@@ -154,9 +160,9 @@ def test_record_field_by_field(rt: Runtime, client: TestClient) -> None:
     assert checks["procedure_step_start <= first_acquisition"]["timestamps"]["procedure_step_start"] == (
         "2025-01-10T10:10:00+07:00"
     )
-    assert rec["reference_times"] and all(t["reference_only"] is True for t in rec["reference_times"])
+    assert rec["reference_times"] == []  # the shipped register is empty: no value ships without a citation
     claim = rec["claim_fields"]
-    assert claim["NGAY_TH_YL"] == "202501101010"
+    assert claim["NGAY_TH_YL"] == ""  # the HIS only, never a device time (issue 16)
     assert claim["TG_THIET_BI_BAT_DAU"] == "202501101015"
     assert claim["TG_THIET_BI_KET_THUC"] == "202501101019"
     assert claim["MA_MAY"] == "CL.1.SN-1234" and claim["MA_LK"] == ""
@@ -236,7 +242,7 @@ def test_exports_label_and_vietnamese(rt: Runtime, client: TestClient) -> None:
     items = root.findall("CHITIEU_CHITIET_DVKT_VTYT/DSACH_CHI_TIET_DVKT/CHI_TIET_DVKT")
     assert len(items) == 1
     assert items[0].findtext("TEN_DICH_VU") == "Chụp CT sọ não không tiêm thuốc cản quang"
-    assert items[0].findtext("NGAY_TH_YL") == "202501101015"
+    assert items[0].findtext("NGAY_TH_YL") == ""  # the HIS only, never a device time (issue 16)
     # the JSON list also round-trips Vietnamese as UTF-8
     body = client.get("/api/appraisal/v1/records").content.decode("utf-8")
     assert "Trần^Thị Bình" in body and "Máy CT 64" in body
@@ -264,8 +270,9 @@ def test_drifting_clock_is_reported_as_fact(rt: Runtime, client: TestClient) -> 
     ct, dr = by_serial["SN-1234"]["clock"], by_serial["XR-0001"]["clock"]
     assert ct["time_synchronised"] is False and ct["acquisition_time_synchronized"] == "N"
     assert ct["timezone_offset_from_utc"] == "+0700" and ct["timezone_source"] == "TimezoneOffsetFromUTC"
-    assert dr["clock_offset_seconds"] == 4170.0  # 11:30:00 - 10:20:30
-    assert dr["clock_offset_beyond_tolerance"] is True and dr["device_clock_ahead_of_archive"] is True
+    assert dr["receive_delay_min_seconds"] == -4170.0  # received 10:20:30, device wrote 11:30:00
+    assert dr["clock_ahead_at_least_seconds"] == 4170.0
+    assert dr["clock_ahead_beyond_tolerance"] is True and dr["clock_offset_beyond_tolerance"] is True
     checks = {c["check"]: c for c in rec["ordering_checks"]}
     assert checks["first_acquisition <= first_received_at_archive"]["result"] == "consistent"
     assert by_serial["XR-0001"]["machine_code"]["current"] == "XQ.1.XR-0001"

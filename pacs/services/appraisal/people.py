@@ -1,12 +1,30 @@
-"""People and patients as the images and procedure steps name them (PS3.5 6.2 PN, PS3.3 C.7.1.1)."""
+"""People and patients as the images and procedure steps name them (PS3.5 6.2 PN, PS3.3 C.7.1.1).
+
+An identifier's type is never guessed from its shape: a 12-digit local PatientID is not a citizen
+ID (CCCD) and a 15-character one is not an insurance card code. The type comes only from explicit
+data, the IssuerOfPatientID (0010,0021) naming the kind of identifier; else it is ``unknown``.
+"""
 
 from __future__ import annotations
 
-import re
+from types import MappingProxyType
 from typing import Any
 
-_CITIZEN_ID = re.compile(r"\d{12}")
-_CARD_CODE = re.compile(r"[A-Z]{2}\d{13}")
+from pacs.services.appraisal.registers import fold
+
+#: What an identifier is when nothing explicit says so.
+UNKNOWN = "unknown"
+#: IssuerOfPatientID values (compared without case or accents) that say what the PatientID is.
+ISSUER_TYPES = MappingProxyType(
+    {
+        fold(issuer): kind
+        for kind, issuers in (
+            ("citizen_id", ("CCCD", "Căn cước công dân", "Căn cước", "Citizen ID")),
+            ("insurance_card_code", ("BHYT", "Thẻ BHYT", "Mã thẻ BHYT", "Bảo hiểm y tế")),
+        )
+        for issuer in issuers
+    }
+)
 
 
 def names(*values: str | None) -> list[str]:
@@ -22,14 +40,25 @@ def names(*values: str | None) -> list[str]:
     return out
 
 
+def identifier_type(issuer: str | None) -> str:
+    """The kind of identifier an IssuerOfPatientID names (``citizen_id``, ...), else ``unknown``."""
+    return ISSUER_TYPES.get(fold(issuer), UNKNOWN) if issuer and issuer.strip() else UNKNOWN
+
+
 def patient_ids(patient_id: str | None, issuer: str | None, others: str | None) -> dict[str, Any]:
-    """PatientID and issuer, and the citizen ID / insurance card code found among the patient's IDs."""
-    candidates = [p for p in [patient_id or "", *(others or "").split("\\")] if p.strip()]
-    citizen = next((p.strip() for p in candidates if _CITIZEN_ID.fullmatch(p.strip())), None)
-    card = next((p.strip() for p in candidates if _CARD_CODE.fullmatch(p.strip())), None)
+    """PatientID, its issuer and type, and the citizen ID / insurance card code it explicitly is.
+
+    ``others`` (OtherPatientIDs, backslash-separated) arrive as bare values, without the issuer or
+    type of their OtherPatientIDsSequence item, so their type is unknown and none of them is
+    reported as a citizen ID or an insurance card code.
+    """
+    del others  # untyped: never guessed
+    pid = (patient_id or "").strip()
+    kind = identifier_type(issuer) if pid else UNKNOWN
     return {
         "patient_id": patient_id,
         "issuer_of_patient_id": issuer,
-        "citizen_id": citizen,
-        "insurance_card_code": card,
+        "patient_id_type": kind,
+        "citizen_id": pid if kind == "citizen_id" else None,
+        "insurance_card_code": pid if kind == "insurance_card_code" else None,
     }

@@ -5,6 +5,11 @@ named in ``[appraisal]`` of ``config.toml``; ``registers/`` holds commented exam
 ever guessed: a device, service or person missing from its register gets an empty code and a note
 saying so. Codes follow the claim data standard (Decision 130/QĐ-BYT as amended by 4750/QĐ-BYT and
 3176/QĐ-BYT); every format here is data, not code, because it changes every year or two.
+
+A register whose rows would make a look-up ambiguous (two staff rows with the same DICOM name and
+different codes, two devices with one serial number, ...) is refused whole at import, with the
+file, the line numbers and the key; rows repeating the same answer are kept once. A reference
+time needs its citation (document number, date, article or appendix) and is reference only.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ MACHINE_GROUPS = frozenset(
 #: Funding source of a machine: 1 state budget, 2 sponsorship / socialised, 3 other.
 FUNDING_SOURCES = frozenset({"1", "2", "3"})
 SERVICE_CODE = re.compile(r"^\d{2}\.\d{4}\.\d{4}$")
+#: Said with every reference time, in both languages: it is an average, never a payment criterion.
+REFERENCE_ONLY = "chỉ để tham khảo / reference only"
 
 
 class RegisterError(ValueError):
@@ -74,8 +81,8 @@ class ReferenceTime:
 
     service_code: str
     reference_minutes: float
-    source: str
-    note: str = ""
+    source: str  # the citation: document number, date, article or appendix
+    note: str = ""  # starts with REFERENCE_ONLY when loaded from a register
 
 
 @dataclass(frozen=True)
@@ -170,11 +177,45 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
         yield n, {(k or "").strip(): (v or "").strip() for k, v in row.items()}
 
 
-def _need(path: Path, n: int, row: dict[str, str], key: str) -> str:
+def _need(path: Path, n: int, row: dict[str, str], key: str, what: str = "") -> str:
     value = row.get(key, "")
     if not value:
-        raise RegisterError(f"{path}:{n}: column {key!r} is empty or missing")
+        raise RegisterError(f"{path}:{n}: column {key!r} is empty or missing{what}")
     return value
+
+
+class _Keys:
+    """The rows of one register by look-up key: a key given two different answers is ambiguous."""
+
+    def __init__(self, path: Path, key_name: str, answer_name: str) -> None:
+        self.path, self.key_name, self.answer_name = path, key_name, answer_name
+        self.seen: dict[str, tuple[int, str, object]] = {}
+        self.clashes: dict[str, list[tuple[int, str]]] = {}
+
+    def add(self, key: str, n: int, shown: str, answer: object) -> bool:
+        """Record row ``n`` (``shown`` = the key as written); False if the key was seen already."""
+        first = self.seen.get(key)
+        if first is None:
+            self.seen[key] = (n, shown, answer)
+            return True
+        if first[2] != answer:
+            self.clashes.setdefault(key, [first[:2]]).append((n, shown))
+        return False
+
+    def check(self) -> None:
+        """Raise :class:`RegisterError` naming every ambiguous key with its lines."""
+        if not self.clashes:
+            return
+        parts = [
+            f"lines {', '.join(str(n) for n, _ in rows)} give different {self.answer_name} for "
+            f"{self.key_name} " + " / ".join(dict.fromkeys(repr(shown) for _, shown in rows))
+            for rows in self.clashes.values()
+        ]
+        raise RegisterError(
+            f"{self.path}: ambiguous rows, nothing loaded: {'; '.join(parts)}. A look-up by "
+            f"{self.key_name} could not tell these rows apart: keep one row per {self.key_name} "
+            "(or remove them all, and the code is left empty)"
+        )
 
 
 def load_registers(
@@ -192,6 +233,8 @@ def load_registers(
 
     if given(devices):
         assert devices is not None
+        by_serial = _Keys(devices, "serial_number", "devices")
+        by_station = _Keys(devices, "station_name", "devices")
         for n, row in _rows(devices):
             group = _need(devices, n, row, "machine_group").upper()
             funding = _need(devices, n, row, "funding_source")
@@ -209,12 +252,17 @@ def load_registers(
             )
             if not entry.serial_number and not entry.station_name:
                 raise RegisterError(f"{devices}:{n}: give serial_number or station_name")
-            if entry.serial_number:
-                regs.devices_by_serial[entry.serial_number.upper()] = entry
-            if entry.station_name:
-                regs.devices_by_station[entry.station_name.upper()] = entry
+            serial, station = entry.serial_number.upper(), entry.station_name.upper()
+            if serial and by_serial.add(serial, n, entry.serial_number, entry):
+                regs.devices_by_serial[serial] = entry
+            if station and by_station.add(station, n, entry.station_name, entry):
+                regs.devices_by_station[station] = entry
+        by_serial.check()
+        by_station.check()
     if given(services):
         assert services is not None
+        by_code = _Keys(services, "procedure_code", "service codes")
+        by_description = _Keys(services, "study_description", "service codes")
         for n, row in _rows(services):
             code = _need(services, n, row, "service_code")
             if not SERVICE_CODE.match(code):
@@ -222,26 +270,48 @@ def load_registers(
             entry_s = ServiceEntry(code, row.get("service_name", ""))
             kind = row.get("match_kind", "procedure_code")
             match = _need(services, n, row, "match")
-            regs.service_rows.append((kind, match, code))
             if kind == "procedure_code":
-                regs.services_by_code[match] = entry_s
+                if by_code.add(match, n, match, entry_s):
+                    regs.services_by_code[match] = entry_s
+                    regs.service_rows.append((kind, match, code))
             elif kind == "study_description":
-                regs.services_by_description[fold(match)] = entry_s
+                if by_description.add(fold(match), n, match, entry_s):
+                    regs.services_by_description[fold(match)] = entry_s
+                    regs.service_rows.append((kind, match, code))
             else:
                 raise RegisterError(f"{services}:{n}: match_kind must be procedure_code or study_description")
+        by_code.check()
+        by_description.check()
     if given(staff):
         assert staff is not None
+        by_name = _Keys(staff, "dicom_name", "licence codes (namesakes?)")
         for n, row in _rows(staff):
-            regs.staff[fold(_need(staff, n, row, "dicom_name"))] = _need(staff, n, row, "licence_code")
+            name = _need(staff, n, row, "dicom_name")
+            licence = _need(staff, n, row, "licence_code")
+            if by_name.add(fold(name), n, name, licence):
+                regs.staff[fold(name)] = licence
+        by_name.check()
     if given(reference_times):
         assert reference_times is not None
+        by_citation = _Keys(reference_times, "service_code and citation", "reference times")
         for n, row in _rows(reference_times):
             code = _need(reference_times, n, row, "service_code")
             try:
                 minutes = float(_need(reference_times, n, row, "reference_minutes"))
             except ValueError as exc:
                 raise RegisterError(f"{reference_times}:{n}: reference_minutes is not a number") from exc
-            regs.reference_times.setdefault(code, []).append(
-                ReferenceTime(code, minutes, row.get("source", ""), row.get("note", ""))
+            citation = _need(
+                reference_times,
+                n,
+                row,
+                "citation",
+                ": every reference time needs its citation (document number, date, article or appendix)",
             )
+            note = row.get("note", "")
+            ref = ReferenceTime(
+                code, minutes, citation, f"{REFERENCE_ONLY}: {note}" if note else REFERENCE_ONLY
+            )
+            if by_citation.add(f"{code}\n{fold(citation)}", n, f"{code} {citation}", ref):
+                regs.reference_times.setdefault(code, []).append(ref)
+        by_citation.check()
     return regs
