@@ -158,7 +158,7 @@ def openapi_document() -> dict[str, Any]:
         ("modality", "Modality of any series (CT, DX, US...)"),
         ("device", "DeviceSerialNumber or StationName of any series"),
         ("accession", "Accession number"),
-        ("patient_id", "PatientID, citizen ID (12 digits) or insurance card code (15 characters)"),
+        ("patient_id", "PatientID, citizen ID or insurance card code, matched exactly"),
         ("service_code", "Ministry service code XX.YYYY.ZZZZ (through the service register)"),
     ]
     params = [
@@ -207,7 +207,13 @@ def openapi_document() -> dict[str, Any]:
                 "type": "object",
                 "properties": {
                     k: {"type": ["string", "null"]}
-                    for k in ("patient_id", "issuer_of_patient_id", "citizen_id", "insurance_card_code")
+                    for k in (
+                        "patient_id",
+                        "issuer_of_patient_id",
+                        "patient_id_type",  # from IssuerOfPatientID only, never guessed from the shape
+                        "citizen_id",
+                        "insurance_card_code",
+                    )
                 },
             },
             "studies": {"type": "array", "items": {"type": "object"}},
@@ -223,11 +229,15 @@ def openapi_document() -> dict[str, Any]:
             },
             "device_acquisition_span": {
                 "type": ["object", "null"],
-                "description": "First to last image acquisition time written by the device",
+                "description": "First to last image acquisition time written by the device: only part of"
+                " the procedure. A span that cannot be measured (one image, series times only) is"
+                ' status "unknown" with seconds null and the reason, never 0.',
                 "properties": {
-                    "from": {"type": "string"},
-                    "to": {"type": "string"},
-                    "seconds": {"type": "number"},
+                    "status": {"type": "string", "enum": ["measured", "unknown"]},
+                    "from": {"type": ["string", "null"]},
+                    "to": {"type": ["string", "null"]},
+                    "seconds": {"type": ["number", "null"]},
+                    "reason": {"type": ["string", "null"]},
                     "basis": {"type": "string"},
                 },
             },
@@ -321,7 +331,8 @@ def openapi_document() -> dict[str, Any]:
             },
             f"{PREFIX}/devices": {
                 "get": {
-                    "summary": "Observed device clock offsets per device over a window of receipt dates",
+                    "summary": "Receive delays per device over a window of receipt dates (and a device clock"
+                    " seen ahead of the archive, only where the evidence shows it); facts, no verdict",
                     "description": (
                         "Facts only: per device the median and latest offset between the last image "
                         "acquisition time written by the device and its arrival at the archive, the "

@@ -317,7 +317,8 @@ class Appraisal:
     # ------------------------------------------------------------------ device clocks
 
     def device_clocks(self, params: dict[str, str], origin: Origin) -> dict[str, Any]:
-        """Observed clock offsets per device over a window of receipt dates (facts, no verdict).
+        """Receive delays per device over a window of receipt dates, and clocks seen ahead of the
+        archive where the evidence shows it (facts, no verdict).
 
         Each series gives one sample (:mod:`pacs.services.appraisal.clocks`); the default
         window is the last 30 days.
