@@ -276,13 +276,13 @@ def test_malformed_identifiers_and_cap(tmp_path: Path, db_url: str) -> None:
         assert "(capped)" in log
 
 
-class _FakeEvent:
+class FakeFindEvent:
     """Just enough of a pynetdicom C-FIND event; the peer cancels after ``cancel_after`` checks."""
 
-    def __init__(self, identifier: Dataset, cancel_after: int) -> None:
+    def __init__(self, identifier: Dataset, cancel_after: int, calling_ae: str = "PYNETDICOM") -> None:
         self.identifier = identifier
         self.request = type("Rq", (), {"AffectedSOPClassUID": StudyRootQueryRetrieveInformationModelFind})()
-        peer = type("Peer", (), {"address": "127.0.0.1", "ae_title": "PYNETDICOM"})()
+        peer = type("Peer", (), {"address": "127.0.0.1", "ae_title": calling_ae})()
         self.assoc = type("Assoc", (), {"requestor": peer, "acceptor": peer})()
         self._checks = 0
         self._cancel_after = cancel_after
@@ -304,7 +304,7 @@ def test_find_handler_honours_cancel(archive: Archive) -> None:
             to_bytes(make_dataset(study_uid=UID_A, instance_number=i)), Origin(protocol="test")
         )
     scp = QueryRetrieveSCP(archive, Settings())
-    responses = list(scp.handle_find(_FakeEvent(_q("IMAGE", SOPInstanceUID=""), cancel_after=2)))
+    responses = list(scp.handle_find(FakeFindEvent(_q("IMAGE", SOPInstanceUID=""), cancel_after=2)))
     assert [r[0] for r in responses] == [0xFF00, 0xFF00, 0xFE00]
-    responses = list(scp.handle_find(_FakeEvent(_q("IMAGE", SOPInstanceUID=""), cancel_after=99)))
+    responses = list(scp.handle_find(FakeFindEvent(_q("IMAGE", SOPInstanceUID=""), cancel_after=99)))
     assert [r[0] for r in responses] == [0xFF00] * 5

@@ -20,6 +20,7 @@ from pacs import config
 from tests.appraisal.test_records import _complete, _mpps
 from tests.conftest import require_tool
 from tests.factories import make_dataset, write
+from tests.protocol.test_qr_find import store_with_storescu
 from tests.serve import Served, serve
 
 
@@ -36,22 +37,7 @@ def stored(srv: Served, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
     tmp = tmp_path_factory.mktemp("ae-services-data")
     study = generate_uid()
     path = write(make_dataset(study_uid=study, PatientName="Trần^Văn Bảy"), tmp / "ct.dcm")
-    run = subprocess.run(
-        [
-            require_tool("storescu"),
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "PACS",
-            "127.0.0.1",
-            str(srv.dicom_port),
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert run.returncode == 0, run.stderr
+    store_with_storescu(srv.dicom_port, [path])
     return path, study
 
 

@@ -44,6 +44,7 @@ from pacs.scp.listener import DicomServer
 from pacs.scp.qr import QueryRetrieveSCP
 from pacs.services.audit import EventFilter
 from tests.factories import make_dataset, to_bytes
+from tests.protocol.test_qr_find import FakeFindEvent
 from tests.robustness.proxy import TcpProxy
 from tests.robustness.test_faults import _database_down
 from tests.security.test_tls import make_pki
@@ -216,23 +217,6 @@ def test_move_and_get_rows_name_studies_and_patients(db_url: str, tmp_path: Path
         rt.close()
 
 
-class _FakeFind:
-    """Just enough of a pynetdicom C-FIND event; the peer cancels after ``cancel_after`` checks."""
-
-    def __init__(self, identifier: Dataset, cancel_after: int) -> None:
-        self.identifier = identifier
-        self.request = type("Rq", (), {"AffectedSOPClassUID": StudyRootQueryRetrieveInformationModelFind})()
-        peer = type("Peer", (), {"address": "127.0.0.1", "ae_title": SCU})()
-        self.assoc = type("Assoc", (), {"requestor": peer, "acceptor": peer})()
-        self._checks = 0
-        self._cancel_after = cancel_after
-
-    @property
-    def is_cancelled(self) -> bool:
-        self._checks += 1
-        return self._checks > self._cancel_after
-
-
 def test_cancelled_and_cut_finds_leave_a_row(db_url: str, tmp_path: Path) -> None:
     """Over the wire the answers are queued before a C-CANCEL is read (see test_qr_find), so the
     handler is driven directly, with the real audit service behind it."""
@@ -247,9 +231,9 @@ def test_cancelled_and_cut_finds_leave_a_row(db_url: str, tmp_path: Path) -> Non
         q.QueryRetrieveLevel = "IMAGE"
         q.StudyInstanceUID = study
         q.SOPInstanceUID = ""
-        responses = list(scp.handle_find(_FakeFind(q, cancel_after=2)))  # type: ignore[arg-type]
+        responses = list(scp.handle_find(FakeFindEvent(q, cancel_after=2, calling_ae=SCU)))  # type: ignore[arg-type]
         assert [r[0] for r in responses] == [0xFF00, 0xFF00, 0xFE00]
-        cut = scp.handle_find(_FakeFind(q, cancel_after=99))  # type: ignore[arg-type]
+        cut = scp.handle_find(FakeFindEvent(q, cancel_after=99, calling_ae=SCU))  # type: ignore[arg-type]
         next(cut)
         cut.close()  # the association went away after the first answer
         cancelled, ended = _rows(rt, "query.find")
