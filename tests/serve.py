@@ -199,24 +199,26 @@ def _status_total(pid: int, field: str) -> int:
     return total
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set of ``pid`` and its children, KiB."""
-    return _status_total(pid, "VmRSS")
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident set of ``pid`` and its children, KiB (``RssAnon``: its anonymous part only, without
+    the pages of files it maps, which the kernel can drop at will)."""
+    return _status_total(pid, field)
 
 
 class PeakRss:
     """Samples the server's resident set every 20 ms while the block runs."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, field: str = "VmRSS") -> None:
         self.pid = pid
-        self.before = rss_kib(pid)
+        self.field = field
+        self.before = rss_kib(pid, field)
         self.peak = self.before
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, rss_kib(self.pid))
+            self.peak = max(self.peak, rss_kib(self.pid, self.field))
 
     def __enter__(self) -> PeakRss:
         self._thread.start()

@@ -104,7 +104,18 @@ def test_a_large_stow_is_spooled_not_held_in_memory(srv: Served) -> None:
         for i in range(0, len(body), 1 << 20):
             yield body[i : i + (1 << 20)]
 
-    with PeakRss(srv.process.pid) as rss:
+    # Warm the web process up first (its first STOW imports and allocates what every later one
+    # reuses), so that the measurement is of this body alone, whichever test ran before.
+    warm = httpx.post(
+        f"{srv.base_url}/dicom-web/studies",
+        content=stow_body(to_bytes(make_dataset(PatientName="Hồ^Thị Mai"))),
+        headers={"Content-Type": STOW_TYPE, "Accept": "application/dicom+json"},
+        timeout=60,
+    )
+    assert warm.status_code == 200
+    # Anonymous memory: the body's parts are found in the spool file through mmap, whose pages
+    # count in VmRSS but are page cache the kernel reclaims, not memory the request holds.
+    with PeakRss(srv.process.pid, "RssAnon") as rss:
         r = httpx.post(
             f"{srv.base_url}/dicom-web/studies",
             content=chunks(),
@@ -112,4 +123,4 @@ def test_a_large_stow_is_spooled_not_held_in_memory(srv: Served) -> None:
             timeout=120,
         )
     assert r.status_code == 409, r.text  # none stored: each over max_instance_mb
-    assert rss.grew_mib < 40, f"server RSS grew {rss.grew_mib:.0f} MiB for a {len(body) >> 20} MiB body"
+    assert rss.grew_mib < 16, f"anonymous memory grew {rss.grew_mib:.0f} MiB for a {len(body) >> 20} MiB body"
