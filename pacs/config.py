@@ -238,6 +238,18 @@ class AppraisalSettings:
 
 
 @dataclass(frozen=True)
+class WorklistSettings:
+    """The Modality Worklist SCP (PS3.4 Annex K)."""
+
+    #: Calling AE titles of old modalities that cannot show UTF-8: their worklist answers carry
+    #: names and texts with the accents removed (``Nguyễn Văn Đức`` -> ``Nguyen Van Duc``) in the
+    #: default repertoire, instead of bytes they would show as mojibake.
+    ascii_fallback_aes: tuple[str, ...] = ()
+    #: At most this many items per query (more: the query is refused as too broad).
+    max_results: int = 2000
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings. Build with :func:`load`."""
 
@@ -250,6 +262,7 @@ class Settings:
     appraisal: AppraisalSettings = field(default_factory=AppraisalSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    worklist: WorklistSettings = field(default_factory=WorklistSettings)
 
     @property
     def auth_enabled(self) -> bool:
@@ -278,6 +291,7 @@ _SECTIONS: dict[str, type] = {
     "appraisal": AppraisalSettings,
     "auth": AuthSettings,
     "audit": AuditSettings,
+    "worklist": WorklistSettings,
 }
 
 

@@ -23,6 +23,11 @@ class MissingAttribute(InvalidInstance):
     """A required attribute is absent or empty (e.g. MPPS type 1 attributes, PS3.4 F.7.2.1)."""
 
 
+class InvalidOrder(PacsError):
+    """An order, patient update or report the scheduled workflow cannot apply (a field missing or
+    malformed, a change to an order that does not exist): nothing of it is written."""
+
+
 class StepNotInProgress(PacsError):
     """An update to a procedure step that is already COMPLETED or DISCONTINUED (PS3.4 F.7.2.2)."""
 

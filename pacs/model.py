@@ -15,6 +15,9 @@ class Level(enum.StrEnum):
     STUDY = "STUDY"
     SERIES = "SERIES"
     IMAGE = "IMAGE"
+    #: Not a Query/Retrieve level: the Modality Worklist Information Model (PS3.4 K.6), one
+    #: entity per scheduled procedure step.
+    WORKLIST = "WORKLIST"
 
     @property
     def depth(self) -> int:
@@ -22,7 +25,7 @@ class Level(enum.StrEnum):
         return _DEPTH[self]
 
 
-_DEPTH = {Level.PATIENT: 0, Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 3}
+_DEPTH = {Level.PATIENT: 0, Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 3, Level.WORKLIST: 0}
 
 
 @dataclass(frozen=True)

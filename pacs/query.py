@@ -14,7 +14,15 @@ from dataclasses import dataclass, field, replace
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from pacs.dicom.attributes import ATTRIBUTES, BY_KEYWORD, UNIQUE_KEY, Attribute, Match, lookup
+from pacs.dicom.attributes import (
+    ATTRIBUTES,
+    BY_KEYWORD,
+    UNIQUE_KEY,
+    WORKLIST_BY_TAG,
+    Attribute,
+    Match,
+    lookup,
+)
 from pacs.dicom.text import is_valid_uid, name_key, normalise_date, normalise_time
 from pacs.errors import InvalidQuery
 from pacs.model import Level
@@ -111,6 +119,7 @@ _COMBINED = {
     "AcquisitionDate": "AcquisitionTime",
     "ContentDate": "ContentTime",
     "PerformedProcedureStepStartDate": "PerformedProcedureStepStartTime",
+    "ScheduledProcedureStepStartDate": "ScheduledProcedureStepStartTime",
 }
 
 
@@ -316,6 +325,50 @@ def from_identifier(
         return_keys=tuple(returns),
         limit=max_results,
         patient_root=patient_root,
+        unsupported_return_keys=tuple(unsupported),
+    )
+
+
+def from_worklist_identifier(
+    identifier: Dataset, *, max_results: int | None = None, fold_names: bool = True
+) -> Query:
+    """Parse a Modality Worklist C-FIND identifier (PS3.4 K.6.1.2) into a :class:`Query` over the
+    worklist catalogue: top-level keys and those of the (one) Scheduled Procedure Step Sequence
+    item. Sequences we keep as coded entries are returned, not matched; other unknown keys are
+    returned empty (``unsupported_return_keys``)."""
+    conditions: list[Condition] = []
+    returns: list[Attribute] = []
+    unsupported: list[int] = []
+    elements = list(identifier)
+    sps = identifier.get("ScheduledProcedureStepSequence")
+    if sps is not None:
+        if len(sps) > 1:
+            raise InvalidQuery("ScheduledProcedureStepSequence: a query has at most one item")
+        if len(sps) == 1:
+            elements += [e for e in sps[0]]
+    for elem in elements:
+        tag = int(elem.tag)
+        if tag in _IGNORED_FIND_KEYS or elem.tag.group in (0x0002, 0x0000) or elem.tag.is_private:
+            continue
+        if tag == 0x00400100:  # the Scheduled Procedure Step Sequence itself
+            continue
+        attr = WORKLIST_BY_TAG.get(tag)
+        if attr is None or elem.VR == "SQ":
+            unsupported.append(tag)
+            continue
+        try:
+            text = _raw_text(elem.value)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidQuery(f"{attr.keyword}: unreadable value ({exc})") from None
+        returns.append(attr)
+        matcher = parse_value(attr, text, fold_names=fold_names)
+        if matcher is not None:
+            conditions.append(Condition(attr, matcher))
+    return Query(
+        level=Level.WORKLIST,
+        conditions=tuple(_combine_datetimes(conditions)),
+        return_keys=tuple(returns),
+        limit=max_results,
         unsupported_return_keys=tuple(unsupported),
     )
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # imported where built: a CLI command that needs none of them
     from pacs.services.audit import Audit
     from pacs.services.auth import Auth
     from pacs.services.dicomweb import DicomWeb
+    from pacs.services.orders import Orders
     from pacs.services.render import Renderer
 
 log = logging.getLogger("pacs")
@@ -38,6 +39,7 @@ class Runtime:
     audit: Audit
     dicomweb: DicomWeb
     renderer: Renderer
+    orders: Orders
 
     def close(self) -> None:
         """Flush the audit trail and release database connections."""
@@ -82,6 +84,9 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
     appraisal = _appraisal(settings, db)
     archive.index_hooks.append(appraisal)  # service lines kept in step in the store transaction
     appraisal.rebuild_lines_if_needed()
+    orders = _orders(settings, db)
+    archive.index_hooks.append(orders)  # images linked to their order in the store transaction
+    appraisal.step_hooks.append(orders.step_changed)  # MPPS moves the scheduled step along
     auth, audit = _security(settings, db)
     dicomweb, renderer = _web_services(settings, archive)
     return Runtime(
@@ -94,7 +99,15 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
         audit=audit,
         dicomweb=dicomweb,
         renderer=renderer,
+        orders=orders,
     )
+
+
+def _orders(settings: Settings, db: Database) -> Orders:
+    """The scheduled workflow: orders from the HIS, worklist items, their links."""
+    from pacs.services.orders import Orders
+
+    return Orders(db, facility_code=settings.appraisal.facility_code)
 
 
 def _web_services(settings: Settings, archive: Archive) -> tuple[DicomWeb, Renderer]:
@@ -158,14 +171,18 @@ def _appraisal(settings: Settings, db: Database) -> Appraisal:
 def dimse_extensions(rt: Runtime) -> list[Any]:
     """DIMSE services beyond Verification and Storage (Query/Retrieve, MPPS)."""
     from pacs.limits import DecodeLimits
-    from pacs.scp import mpps, qr
+    from pacs.scp import mpps, qr, worklist
     from pacs.services.retrieve import Retrieve
 
     h = rt.settings.http
     retrieve = Retrieve(
         rt.archive, DecodeLimits.from_mb(h.max_decoded_mb_per_instance, h.max_decoded_mb_per_request)
     )
-    return [qr.extension(rt.archive, rt.settings, rt.audit, retrieve), mpps.extension(rt.appraisal)]
+    return [
+        qr.extension(rt.archive, rt.settings, rt.audit, retrieve),
+        mpps.extension(rt.appraisal),
+        worklist.extension(rt.orders, rt.settings, rt.audit),
+    ]
 
 
 def web_app(rt: Runtime) -> Any:

@@ -47,6 +47,9 @@ class Attribute:
     qido_default: bool = False
     computed: bool = False
     length: int = 64
+    #: The sequence whose item holds the attribute in a worklist identifier (PS3.4 K.6.1.2.2:
+    #: the Scheduled Procedure Step Sequence), or "" for a top-level attribute.
+    sequence: str = ""
 
     @property
     def tag(self) -> int:
@@ -148,6 +151,50 @@ ATTRIBUTES: tuple[Attribute, ...] = (
 )
 
 BY_KEYWORD: dict[str, Attribute] = {a.keyword: a for a in ATTRIBUTES}
+
+W, SPS = Level.WORKLIST, "ScheduledProcedureStepSequence"
+
+#: The Modality Worklist catalogue (PS3.4 Table K.6-1): one row per scheduled procedure step,
+#: with the requested procedure, imaging service request, visit and patient it belongs to.
+#: Matching kinds as for C-FIND; person names match accent- and case-insensitively.
+#: Coded entries (Requested Procedure Code, Scheduled Protocol Code) are returned, not matched.
+WORKLIST: tuple[Attribute, ...] = (
+    # Scheduled Procedure Step (the sequence item)
+    Attribute("ScheduledStationAETitle", W, "AE", Match.STR, length=16, sequence=SPS),
+    Attribute("ScheduledProcedureStepStartDate", W, "DA", Match.DA, length=8, sequence=SPS),
+    Attribute("ScheduledProcedureStepStartTime", W, "TM", Match.TM, length=16, sequence=SPS),
+    Attribute("Modality", W, "CS", Match.STR, length=16, sequence=SPS),
+    Attribute("ScheduledPerformingPhysicianName", W, "PN", Match.PN, length=324, sequence=SPS),
+    Attribute("ScheduledProcedureStepDescription", W, "LO", Match.STR, sequence=SPS),
+    Attribute("ScheduledStationName", W, "SH", Match.STR, sequence=SPS),
+    Attribute("ScheduledProcedureStepLocation", W, "SH", Match.STR, sequence=SPS),
+    Attribute("ScheduledProcedureStepID", W, "SH", Match.STR, sequence=SPS),
+    Attribute("ScheduledProcedureStepStatus", W, "CS", Match.STR, length=16, sequence=SPS),
+    # Requested Procedure
+    Attribute("RequestedProcedureID", W, "SH", Match.STR),
+    Attribute("RequestedProcedureDescription", W, "LO", Match.STR),
+    Attribute("StudyInstanceUID", W, "UI", Match.UID),
+    Attribute("RequestedProcedurePriority", W, "SH", Match.STR, length=16),
+    Attribute("ReasonForTheRequestedProcedure", W, "LO", Match.STR),
+    # Imaging Service Request
+    Attribute("AccessionNumber", W, "SH", Match.STR),
+    Attribute("ReferringPhysicianName", W, "PN", Match.PN, length=324),
+    Attribute("RequestingPhysician", W, "PN", Match.PN, length=324),
+    Attribute("PlacerOrderNumberImagingServiceRequest", W, "LO", Match.STR),
+    Attribute("FillerOrderNumberImagingServiceRequest", W, "LO", Match.STR),
+    # Visit
+    Attribute("AdmissionID", W, "LO", Match.STR),
+    Attribute("CurrentPatientLocation", W, "LO", Match.STR),
+    # Patient
+    Attribute("PatientName", W, "PN", Match.PN, length=324),
+    Attribute("PatientID", W, "LO", Match.STR),
+    Attribute("IssuerOfPatientID", W, "LO", Match.STR),
+    Attribute("PatientBirthDate", W, "DA", Match.DA, length=8),
+    Attribute("PatientSex", W, "CS", Match.STR, length=16),
+    Attribute("OtherPatientIDs", W, "LO", Match.MULTI, length=512),
+)
+WORKLIST_BY_TAG: dict[int, Attribute] = {a.tag: a for a in WORKLIST}
+WORKLIST_BY_KEYWORD: dict[str, Attribute] = {a.keyword: a for a in WORKLIST}
 BY_TAG: dict[int, Attribute] = {a.tag: a for a in ATTRIBUTES}
 
 #: The unique key of each level (PS3.4 C.6.1.1 / C.6.2.1).

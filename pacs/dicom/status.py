@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pacs.errors import (
     DuplicateInstance,
     InvalidInstance,
+    InvalidOrder,
     InvalidQuery,
     MissingAttribute,
     NoPixelData,
@@ -184,6 +185,14 @@ ANSWERS: dict[type[PacsError], Answers] = {
         UNABLE_TO_PROCESS,
         INVALID_ATTRIBUTE_VALUE,
         INVALID_ATTRIBUTE_VALUE,
+        422,
+    ),
+    InvalidOrder: Answers(  # orders arrive over HL7 and REST only: HL7 answers AE (pacs.hl7)
+        CANNOT_UNDERSTAND,
+        UNABLE_TO_PROCESS,
+        UNABLE_TO_PROCESS,
+        PROCESSING_FAILURE,
+        PROCESSING_FAILURE,
         422,
     ),
     MissingAttribute: Answers(  # listed before its base InvalidInstance by the MRO walk

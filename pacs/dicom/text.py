@@ -35,6 +35,18 @@ def fold(text: str) -> str:
     return text.casefold()
 
 
+_ASCII_FOLDS = str.maketrans({"đ": "d", "Đ": "D", "ø": "o", "Ø": "O", "ł": "l", "Ł": "L", "ß": "ss"})
+
+
+def ascii_text(text: str) -> str:
+    """``text`` with its accents removed, case kept: ``Nguyễn^Văn Đức`` -> ``Nguyen^Van Duc``; a
+    character with no Latin base letter becomes ``?`` (for systems limited to the default
+    repertoire, PS3.5 6.1.2)."""
+    text = unicodedata.normalize("NFKD", text.translate(_ASCII_FOLDS))
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    return text.encode("ascii", "replace").decode("ascii")
+
+
 def name_key(name: str) -> str:
     """The search key of a person name: folded, component separators as single spaces.
 

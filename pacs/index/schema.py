@@ -25,7 +25,7 @@ from sqlalchemy import (
     false,
 )
 
-from pacs.dicom.attributes import Attribute, Match, at_level
+from pacs.dicom.attributes import WORKLIST, Attribute, Match, at_level
 from pacs.model import Level
 
 metadata = MetaData(
@@ -188,11 +188,100 @@ mpps = Table(
 
 Index("ix_studies_study_date_time", studies.c.study_date, studies.c.study_time)
 
+#: Orders from the HIS (one row per order: an imaging service request with its requested
+#: procedure). ``order_key`` is the placer order number, else the filler's. Times are the HIS's
+#: DICOM DT strings as sent (``ordered_at``, ``reported_at``, ``performed_at``), each with where
+#: it came from; they are the only source of the appraisal's NGAY_YL / NGAY_TH_YL / NGAY_KQ.
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("order_key", String(160), nullable=False, unique=True),
+    Column("placer_order_number", String(64)),
+    Column("filler_order_number", String(64)),
+    Column("accession_number", String(64), index=True),
+    Column("requested_procedure_id", String(64)),
+    Column("study_instance_uid", String(64), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("patient_id", String(64), index=True),
+    Column("issuer_of_patient_id", String(64)),
+    Column("patient_name", String(324)),
+    Column("ordered_at", String(32)),
+    Column("ordered_at_source", String(64)),
+    Column("reported_at", String(32)),
+    Column("reported_at_source", String(64)),
+    Column("report_status", String(8)),
+    Column("reporting_doctor", String(324)),
+    Column("performed_at", String(32)),
+    Column("performed_at_source", String(64)),
+    Column("facility_code", String(64)),
+    # The study the images arrived in, when it is not the one assigned at order time (a modality
+    # that did not take the worklist's Study Instance UID): linked by Accession Number.
+    Column("linked_study_instance_uid", String(64), index=True),
+    Column("attributes", Text),  # JSON: the whole order as last received, and the report text
+    Column("source", String(16), nullable=False),  # "hl7" or "rest"
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+
+def _worklist_columns() -> list[Column]:  # type: ignore[type-arg]
+    cols: list[Column] = []  # type: ignore[type-arg]
+    for attr in WORKLIST:
+        cols.append(Column(attr.column, String(attr.length), index=attr.column in _WORKLIST_INDEXED or None))
+        if attr.match is Match.PN:
+            cols.append(
+                Column(attr.column + "_key", String(attr.length), index=attr.column == "patient_name" or None)
+            )
+    return cols
+
+
+_WORKLIST_INDEXED = {"scheduled_station_ae_title", "accession_number", "patient_id", "study_instance_uid"}
+
+#: Modality Worklist items: one row per scheduled procedure step, a column per attribute of the
+#: worklist catalogue (``pacs.dicom.attributes.WORKLIST``) so that C-FIND matching is the same SQL
+#: translation as for the archive. ``open`` is 1 while the step is on the worklist.
+worklist_items = Table(
+    "worklist_items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("order_fk", Integer, ForeignKey("orders.id"), nullable=False, index=True),
+    Column("step_key", String(160), nullable=False, unique=True),  # order_key + step id
+    Column("open", Boolean, nullable=False),
+    *_worklist_columns(),
+    Column("requested_procedure_code", Text),  # JSON [value, scheme, meaning]
+    Column("scheduled_protocol_code", Text),
+    Column("mpps_sop_instance_uid", String(64), index=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index(
+    "ix_worklist_items_open_date",
+    worklist_items.c.open,
+    worklist_items.c.scheduled_procedure_step_start_date,
+)
+
+#: Messages applied (HL7 MSH-3/4 + MSH-10, or a REST Idempotency-Key), so that a resend is
+#: acknowledged again without being applied twice. Written in the message's own transaction.
+order_messages = Table(
+    "order_messages",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sender", String(256), nullable=False),
+    Column("control_id", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("result", Text),  # JSON of what applying it did
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+)
+Index(
+    "uq_order_messages_sender_control_id", order_messages.c.sender, order_messages.c.control_id, unique=True
+)
+
 TABLES: dict[Level, Table] = {
     Level.PATIENT: patients,
     Level.STUDY: studies,
     Level.SERIES: series,
     Level.IMAGE: instances,
+    Level.WORKLIST: worklist_items,
 }
 
 #: Web users (PS3.15 has no user model; roles are ours: admin, radiologist, appraiser,

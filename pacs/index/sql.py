@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Column, ColumnElement, Connection, Select, and_, bindparam, false, or_, select
 
 from pacs.dicom.attributes import Attribute, Match
-from pacs.index.schema import TABLES, instances, patients, series, studies
+from pacs.index.schema import TABLES, instances, patients, series, studies, worklist_items
 from pacs.model import Level
 from pacs.query import AnyOf, Condition, DateTimeRange, Equal, NameMatch, Query, Range, Wildcard
 
@@ -44,6 +44,8 @@ def column_for(attr: Attribute) -> Column[Any]:
 def _from_clause(level: Level) -> Any:
     if level is Level.PATIENT:
         return patients
+    if level is Level.WORKLIST:
+        return worklist_items
     j = studies.join(patients, studies.c.patient_fk == patients.c.id)
     if level is Level.STUDY:
         return j
@@ -142,6 +144,9 @@ def _modalities_in_study(m: object) -> ColumnElement[bool]:
 
 
 def _order(level: Level) -> list[Any]:
+    if level is Level.WORKLIST:
+        w = worklist_items.c
+        return [w.scheduled_procedure_step_start_date, w.scheduled_procedure_step_start_time, w.id]
     if level is Level.PATIENT:
         return [patients.c.patient_name_key, patients.c.id]
     if level is Level.STUDY:

@@ -39,6 +39,24 @@ from pacs.services.audit import Audit
 log = logging.getLogger("pacs.dimse")
 
 
+def _by_sop_class(choices: list[tuple[frozenset[str], Callable[..., Any]]]) -> Callable[..., Any]:
+    """One handler for an event several services bind (C-FIND: Query/Retrieve and the Modality
+    Worklist): pynetdicom keeps one handler per intervention event, so pick by the request's SOP
+    class among the services whose contexts name it."""
+
+    def handle(event: evt.Event) -> Any:
+        req = event.request
+        uid = str(
+            getattr(req, "AffectedSOPClassUID", None) or getattr(req, "RequestedSOPClassUID", None) or ""
+        )
+        for classes, handler in choices:
+            if uid in classes:
+                return handler(event)
+        return choices[0][1](event)
+
+    return handle
+
+
 class Dispatch:
     """Spreads the associations of one DICOM port over the listener processes.
 
@@ -312,8 +330,13 @@ class DicomServer:
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, receiver.handle_store),
         ]
+        bound: dict[Any, list[tuple[frozenset[str], Callable[..., Any]]]] = {}
         for ext in self.extensions:
-            hs.extend(ext.handlers)
+            classes = frozenset(str(abstract) for abstract, _, _ in ext.contexts)
+            for event, handler in ext.handlers:
+                bound.setdefault(event, []).append((classes, handler))
+        for event, choices in bound.items():
+            hs.append((event, choices[0][1] if len(choices) == 1 else _by_sop_class(choices)))
         return hs
 
     def start(self) -> tuple[str, int]:

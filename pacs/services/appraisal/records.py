@@ -32,12 +32,14 @@ from pacs.services.appraisal.lines import MPPS_CODE_SOURCE
 from pacs.services.appraisal.people import names, patient_ids
 from pacs.services.appraisal.registers import Registers
 from pacs.services.appraisal.times import (
+    VIETNAM,
     acquisition_span,
     as_utc,
     assumed_offset,
     claim_time,
     iso,
     ordering_check,
+    parse_dicom_datetime,
     series_times,
     stamp,
     step_time,
@@ -53,6 +55,14 @@ _STEP_START_SOURCE = "PerformedProcedureStepStartDate/Time (0040,0244/0245)"
 _STEP_END_SOURCE = "PerformedProcedureStepEndDate/Time (0040,0250/0251)"
 #: Where NGAY_YL, NGAY_TH_YL and NGAY_KQ come from: the HIS only (not connected: left empty).
 HIS_SOURCE = "HIS (chưa kết nối / not connected): để trống / left empty"
+#: ... and when the HIS sent no such time for this line (an order without a report, say).
+HIS_NOT_SENT = "HIS: chưa gửi / not sent for this service line: để trống / left empty"
+#: The order / result / performed time of each claim field, as the orders table keeps it.
+_HIS_FIELDS = (
+    ("NGAY_YL", "ordered_at", "order time"),
+    ("NGAY_TH_YL", "performed_at", "time the service was carried out"),
+    ("NGAY_KQ", "reported_at", "result time"),
+)
 HIS_TIMES = ("NGAY_YL", "NGAY_TH_YL", "NGAY_KQ")
 _HIS_NOTE = (
     "NGAY_YL, NGAY_TH_YL, NGAY_KQ come only from the HIS (not connected): left empty; device times "
@@ -210,8 +220,10 @@ class RecordBuilder:
         study_rows: list[dict[str, Any]],
         series_rows: list[dict[str, Any]],
         steps: list[dict[str, Any]],
+        orders: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """The record of one service line from its line, study, series and MPPS rows."""
+        """The record of one service line from its line, study, series and MPPS rows, and the
+        HIS orders behind it (their order, performed and result times)."""
         notes: list[str] = []
         tol = self.tol
         study = study_rows[0] if study_rows else None
@@ -369,7 +381,9 @@ class RecordBuilder:
         src = study if study is not None else line
         pids = self.patient(src["patient_id"], src["issuer_of_patient_id"], src["other_patient_ids"])
         notes.append(_NO_MA_LK)
-        notes.append(_HIS_NOTE)
+        his_times, his_sources, his_out = self.his_times(line, study_rows, orders or [])
+        if not orders:
+            notes.append(_HIS_NOTE)
         has_code = bool(line["procedure_code"])
         return {
             "id": line["line_key"],
@@ -432,16 +446,14 @@ class RecordBuilder:
                 "TEN_DICH_VU": service.service_name if service else "",
                 "MA_BAC_SI": ";".join(orderer_codes),
                 "NGUOI_THUC_HIEN": ";".join(performer_codes),
-                "NGAY_YL": "",  # the HIS only (HIS_SOURCE)
-                "NGAY_TH_YL": "",
-                "NGAY_KQ": "",
+                **his_times,  # NGAY_YL, NGAY_TH_YL, NGAY_KQ: the HIS only, never device time
                 "MA_MAY": ";".join(m["current"] for m in machine_codes if m["current"]),
                 "PACS_MA_MAY_4750": ";".join(m["previous"] for m in machine_codes if m["previous"]),
                 "TG_THIET_BI_BAT_DAU": claim_time(fa),
                 "TG_THIET_BI_KET_THUC": claim_time(la),
             },
             "claim_field_sources": {
-                **dict.fromkeys(HIS_TIMES, HIS_SOURCE),
+                **his_sources,
                 **{
                     field: (
                         f"{what}: {st[1]}, {st[2]} (PACS extension field; machine operating time only)"
@@ -451,5 +463,54 @@ class RecordBuilder:
                     for (field, what), st in zip(_DEVICE_TIME_FIELDS, (first_acq, last_acq), strict=True)
                 },
             },
+            "his_orders": his_out,
             "notes": notes,
         }
+
+    def his_times(
+        self, line: dict[str, Any], study_rows: list[dict[str, Any]], orders: list[dict[str, Any]]
+    ) -> tuple[dict[str, str], dict[str, str], list[dict[str, Any]]]:
+        """NGAY_YL / NGAY_TH_YL / NGAY_KQ of a line from the HIS orders behind it (by Accession
+        Number, else by study), each with its source; empty with the reason when the HIS did
+        not send it. An HIS time without an offset is taken as Vietnam time, and says so."""
+        uids = {s["study_instance_uid"] for s in study_rows}
+        acc = line["accession_number"]
+        mine = [
+            o
+            for o in orders
+            if (acc and o["accession_number"] == acc)
+            or o["study_instance_uid"] in uids
+            or o["linked_study_instance_uid"] in uids
+        ]
+        if not mine:
+            return dict.fromkeys(HIS_TIMES, ""), dict.fromkeys(HIS_TIMES, HIS_SOURCE), []
+        times: dict[str, str] = {}
+        sources: dict[str, str] = {}
+        for field, column, what in _HIS_FIELDS:
+            found = next((o for o in mine if o[column]), None)
+            parsed = parse_dicom_datetime(found[column], VIETNAM) if found else None
+            if found is None or parsed is None:
+                times[field], sources[field] = "", HIS_NOT_SENT
+                continue
+            value, own_offset = parsed
+            tz = (
+                "offset sent by the HIS" if own_offset else "no offset sent: Vietnam time (UTC+07:00) assumed"
+            )
+            times[field] = claim_time(value)
+            sources[field] = (
+                f"HIS {what}: {found[column + '_source'] or 'HIS'}, order {found['order_key'][2:]} ({tz})"
+            )
+        out = [
+            {
+                "order": o["order_key"][2:],
+                "accession_number": o["accession_number"],
+                "status": o["status"],
+                "ordered_at": o["ordered_at"],
+                "performed_at": o["performed_at"],
+                "reported_at": o["reported_at"],
+                "report_status": o["report_status"],
+                "source": o["source"],
+            }
+            for o in mine
+        ]
+        return times, sources, out

@@ -23,6 +23,7 @@ from pacs.config import AppraisalSettings
 from pacs.dicom.text import is_valid_uid, normalise_date
 from pacs.errors import DuplicateInstance, InvalidQuery, NotAuthorized, NotFound
 from pacs.index import appraisal as sql
+from pacs.index import orders as order_sql
 from pacs.index import repo
 from pacs.index.database import Database
 from pacs.model import InstanceRecord, Origin, StoreOutcome
@@ -71,6 +72,9 @@ class Appraisal:
         self.registers = registers
         self.clock = clock
         self.device_tz = parse_offset(settings.device_utc_offset) or VIETNAM
+        #: Called with (conn, uid, values, origin, now) in the transaction of every MPPS write
+        #: (the orders service moves the scheduled step along).
+        self.step_hooks: list[Callable[[Connection, str, dict[str, Any], Origin, datetime], None]] = []
 
     @property
     def label(self) -> dict[str, str]:
@@ -99,6 +103,8 @@ class Appraisal:
                     raise DuplicateInstance(f"procedure step {uid} already exists")
                 sql.mpps_insert(conn, values)
                 add_step(conn, uid, values, now)
+                for hook in self.step_hooks:
+                    hook(conn, uid, values, origin, now)
                 repo.add_event(
                     conn,
                     "mpps.created",
@@ -142,6 +148,8 @@ class Appraisal:
             values["updated_at"] = now
             sql.mpps_update(conn, uid, values)
             step_updated(conn, uid, values, now)
+            for hook in self.step_hooks:
+                hook(conn, uid, {**row, **values}, origin, now)
             repo.add_event(
                 conn,
                 "mpps.updated",
@@ -272,6 +280,15 @@ class Appraisal:
             more = len(found) > limit
             found = found[:limit]
             rows = sql.page_rows(conn, flt, found[0]["id"] - 1, found[-1]["id"]) if found else None
+            his = (
+                order_sql.orders_for_lines(
+                    conn,
+                    [ln["accession_number"] for ln in found if ln["accession_number"]],
+                    [s["study_instance_uid"] for st in rows.studies.values() for s in st],
+                )
+                if rows is not None
+                else []
+            )
         if rows is None:
             return [], None
         build = (builder or self._builder()).record
@@ -282,6 +299,7 @@ class Appraisal:
                 rows.studies.get(ln["id"], empty),
                 rows.series.get(ln["id"], empty),
                 rows.steps.get(ln["id"], empty),
+                his,
             )
             for ln in found
         ]
