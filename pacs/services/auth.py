@@ -39,6 +39,7 @@ class Role(enum.StrEnum):
     RADIOLOGIST = "radiologist"  # reads everything, stores via STOW
     APPRAISER = "appraiser"  # the appraisal API only: no DICOMweb (no searches, metadata, pixels)
     MODALITY_UPLOAD = "modality-upload"  # STOW only
+    ORDERS = "orders"  # the HIS: /api/orders and patient updates, nothing else
 
 
 class Family(enum.StrEnum):
@@ -51,6 +52,7 @@ class Family(enum.StrEnum):
     STORE = "store"  # STOW-RS
     APPRAISAL = "appraisal"  # /api/appraisal
     AUDIT = "audit"  # /api/audit
+    ORDERS = "orders"  # /api/orders, /api/patients (the HIS's door without HL7)
     SESSION = "session"  # /api/auth/me: any signed-in user
     ADMIN = "admin"  # anything else under /api
 
@@ -72,12 +74,14 @@ PERMISSIONS: dict[Role, frozenset[Family]] = {
     # an appraiser needs the acquisition facts of the appraisal API, nothing more (issue 14).
     Role.APPRAISER: frozenset({Family.APPRAISAL, Family.SESSION}),
     Role.MODALITY_UPLOAD: frozenset({Family.STORE, Family.SESSION}),
+    Role.ORDERS: frozenset({Family.ORDERS, Family.SESSION}),
 }
 
 #: What a role is limited to, said in a 403 for a family it does not have.
 SCOPES: dict[Role, str] = {
     Role.APPRAISER: "the appraiser role may use only the appraisal API (/api/appraisal/...)",
     Role.MODALITY_UPLOAD: "the modality-upload role may only store instances (STOW-RS)",
+    Role.ORDERS: "the orders role may only use /api/orders and /api/patients (the HIS door)",
 }
 
 

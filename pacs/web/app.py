@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pacs.web import appraisal, auth, dicomweb
+from pacs.web import appraisal, auth, dicomweb, orders
 from pacs.web.errors import EXCEPTION_HANDLERS
 from pacs.web.hosts import HostCheck, default_hosts
 
@@ -178,6 +178,7 @@ def routes(rt: Any) -> list[BaseRoute]:
         Route("/healthz", health),
         Mount("/dicom-web", routes=dicomweb.routes()),
         *appraisal.routes(),
+        *orders.routes(),
         *auth.routes(),
     ]
     if STATIC_DIR.is_dir():
@@ -211,6 +212,7 @@ def create_app(rt: Any) -> Starlette:
     app.state.settings = settings
     app.state.archive = rt.archive
     app.state.appraisal = rt.appraisal
+    app.state.orders = rt.orders
     app.state.dicomweb = rt.dicomweb
     app.state.renderer = rt.renderer
     return app

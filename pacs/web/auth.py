@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pacs.model import Origin
 from pacs.services.audit import Audit, event_filter
 from pacs.services.auth import Auth, Family, Principal, RateLimiter, allowed, refusal_reason
+from pacs.web.bodies import read_capped
 from pacs.web.errors import problem
 
 log = logging.getLogger("pacs.web.auth")
@@ -63,6 +64,8 @@ def classify(method: str, path: str) -> Family | None:
             return Family.AUDIT
         if path.startswith("/api/auth/"):
             return Family.SESSION
+        if path.startswith(("/api/orders", "/api/patients/")):
+            return Family.ORDERS
         return Family.ADMIN
     return None
 
@@ -253,18 +256,8 @@ async def login(request: Request) -> Response:
 
 
 async def _login_body(request: Request) -> bytes | None:
-    """The sign-in request body, or None once it is known to exceed :data:`LOGIN_MAX_BODY`: from
-    ``Content-Length`` before reading anything, or while reading a chunked body (never more than
-    the limit is kept)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > LOGIN_MAX_BODY:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk[: LOGIN_MAX_BODY + 1 - len(body)]
-        if len(body) > LOGIN_MAX_BODY:
-            return None
-    return bytes(body)
+    """The sign-in request body, or None once it is known to exceed :data:`LOGIN_MAX_BODY`."""
+    return await read_capped(request, LOGIN_MAX_BODY)
 
 
 def _credentials(request: Request, body: bytes) -> tuple[str, str]:

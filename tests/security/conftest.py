@@ -17,7 +17,7 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 PASSWORD = "correct horse battery"
-ROLES = ("admin", "radiologist", "appraiser", "modality-upload")
+ROLES = ("admin", "radiologist", "appraiser", "modality-upload", "orders")
 
 
 def settings_for(db_url: str, storage: Path, **auth: object) -> config.Settings:
