@@ -21,6 +21,7 @@ from typing import Any
 ALLOWED = {
     "STORESCU": None,
     "FINDSCU": ["find", "worklist"],
+    "OLDMWL": ["worklist"],  # an old modality: worklist answers without accents (issue 15)
     "MOVESCU": ["find", "move"],
     "GETSCU": ["find", "get"],
     "ECHOSCU": [],
