@@ -20,20 +20,27 @@ enough and installing it again changes nothing. The patches, and why:
    pynetdicom's 1 ms polling sleeps (see :mod:`pacs.scp.reactor`; acceptors are converted by
    its ``WakeupRequestHandler``, which is not a patch).
 
-:func:`set_pdu_dumps` sets one more pynetdicom setting, ``_config.LOG_HANDLER_LEVEL``, from our
-log level. :data:`PINNED` lists every pynetdicom name these patches and :mod:`pacs.scp.reactor`
-/ :mod:`pacs.scp.faststore` / :mod:`pacs.scp.listener` replace or use that is not public API;
-``tests/unit/test_pynetdicom_patches.py`` fails when one disappears.
+5. ``pynetdicom.service_class.encode`` -> :func:`pacs.scp.preencoded.encode`: identifiers a
+   handler yields as :class:`~pacs.scp.preencoded.PreEncoded` (worklist answers) are encoded
+   from their element triples, not by pydicom's general writer (half of a response's time);
+   anything else goes to pynetdicom's own ``encode``.
+
+:func:`set_pdu_dumps` sets three more pynetdicom settings (``_config.LOG_HANDLER_LEVEL``,
+``LOG_*_IDENTIFIERS``) from our log level. :data:`PINNED` lists every pynetdicom name these
+patches and :mod:`pacs.scp.reactor` / :mod:`pacs.scp.faststore` / :mod:`pacs.scp.listener`
+replace or use that is not public API; ``tests/unit/test_pynetdicom_patches.py`` fails when one
+disappears.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from pynetdicom import _config, dimse_messages
+from pynetdicom import _config, dimse_messages, service_class
 from pynetdicom import ae as pynetdicom_ae
 from pynetdicom import association as pynetdicom_association
 
+from pacs.scp.preencoded import encode as preencoded_encode
 from pacs.scp.reactor import WakeupAssociation, WakeupDUL
 from pacs.scp.receive import ReceiveFile, create_meta, write_meta
 
@@ -51,6 +58,9 @@ PINNED: tuple[tuple[str, str], ...] = (
     ("pynetdicom.dimse_messages", "write_file_meta_info"),
     ("pynetdicom.association", "DULServiceProvider"),
     ("pynetdicom.ae", "Association"),
+    ("pynetdicom.service_class", "encode"),
+    ("pynetdicom._config", "LOG_RESPONSE_IDENTIFIERS"),
+    ("pynetdicom._config", "LOG_REQUEST_IDENTIFIERS"),
     # overridden or called by pacs.scp.reactor
     ("pynetdicom.dul", "DULServiceProvider.run_reactor"),
     ("pynetdicom.dul", "DULServiceProvider._read_pdu_data"),
@@ -108,6 +118,7 @@ PATCHES: tuple[tuple[ModuleType, str, object], ...] = (
     (dimse_messages, "write_file_meta_info", write_meta),
     (pynetdicom_association, "DULServiceProvider", WakeupDUL),
     (pynetdicom_ae, "Association", WakeupAssociation),
+    (service_class, "encode", preencoded_encode),
 )
 
 
@@ -135,6 +146,10 @@ def set_pdu_dumps(enabled: bool) -> None:
     """pynetdicom's own PDU / DIMSE dump handlers on or off (``_config.LOG_HANDLER_LEVEL``).
 
     They cost about a quarter of a C-FIND response; our log has one line per association and
-    per instance. They stay on at ``[log] level = "DEBUG"``, for debugging a peer.
+    per instance. They stay on at ``[log] level = "DEBUG"``, for debugging a peer. The same goes
+    for ``LOG_RESPONSE_IDENTIFIERS`` / ``LOG_REQUEST_IDENTIFIERS``: pynetdicom formats every C-FIND
+    identifier for a DEBUG line even when nothing logs at DEBUG (a third of a worklist response).
     """
     _config.LOG_HANDLER_LEVEL = "standard" if enabled else "none"
+    _config.LOG_RESPONSE_IDENTIFIERS = enabled
+    _config.LOG_REQUEST_IDENTIFIERS = enabled

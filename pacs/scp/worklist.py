@@ -14,9 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from pydicom import config
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.sop_class import ModalityWorklistInformationFind
@@ -24,12 +22,14 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind
 from pacs.config import Settings
 from pacs.dicom import status as codes
 from pacs.dicom.attributes import WORKLIST_BY_TAG, Attribute
+from pacs.dicom.encode import Element
 from pacs.dicom.text import ascii_text
 from pacs.errors import PacsError
 from pacs.query import from_worklist_identifier
 from pacs.scp import status
 from pacs.scp.contexts import Extension
 from pacs.scp.origin import origin_of
+from pacs.scp.preencoded import PreEncoded
 from pacs.scp.qr import assume_utf8_when_undeclared, query_keys
 from pacs.services.audit import Audit
 from pacs.services.orders import Orders
@@ -82,48 +82,42 @@ class _Plan:
                 keys.append((tag, vr, None))  # not kept: returned empty
         return keys
 
-    def answer(self, row: dict[str, Any]) -> Dataset:
-        ds = Dataset()
-        if not self.ascii_only:
-            ds.add(DataElement(_CHARSET, "CS", "ISO_IR 192", validation_mode=config.IGNORE))
-        self._fill(ds, self.top, row)
+    def answer(self, row: dict[str, Any]) -> PreEncoded:
+        """The response identifier of one item (encoded by :mod:`pacs.dicom.encode`)."""
+        elements: list[Element] = [] if self.ascii_only else [(_CHARSET, "CS", "ISO_IR 192")]
+        elements += self._fill(self.top, row)
         if self.sps is not None:
-            item = Dataset()
-            self._fill(item, self.sps, row)
-            ds.add(DataElement(_SPS, "SQ", [item], validation_mode=config.IGNORE))
-        return ds
+            elements.append((_SPS, "SQ", [self._fill(self.sps, row)]))
+        return PreEncoded(elements, "ascii" if self.ascii_only else "utf-8")
 
     def _fill(
-        self, ds: Dataset, keys: list[tuple[int, str, Attribute | str | None]], row: dict[str, Any]
-    ) -> None:
+        self, keys: list[tuple[int, str, Attribute | str | None]], row: dict[str, Any]
+    ) -> list[Element]:
+        out: list[Element] = []
         for tag, vr, source in keys:
             if isinstance(source, str):  # a coded entry
-                ds.add(DataElement(tag, "SQ", self._code(row.get(source)), validation_mode=config.IGNORE))
+                out.append((tag, "SQ", self._code(row.get(source))))
                 continue
             if vr == "SQ" or source is None:
-                ds.add(DataElement(tag, vr, [] if vr == "SQ" else None, validation_mode=config.IGNORE))
+                out.append((tag, vr, [] if vr == "SQ" else None))
                 continue
             value = row.get(source.column)
-            if isinstance(value, str):
-                if self.ascii_only:
-                    value = ascii_text(value)
-                if "\\" in value:
-                    value = value.split("\\")
-            ds.add(
-                DataElement(
-                    tag, vr, value if value not in ("", None) else None, validation_mode=config.IGNORE
-                )
-            )
+            if isinstance(value, str) and self.ascii_only:
+                value = ascii_text(value)
+            out.append((tag, vr, value))
+        return out
 
-    def _code(self, stored: str | None) -> list[Dataset]:
+    def _code(self, stored: str | None) -> list[list[Element]]:
         if not stored:
             return []
         value, scheme, meaning = json.loads(stored)
-        item = Dataset()
-        item.CodeValue = value
-        item.CodingSchemeDesignator = scheme or "L"  # a local code when the HIS names no scheme
-        item.CodeMeaning = ascii_text(meaning) if self.ascii_only else meaning
-        return [item]
+        return [
+            [
+                (0x00080100, "SH", value),
+                (0x00080102, "SH", scheme or "L"),  # a local code when the HIS names no scheme
+                (0x00080104, "LO", ascii_text(meaning) if self.ascii_only else meaning),
+            ]
+        ]
 
 
 class WorklistSCP:
