@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # imported where built: a CLI command that needs none of them
     from pacs.services.appraisal import Appraisal
     from pacs.services.audit import Audit
     from pacs.services.auth import Auth
+    from pacs.services.commitment import Commitment, DeliveryWorker
     from pacs.services.dicomweb import DicomWeb
     from pacs.services.orders import Orders
     from pacs.services.render import Renderer
@@ -169,9 +170,9 @@ def _appraisal(settings: Settings, db: Database) -> Appraisal:
 
 
 def dimse_extensions(rt: Runtime) -> list[Any]:
-    """DIMSE services beyond Verification and Storage (Query/Retrieve, MPPS)."""
+    """DIMSE services beyond Verification and Storage (Query/Retrieve, MPPS, worklist, commitment)."""
     from pacs.limits import DecodeLimits
-    from pacs.scp import mpps, qr, worklist
+    from pacs.scp import commitment, mpps, qr, worklist
     from pacs.services.retrieve import Retrieve
 
     h = rt.settings.http
@@ -182,7 +183,28 @@ def dimse_extensions(rt: Runtime) -> list[Any]:
         qr.extension(rt.archive, rt.settings, rt.audit, retrieve),
         mpps.extension(rt.appraisal),
         worklist.extension(rt.orders, rt.settings, rt.audit),
+        commitment.extension(commitment_service(rt), rt.settings),
     ]
+
+
+def commitment_service(rt: Runtime) -> Commitment:
+    """The storage commitment service of this runtime, made once: the DIMSE handlers and the
+    delivery worker of a process must share it (one lease holder, one wake-up)."""
+    from pacs.services.commitment import Commitment
+
+    made = rt.__dict__.get("_commitment")
+    if made is None:
+        made = rt.__dict__["_commitment"] = Commitment(rt.db, rt.blobs, rt.settings.commitment)
+    return made  # type: ignore[no-any-return]
+
+
+def commitment_worker(rt: Runtime) -> DeliveryWorker:
+    """The background thread of ``pacs serve`` that sends due storage commitment reports on new
+    associations to the requesters' ``[dicom] destinations`` (started and stopped by serve)."""
+    from pacs.scp.commitment import ReportSender
+    from pacs.services.commitment import DeliveryWorker
+
+    return DeliveryWorker(commitment_service(rt), ReportSender(rt.settings))
 
 
 def web_app(rt: Runtime) -> Any:

@@ -99,6 +99,11 @@ def serve(settings: Settings) -> int:
         settings, rt.archive, extensions=runtime.dimse_extensions(rt), audit=rt.audit, dispatch=dispatch
     )
     dhost, dport = dicom.start()
+    # Storage commitment reports due on new associations (pending ones left by a previous run first).
+    commitments = runtime.commitment_worker(rt)
+    commitments.start()
+    hl7 = _hl7_listener(settings, rt)
+    ready_hl7 = f" hl7={hl7[1]}" if hl7 else ""
     listening = [ctx.Event() for _ in range(workers - 1)]
     children = [
         ctx.Process(
@@ -128,19 +133,38 @@ def serve(settings: Settings) -> int:
     # only spreads over the sockets bound at connect time): wait for every one of them.
     _await_listeners(children + web, listening + web_listening)
     print(
-        f"READY dicom={dhost}:{dport} http={hhost}:{hport} workers={workers} http_workers={http_workers}",
+        f"READY dicom={dhost}:{dport} http={hhost}:{hport} workers={workers} http_workers={http_workers}"
+        + ready_hl7,
         flush=True,
     )
     try:
         server.run(sockets=[sock])
     finally:
         dicom.stop()
+        commitments.stop()
+        if hl7:
+            hl7[0].stop()
         for child in children + web:
             child.terminate()
         for child in children + web:
             child.join(5)
         rt.close()
     return 0
+
+
+def _hl7_listener(settings: Settings, rt: Any) -> tuple[Any, str] | None:
+    """The HL7 v2 MLLP listener (pacs.hl7.mllp) on the orders service, when ``[hl7] port`` is set;
+    returns it with its ``HOST:PORT``."""
+    if not settings.hl7.port:
+        return None
+    from pacs.hl7.mllp import MllpServer
+
+    server = MllpServer(settings.hl7, rt.orders)
+    try:
+        host, port = server.start()
+    except OSError as exc:
+        raise SystemExit(f"[hl7] cannot listen on {settings.hl7.host}:{settings.hl7.port}: {exc}") from exc
+    return server, f"{host}:{port}"
 
 
 def _await_listeners(children: list[Any], listening: list[Any], timeout: float = 120.0) -> None:

@@ -27,9 +27,9 @@ enough and installing it again changes nothing. The patches, and why:
 
 :func:`set_pdu_dumps` sets three more pynetdicom settings (``_config.LOG_HANDLER_LEVEL``,
 ``LOG_*_IDENTIFIERS``) from our log level. :data:`PINNED` lists every pynetdicom name these
-patches and :mod:`pacs.scp.reactor` / :mod:`pacs.scp.faststore` / :mod:`pacs.scp.listener`
-replace or use that is not public API; ``tests/unit/test_pynetdicom_patches.py`` fails when one
-disappears.
+patches and :mod:`pacs.scp.reactor` / :mod:`pacs.scp.faststore` / :mod:`pacs.scp.listener` /
+:mod:`pacs.scp.commitment` replace or use that is not public API;
+``tests/unit/test_pynetdicom_patches.py`` fails when one disappears.
 """
 
 from __future__ import annotations
@@ -79,6 +79,10 @@ PINNED: tuple[tuple[str, str], ...] = (
     ("pynetdicom.ae", "ApplicationEntity.make_server"),
     ("pynetdicom.transport", "ThreadedAssociationServer.process_request_thread"),
     ("pynetdicom.transport", "AssociationServer.active_associations"),
+    # used by pacs.scp.commitment (an N-EVENT-REPORT on an association we accepted, sent from
+    # another thread with the reactor paused: _reactor_checkpoint, _is_paused, dimse.msg_queue)
+    ("pynetdicom.dul", "DULServiceProvider.peek_next_pdu"),
+    ("pynetdicom.dsutils", "encode"),
 )
 
 #: Instance attributes (set in ``__init__``) that the reactor, the fast path and the listener

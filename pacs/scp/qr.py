@@ -34,8 +34,6 @@ waits until that row is durable (``[audit] wait_seconds``).
 from __future__ import annotations
 
 import logging
-import socket
-import ssl
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -57,7 +55,6 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from pacs import tls
 from pacs.config import Settings
 from pacs.dicom import status as codes
 from pacs.dicom.attributes import BY_KEYWORD, BY_TAG, UNIQUE_KEY, Attribute
@@ -67,6 +64,7 @@ from pacs.query import from_identifier
 from pacs.scp import status
 from pacs.scp.contexts import STORAGE_TRANSFER_SYNTAXES, Extension
 from pacs.scp.origin import origin_of
+from pacs.scp.peers import Peers
 from pacs.services.archive import Archive
 from pacs.services.audit import Audit
 from pacs.services.retrieve import Outgoing, Retrieve, Tally, proposals
@@ -300,7 +298,7 @@ class QueryRetrieveSCP:
         self.ae_title = settings.dicom.ae_title
         self.max_results = max(1, settings.dicom.max_find_results)
         self.fold_names = settings.query.names_accent_insensitive
-        self._tls: ssl.SSLContext | None = None  # made on the first C-MOVE to a TLS destination
+        self.peers = Peers(settings)  # destinations and their TLS context (shared with commitment)
 
     # ------------------------------------------------------------------ C-FIND
 
@@ -377,7 +375,7 @@ class QueryRetrieveSCP:
         origin = origin_of(event)
         title = str(event.move_destination or "").strip()
         audit: dict[str, Any] = {"sop_class": str(event.request.AffectedSOPClassUID), "destination": title}
-        dest = next((d for d in self.settings.dicom.destinations if d.ae_title == title), None)
+        dest = self.peers.find(title)
         if dest is None:
             log.warning("C-MOVE refused: unknown destination %r requested by %s", title, _peer(origin))
             self._keys_of(event, audit)
@@ -401,16 +399,14 @@ class QueryRetrieveSCP:
 
         def _accepted(ev: evt.Event) -> None:
             store_assoc["assoc"] = ev.assoc
-            # pynetdicom leaves Nagle on for the associations it opens: each C-STORE would then
-            # wait ~40 ms for the destination's delayed ACK.
-            sock = getattr(ev.assoc.dul.socket, "socket", None)
-            if sock is not None and self.settings.dicom.tcp_nodelay:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-        contexts = [build_context(sop, list(ts)) for sop, ts in proposals(instances, _MAX_CONTEXTS)]
-        options: dict[str, Any] = {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _accepted)]}
-        if dest.tls:
-            options["tls_args"] = (self._tls_client(), dest.host)
+        contexts = [
+            build_context(sop, list(ts)) for sop, ts in proposals(instances, _MAX_CONTEXTS, lossy=dest.lossy)
+        ]
+        # TLS for a tls = true destination, Nagle off (pacs.scp.peers, as for commitment reports).
+        options = self.peers.associate_options(dest)
+        options["contexts"] = contexts
+        options["evt_handlers"].append((evt.EVT_ACCEPTED, _accepted))
         yield dest.host, dest.port, options
         yield len(instances)
         log.info(
@@ -423,17 +419,7 @@ class QueryRetrieveSCP:
         )
         assoc = store_assoc.get("assoc")
         accepted = accepted_syntaxes(assoc.accepted_contexts if assoc is not None else [])
-        yield from self._send(event, instances, accepted, "C-MOVE", origin, audit)
-
-    def _tls_client(self) -> ssl.SSLContext:
-        """The TLS context of associations to destinations with ``tls = true``: the destination
-        verified against ``[dicom] tls_ca``; our ``tls_cert`` presented when one is set."""
-        if self._tls is None:
-            d = self.settings.dicom
-            cert = d.tls_cert if str(d.tls_cert) not in ("", ".") else None
-            key = d.tls_key if str(d.tls_key) not in ("", ".") else None
-            self._tls = tls.client_context(d.tls_ca, cert, key)
-        return self._tls
+        yield from self._send(event, instances, accepted, "C-MOVE", origin, audit, lossy=dest.lossy)
 
     # ------------------------------------------------------------------ C-GET
 
@@ -453,7 +439,8 @@ class QueryRetrieveSCP:
         yield len(instances)
         log.info("C-GET %d instance(s) for %s", len(instances), _peer(origin))
         accepted = accepted_syntaxes([cx for cx in event.assoc.accepted_contexts if cx.as_scu])
-        yield from self._send(event, instances, accepted, "C-GET", origin, audit)
+        lossy = getattr(self.peers.find(origin.calling_ae), "lossy", False)  # its destination entry
+        yield from self._send(event, instances, accepted, "C-GET", origin, audit, lossy=lossy)
 
     # ------------------------------------------------------------------ shared
 
@@ -465,6 +452,7 @@ class QueryRetrieveSCP:
         what: str,
         origin: Origin,
         audit: dict[str, Any],
+        lossy: bool = False,
     ) -> Iterator[Response]:
         """One pending C-STORE sub-operation per instance; pynetdicom counts their outcomes. The
         audit row (kind ``retrieve.move`` / ``retrieve.get``) is written when it ends, however."""
@@ -473,7 +461,7 @@ class QueryRetrieveSCP:
         offered = 0
         recorded = False
         try:
-            for i, out in enumerate(self.retrieve.outgoing(instances, accepted, tally)):
+            for i, out in enumerate(self.retrieve.outgoing(instances, accepted, tally, lossy=lossy)):
                 if event.is_cancelled:
                     log.info("%s cancelled by %s after %d of %d", what, _peer(origin), i, len(instances))
                     recorded = True
