@@ -62,7 +62,7 @@ def order_get(conn: Connection, order_key: str, *, for_update: bool = False) -> 
 
 def order_insert(conn: Connection, values: dict[str, Any]) -> int:
     """Insert an order; returns its row id."""
-    result = conn.execute(orders.insert().values(**values))
+    result = conn.execute(orders.insert(), values)  # one cached statement, not one built per row
     pk = result.inserted_primary_key
     assert pk is not None
     return int(pk[0])
@@ -155,7 +155,7 @@ def items_of_order(conn: Connection, order_id: int) -> list[dict[str, Any]]:
 
 def item_insert(conn: Connection, values: dict[str, Any]) -> None:
     """Insert one worklist item."""
-    conn.execute(worklist_items.insert().values(**values))
+    conn.execute(worklist_items.insert(), values)
 
 
 def item_update(conn: Connection, item_id: int, values: dict[str, Any]) -> None:
