@@ -214,6 +214,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     print(
         f"stored {counts[StoreOutcome.STORED.value] + counts[StoreOutcome.REPLACED.value]}, "
         f"duplicate {counts[StoreOutcome.DUPLICATE.value]}, rejected {counts['rejected']}"
+        + (f", new versions {versions}" if (versions := counts[StoreOutcome.VERSIONED.value]) else "")
     )
     for path, reason in rejected:
         print(f"  rejected {path}: {reason}")
@@ -231,7 +232,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     _logging(settings)
     rt = runtime.build(settings)
     report = rt.archive.reindex(progress=lambda n: print(f"\rindexed {n}", end="", file=sys.stderr))
-    print(f"\nindexed {report.indexed}, failed {len(report.failed)}")
+    versions = f", superseded versions {report.versions}" if report.versions else ""
+    print(f"\nindexed {report.indexed}, failed {len(report.failed)}{versions}")
     for key, reason in report.failed:
         print(f"  failed {key}: {reason}")
     rt.close()

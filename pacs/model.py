@@ -45,6 +45,9 @@ class StoreOutcome(enum.StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"  # identical bytes already stored: nothing written
     REPLACED = "replaced"  # a different object under the same SOP Instance UID replaced the old one
+    #: A different object under the same SOP Instance UID, kept beside the old one: the newest
+    #: received is the instance served, the others are kept as superseded versions.
+    VERSIONED = "versioned"
 
 
 @dataclass(frozen=True)
@@ -91,3 +94,24 @@ class StoredInstance:
     received_at: datetime | None = None
     number_of_frames: int | None = None
     instance_number: int | None = None
+
+
+@dataclass(frozen=True)
+class InstanceVersion:
+    """One received version of an instance (``[storage] duplicate_policy = "keep-versions"``):
+    the current one, which the index row points at and every edge serves, or a superseded one,
+    kept as received. ``sha256`` is of the stored Part-10 file and names the version."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sha256: str
+    size: int
+    transfer_syntax_uid: str
+    received_at: datetime | None
+    calling_ae: str | None
+    peer_address: str | None
+    origin_protocol: str | None
+    current: bool
+    superseded_at: datetime | None  # None for the current version
+    blob_key: str  # opaque; never shown to clients

@@ -11,8 +11,8 @@ import functools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -20,8 +20,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from pacs.dicom.attributes import at_level
 from pacs.errors import DuplicateInstance, InvalidInstance
 from pacs.index.prepared import Prepared
-from pacs.index.schema import events, instances, patients, series, studies
-from pacs.model import InstanceRecord, Level, Origin, StoredInstance, StoreOutcome
+from pacs.index.schema import events, instance_versions, instances, patients, series, studies
+from pacs.model import InstanceRecord, InstanceVersion, Level, Origin, StoredInstance, StoreOutcome
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,18 @@ class BlobFacts:
     sha256: str
     dataset_sha256: str | None  # None: not computed (see store_instance's ``dataset_digest``)
     received_at: datetime
+
+
+class Indexed(NamedTuple):
+    """What :func:`store_instance` did."""
+
+    outcome: StoreOutcome
+    #: A blob key the caller must delete after the transaction commits (the new one for an
+    #: identical resend, the old one for a replacement), or None.
+    to_delete: str | None = None
+    #: For a new version (policy ``keep-versions``): the details of its ``instance.version_added``
+    #: event (old and new SHA-256, sizes, transfer syntaxes, senders, which one is served).
+    version: dict[str, Any] | None = None
 
 
 def _insert(conn: Connection, table: Table) -> Any:
@@ -74,14 +86,16 @@ def store_instance(
     policy: str,
     event: bool = True,
     dataset_digest: Callable[[str | None], tuple[str, str]] | None = None,
-) -> tuple[StoreOutcome, str | None]:
-    """Index one instance whose blob is already committed; returns the outcome and a blob key
-    that the caller must delete after the transaction commits (the new one for a duplicate, the
-    old one for a replacement), or None.
+    keep_identical: bool = False,
+) -> Indexed:
+    """Index one instance whose blob is already committed.
 
     An identical resend is told from a different object by the SHA-256 of the data sets (the
     file meta differs with the sender). Where a hash is not known, ``dataset_digest(old blob
     key)`` returns ``(new digest, old digest)`` computed from the files; the old one is kept.
+    A different object follows ``policy``: ``keep-versions`` (see :func:`_add_version`),
+    ``replace`` or ``reject``. ``keep_identical`` (``pacs reindex``, which must index every
+    file) keeps an identical data set in another file as a version too.
     """
     existing = existing_instance(conn, record.sop_instance_uid)
     if existing is not None:
@@ -94,9 +108,13 @@ def store_instance(
                 # Kept: the next resend of this UID is settled without reading the old file again.
                 keep = update(instances).where(instances.c.id == existing["id"])
                 conn.execute(keep.values(dataset_sha256=old_digest))
-        if new_digest is not None and new_digest == old_digest:
-            _event(conn, "instance.duplicate", record, origin, blob.received_at, {})
-            return StoreOutcome.DUPLICATE, blob.blob_key
+        identical = new_digest is not None and new_digest == old_digest
+        if identical and not keep_identical:
+            if event:
+                _event(conn, "instance.duplicate", record, origin, blob.received_at, {})
+            return Indexed(StoreOutcome.DUPLICATE, blob.blob_key)
+        if policy == "keep-versions" or keep_identical:
+            return _add_version(conn, existing, record, blob, origin, new_digest, old_digest, event=event)
         if policy != "replace":
             raise DuplicateInstance(
                 f"SOP Instance UID {record.sop_instance_uid} is already stored with different content"
@@ -114,7 +132,7 @@ def store_instance(
         _event(
             conn, "instance.replaced", record, origin, blob.received_at, {"old_blob": existing["blob_key"]}
         )
-        return StoreOutcome.REPLACED, existing["blob_key"]
+        return Indexed(StoreOutcome.REPLACED, existing["blob_key"])
 
     now = blob.received_at
     parents = _SERIES_PARENTS_Q.first(conn, {"_uid": record.series_instance_uid})
@@ -135,7 +153,103 @@ def store_instance(
     _COUNT_PATIENT_Q.run(conn, {"_id": pid, "_series": int(new_series), "_studies": int(new_study)})
     if event:
         _event(conn, "instance.stored", record, origin, now, {"size": blob.size, "new_study": new_study})
-    return StoreOutcome.STORED, None
+    return Indexed(StoreOutcome.STORED)
+
+
+def _add_version(
+    conn: Connection,
+    existing: dict[str, Any],
+    record: InstanceRecord,
+    blob: BlobFacts,
+    origin: Origin,
+    new_digest: str | None,
+    old_digest: str | None,
+    *,
+    event: bool,
+) -> Indexed:
+    """Keep a different object under a stored SOP Instance UID beside the stored one.
+
+    The newest received is the current one (the ``instances`` row, which every edge serves);
+    the others are rows of ``instance_versions``, each superseded when the next newer arrived.
+    Usually the new object is the newest: the current row's facts move to a version row and the
+    row takes the new object's header values and blob. An object older than the current one
+    (``pacs reindex`` meets the files in any order; a concurrent store may commit first) is kept
+    as a version in its place in the chain. The version row is inserted first: two stores
+    superseding the same file at once collide on its unique blob key, and the loser is retried.
+    """
+    if (existing["series_instance_uid"], existing["study_instance_uid"]) != (
+        record.series_instance_uid,
+        record.study_instance_uid,
+    ):
+        raise DuplicateInstance(
+            f"SOP Instance UID {record.sop_instance_uid} is already stored in another series or "
+            "study; a new version of an instance must keep its study and series"
+        )
+    current = conn.execute(_CURRENT_FACTS, {"_id": existing["id"]}).mappings().one()
+    new = {
+        "blob_key": blob.blob_key,
+        "size": blob.size,
+        "sha256": blob.sha256,
+        "dataset_sha256": new_digest,
+        "transfer_syntax_uid": record.transfer_syntax_uid,
+        "received_at": blob.received_at,
+        "calling_ae": origin.calling_ae[:16] or None,
+        "called_ae": origin.called_ae[:16] or None,
+        "peer_address": origin.address[:64] or None,
+        "origin_protocol": origin.protocol[:16],
+    }
+    newest = _utc(blob.received_at) >= _utc(current["received_at"])
+    if newest:
+        old = {**current, "dataset_sha256": old_digest or current["dataset_sha256"]}
+        conn.execute(
+            instance_versions.insert(),
+            {**old, "sop_instance_uid": record.sop_instance_uid, "superseded_at": blob.received_at},
+        )
+        conn.execute(
+            update(instances)
+            .where(instances.c.id == existing["id"])
+            .values({**_instance_values(record, blob, origin), "dataset_sha256": new_digest})
+        )
+    else:
+        at = _utc(blob.received_at)
+        chain = conn.execute(
+            select(
+                instance_versions.c.id, instance_versions.c.received_at, instance_versions.c.superseded_at
+            ).where(instance_versions.c.sop_instance_uid == record.sop_instance_uid)
+        ).all()
+        newer = [_utc(r.received_at) for r in chain if _utc(r.received_at) > at]
+        superseded_at = min(newer) if newer else current["received_at"]
+        for r in chain:  # the one it now comes after was superseded by it
+            if _utc(r.received_at) <= at < _utc(r.superseded_at):
+                conn.execute(
+                    update(instance_versions)
+                    .where(instance_versions.c.id == r.id)
+                    .values(superseded_at=blob.received_at)
+                )
+        conn.execute(
+            instance_versions.insert(),
+            {**new, "sop_instance_uid": record.sop_instance_uid, "superseded_at": superseded_at},
+        )
+    details = {
+        "served": "new" if newest else "old",
+        "old_sha256": current["sha256"],
+        "new_sha256": blob.sha256,
+        "old_size": current["size"],
+        "new_size": blob.size,
+        "old_transfer_syntax_uid": current["transfer_syntax_uid"],
+        "new_transfer_syntax_uid": record.transfer_syntax_uid,
+        "old_calling_ae": current["calling_ae"],
+        "new_calling_ae": new["calling_ae"],
+        "old_received_at": _utc(current["received_at"]).isoformat(),
+    }
+    if event:
+        _event(conn, "instance.version_added", record, origin, blob.received_at, details)
+    return Indexed(StoreOutcome.VERSIONED, None, details)
+
+
+def _utc(value: datetime) -> datetime:
+    """A stored time as an aware UTC datetime (SQLite gives back the naive UTC value)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 # Statements built once (SQLAlchemy then compiles each once): the store path runs them per instance.
@@ -183,6 +297,24 @@ _COUNT_PATIENT = (
     )
 )
 
+
+#: The archive facts of an instance row that move to ``instance_versions`` when it is superseded
+#: (through Connection.execute: the times need SQLAlchemy's type conversion).
+_VERSION_FACTS = (
+    "blob_key",
+    "size",
+    "sha256",
+    "dataset_sha256",
+    "transfer_syntax_uid",
+    "received_at",
+    "calling_ae",
+    "called_ae",
+    "peer_address",
+    "origin_protocol",
+)
+_CURRENT_FACTS = select(*(instances.c[name] for name in _VERSION_FACTS)).where(
+    instances.c.id == bindparam("_id")
+)
 
 # The same, run on the DB-API cursor (pacs.index.prepared): these run for every stored instance.
 _EXISTING_Q = Prepared(_EXISTING)
@@ -359,6 +491,57 @@ def iter_blob_facts(conn: Connection) -> Iterator[tuple[str, str, str]]:
         yield row[0], row[1], row[2]
 
 
+def iter_version_facts(conn: Connection) -> Iterator[tuple[str, str, str]]:
+    """``(sop_instance_uid, blob_key, sha256)`` of every superseded version."""
+    v = instance_versions.c
+    for row in conn.execute(select(v.sop_instance_uid, v.blob_key, v.sha256)):
+        yield row[0], row[1], row[2]
+
+
+def versions_of(conn: Connection, sop_instance_uid: str) -> list[InstanceVersion]:
+    """Every kept version of an instance, newest first (the current one first); [] if not stored."""
+    i, v = instances.c, instance_versions.c
+    row = conn.execute(
+        select(
+            series.c.series_instance_uid,
+            studies.c.study_instance_uid,
+            *(i[name] for name in _VERSION_FACTS),
+        )
+        .join(series, i.series_fk == series.c.id)
+        .join(studies, series.c.study_fk == studies.c.id)
+        .where(i.sop_instance_uid == sop_instance_uid)
+    ).first()
+    if row is None:
+        return []
+    parents = (row.study_instance_uid, row.series_instance_uid)
+    out = [_version(sop_instance_uid, parents, row, current=True)]
+    older = conn.execute(
+        select(instance_versions)
+        .where(v.sop_instance_uid == sop_instance_uid)
+        .order_by(v.received_at.desc(), v.id.desc())
+    )
+    out += [_version(sop_instance_uid, parents, r, current=False) for r in older]
+    return out
+
+
+def _version(sop: str, parents: tuple[str, str], row: Any, *, current: bool) -> InstanceVersion:
+    return InstanceVersion(
+        sop_instance_uid=sop,
+        study_instance_uid=parents[0],
+        series_instance_uid=parents[1],
+        sha256=row.sha256,
+        size=row.size,
+        transfer_syntax_uid=row.transfer_syntax_uid,
+        received_at=_utc(row.received_at),
+        calling_ae=row.calling_ae,
+        peer_address=row.peer_address,
+        origin_protocol=row.origin_protocol,
+        current=current,
+        superseded_at=None if current else _utc(row.superseded_at),
+        blob_key=row.blob_key,
+    )
+
+
 def count(conn: Connection, level: Level) -> int:
     """How many rows a level has."""
     table = {Level.PATIENT: patients, Level.STUDY: studies, Level.SERIES: series, Level.IMAGE: instances}[
@@ -369,5 +552,5 @@ def count(conn: Connection, level: Level) -> int:
 
 def clear(conn: Connection) -> None:
     """Delete every indexed row (events are kept): the first step of a full reindex."""
-    for table in (instances, series, studies, patients):
+    for table in (instance_versions, instances, series, studies, patients):
         conn.execute(delete(table))

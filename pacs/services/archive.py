@@ -39,7 +39,15 @@ from pacs.errors import InvalidInstance, NotFound, StorageUnavailable, TooLarge
 from pacs.index import repo
 from pacs.index.database import Database, unavailable
 from pacs.index.sql import run_query
-from pacs.model import InstanceRecord, Level, Origin, StoredInstance, StoreOutcome, StoreResult
+from pacs.model import (
+    InstanceRecord,
+    InstanceVersion,
+    Level,
+    Origin,
+    StoredInstance,
+    StoreOutcome,
+    StoreResult,
+)
 from pacs.query import Query
 
 log = logging.getLogger("pacs.archive")
@@ -69,6 +77,9 @@ class ReindexReport:
     """What ``reindex`` did."""
 
     indexed: int = 0
+    #: Files indexed as superseded versions of an instance (two or more files, one SOP Instance
+    #: UID: the newest by reception time, the file's modification time, is the current one).
+    versions: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -95,7 +106,7 @@ class Archive:
         db: Database,
         blobs: BlobStore,
         *,
-        duplicate_policy: str = "reject",
+        duplicate_policy: str = "keep-versions",
         max_instance_bytes: int = 0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -251,7 +262,7 @@ class Archive:
             except BaseException:
                 _settle(lambda: self.blobs.delete(writer.key))  # named, maybe, but not durable
                 raise
-            outcome, to_delete = self._index(record, blob, origin)
+            indexed = self._index(record, blob, origin)
         else:
 
             def publish() -> str:
@@ -261,11 +272,12 @@ class Archive:
 
             published = self._background.submit(publish)
             try:
-                outcome, to_delete = self._index(record, blob, origin, ready=published.result)
+                indexed = self._index(record, blob, origin, ready=published.result)
             finally:
                 _settle(published.result)
-        if to_delete:
-            self.blobs.delete(to_delete)
+        outcome = indexed.outcome
+        if indexed.to_delete:
+            self.blobs.delete(indexed.to_delete)
         log.info(
             "%s instance sop=%s series=%s study=%s ts=%s bytes=%d from=%s@%s",
             outcome.value,
@@ -277,6 +289,22 @@ class Archive:
             origin.calling_ae,
             origin.address,
         )
+        if indexed.version is not None:
+            v = indexed.version
+            log.info(
+                "new version of instance sop=%s kept (serving the %s one): sha256 %s -> %s, bytes %s -> %s,"
+                " ts %s -> %s, from %s -> %s",
+                record.sop_instance_uid,
+                "newly received" if v["served"] == "new" else "previously stored",
+                v["old_sha256"][:16],
+                v["new_sha256"][:16],
+                v["old_size"],
+                v["new_size"],
+                v["old_transfer_syntax_uid"],
+                v["new_transfer_syntax_uid"],
+                v["old_calling_ae"] or "-",
+                v["new_calling_ae"] or "-",
+            )
         return self._result(outcome, record, facts)
 
     def _index(
@@ -285,7 +313,7 @@ class Archive:
         blob: repo.BlobFacts,
         origin: Origin,
         ready: Callable[[], object] = lambda: None,
-    ) -> tuple[StoreOutcome, str | None]:
+    ) -> repo.Indexed:
         """Index a blob in one transaction; ``ready`` returns once the blob is durable (it is
         called before the commit). On failure the blob is removed (after ``ready``)."""
 
@@ -298,8 +326,8 @@ class Archive:
             # the lock is never held through an fsync (with one writer they overlap instead).
             _settle(ready)
 
-        def job(conn: Connection) -> tuple[StoreOutcome, str | None]:
-            outcome, key = repo.store_instance(
+        def job(conn: Connection) -> repo.Indexed:
+            indexed = repo.store_instance(
                 conn,
                 record,
                 blob,
@@ -308,15 +336,15 @@ class Archive:
                 dataset_digest=lambda old_key: self._digests(blob.blob_key, old_key, ready),
             )
             for hook in self.index_hooks:
-                hook.instance_indexed(conn, record, blob, origin, outcome)
+                hook.instance_indexed(conn, record, blob, origin, indexed.outcome)
             ready()  # the blob is durable under its key before anything that names it commits
-            return outcome, key
+            return indexed
 
         for attempt in (1, 2):
             try:
                 return self.db.group_write(job)
             except IntegrityError:
-                # A concurrent association indexed the same instance first: look again.
+                # A concurrent association indexed (or superseded) the same instance first: look again.
                 if attempt == 2:
                     drop()
                     raise
@@ -382,6 +410,31 @@ class Archive:
                 f"the file of instance {instance.sop_instance_uid} is missing from storage"
             ) from None
 
+    def versions(self, sop_instance_uid: str) -> list[InstanceVersion]:
+        """Every kept version of an instance, newest first (the current one, which is served, first).
+
+        Raises NotFound for an instance that is not stored.
+        """
+        with self.db.read() as conn:
+            found = repo.versions_of(conn, sop_instance_uid)
+        if not found:
+            raise NotFound(f"no stored instance {sop_instance_uid}")
+        return found
+
+    def open_version(self, sop_instance_uid: str, sha256: str) -> tuple[InstanceVersion, BinaryIO]:
+        """One version of an instance, named by the SHA-256 of its Part-10 file, and its bytes
+        (the newest of that hash if the same file was received twice). Raises NotFound."""
+        wanted = sha256.strip().lower()
+        for version in self.versions(sop_instance_uid):
+            if version.sha256 == wanted:
+                try:
+                    return version, self.blobs.open(version.blob_key)
+                except FileNotFoundError:
+                    raise NotFound(
+                        f"the file of version {wanted} of instance {sop_instance_uid} is missing from storage"
+                    ) from None
+        raise NotFound(f"instance {sop_instance_uid} has no version with SHA-256 {wanted}")
+
     def path(self, instance: StoredInstance) -> Path | None:
         """The file path of an instance, where the blob store has one."""
         return self.blobs.path(instance.blob_key)
@@ -399,7 +452,12 @@ class Archive:
     # ------------------------------------------------------------------ maintenance
 
     def reindex(self, progress: Callable[[int], None] | None = None) -> ReindexReport:
-        """Rebuild the patient/study/series/instance index from the blobs alone."""
+        """Rebuild the patient/study/series/instance index from the blobs alone.
+
+        Every readable file is indexed: several files of one SOP Instance UID (versions kept
+        by ``keep-versions``, whatever the policy is now) become the instance, from the newest
+        by reception time, and its superseded versions.
+        """
         report = ReindexReport()
         with self.db.write() as conn:
             repo.clear(conn)
@@ -428,12 +486,19 @@ class Archive:
             for record, blob, origin in batch:
                 try:
                     with conn.begin_nested():
-                        outcome, _ = repo.store_instance(
-                            conn, record, blob, origin, policy="reject", event=False
-                        )
+                        outcome = repo.store_instance(
+                            conn,
+                            record,
+                            blob,
+                            origin,
+                            policy="keep-versions",
+                            event=False,
+                            keep_identical=True,
+                        ).outcome
                         for hook in self.index_hooks:
                             hook.instance_indexed(conn, record, blob, origin, outcome)
                     done += outcome is StoreOutcome.STORED
+                    report.versions += outcome is StoreOutcome.VERSIONED
                 except Exception as exc:
                     report.failed.append((blob.blob_key, str(exc)))
         return done
@@ -473,11 +538,16 @@ class Archive:
         return record, blob, origin
 
     def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        """Check every indexed file exists with its recorded SHA-256 and every blob is indexed."""
+        """Check every indexed file (instances and their superseded versions) exists with its
+        recorded SHA-256, and every blob is indexed."""
         report = VerifyReport()
         indexed: set[str] = set()
         with self.db.read() as conn:
             facts = list(repo.iter_blob_facts(conn))
+            facts += [
+                (f"{sop} (superseded version {sha[:16]})", key, sha)
+                for sop, key, sha in repo.iter_version_facts(conn)
+            ]
         for sop, key, sha in facts:
             indexed.add(key)
             report.checked += 1

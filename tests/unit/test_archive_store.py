@@ -66,9 +66,11 @@ def test_same_data_set_from_another_sender_is_a_duplicate(archive: Archive) -> N
 
 
 def test_different_object_same_uid_follows_policy(archive: Archive) -> None:
+    """``reject`` and ``replace``; the default ``keep-versions`` is tests/unit/test_versions.py."""
     ds = make_dataset()
     archive.store_bytes(to_bytes(ds), ORIGIN)
     ds.StudyDescription = "changed"
+    archive.duplicate_policy = "reject"
     with pytest.raises(DuplicateInstance):
         archive.store_bytes(to_bytes(ds), ORIGIN)
     assert _blob_count(archive) == 1
@@ -143,9 +145,10 @@ def test_reindex_rebuilds_the_index_from_files(archive: Archive) -> None:
 
 def test_concurrent_stores_share_commits_and_fail_alone(archive: Archive) -> None:
     """Group commit (pacs.index.database.GroupCommit): stores from many threads at once all land, and a
-    store that fails (a different object under a stored UID) fails alone, not its batch."""
+    store that fails (a different object under a stored UID, policy ``reject``) fails alone, not its batch."""
     import threading
 
+    archive.duplicate_policy = "reject"
     first = make_dataset(patient_id="CONFLICT")
     archive.store_bytes(to_bytes(first), ORIGIN)
     changed = first.copy()

@@ -36,13 +36,26 @@ def test_store_then_search(client, rt):
     assert r.json()["00081190"]["Value"][0].endswith(f"/studies/{study}")
     found = client.get("/dicom-web/studies", params={"StudyInstanceUID": study}).json()
     assert found[0]["00201208"]["Value"] == [2]
-    # Same bytes again: idempotent success; different bytes under the same UID: failure 0x0111.
+    # Same bytes again: idempotent success. Different bytes under the same UID: success by default
+    # (keep-versions: a new version, the one served), failure 0x0111 with duplicate_policy = "reject".
     assert (
         client.post("/dicom-web/studies", content=body(to_bytes(a)), headers={"Content-Type": CT}).status_code
         == 200
     )
-    changed = make_dataset(study_uid=study, sop_uid=a.SOPInstanceUID, accession="OTHER")
+    changed = make_dataset(
+        study_uid=study, series_uid=a.SeriesInstanceUID, sop_uid=a.SOPInstanceUID, accession="OTHER"
+    )
     r = client.post("/dicom-web/studies", content=body(to_bytes(changed)), headers={"Content-Type": CT})
+    assert r.status_code == 200, r.text
+    assert "00081198" not in r.json()
+    url = f"/dicom-web/studies/{study}/series/{a.SeriesInstanceUID}/instances/{a.SOPInstanceUID}/metadata"
+    assert client.get(url).json()[0]["00080050"]["Value"] == ["OTHER"]  # the newest is served
+    assert len(rt.archive.versions(a.SOPInstanceUID)) == 2
+    rt.archive.duplicate_policy = "reject"
+    again = make_dataset(
+        study_uid=study, series_uid=a.SeriesInstanceUID, sop_uid=a.SOPInstanceUID, accession="THIRD"
+    )
+    r = client.post("/dicom-web/studies", content=body(to_bytes(again)), headers={"Content-Type": CT})
     assert r.status_code == 409
     assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0x0111]
 

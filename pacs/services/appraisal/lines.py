@@ -222,7 +222,7 @@ def add_instance(
     Usually one UPDATE of the series row; the first instance of a series also finds or creates
     the line of its study and notes the series' modality and device on it.
     """
-    if outcome not in (StoreOutcome.STORED, StoreOutcome.REPLACED):
+    if outcome not in (StoreOutcome.STORED, StoreOutcome.REPLACED, StoreOutcome.VERSIONED):
         return
     v = record.values
     facts = _instance_facts(v, blob.received_at, origin.calling_ae[:16] or None)
