@@ -8,7 +8,8 @@ never needs the whole object in memory.
 
 Every decoding of the archive happens here (:func:`decode_frame`, :func:`decoded_frames`: WADO-RS
 frames and transcoded instances, rendered images and thumbnails, C-MOVE / C-GET conversion through
-:mod:`pacs.services.transcode`), and each decoded frame is charged to the request's
+:mod:`pacs.services.transcode`, frames decoded to be encoded again by :mod:`pacs.dicom.codecs`), and
+each decoded frame is charged to the request's
 :class:`~pacs.limits.DecodeBudget` before the decoder allocates it (:func:`reserve` books a whole
 request up front, so that it can still be refused with an error).
 """
@@ -265,6 +266,14 @@ def decode_frame(
     before it is decoded; over a limit is :class:`~pacs.errors.TooLarge`.
     """
     return _decode(fh, info, number, budget)[0]
+
+
+def decoded_frame(
+    fh: BinaryIO | None, info: PixelInfo, number: int, budget: DecodeBudget | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`decode_frame` with the decoder's description of the decoded pixels (as
+    :func:`decoded_frames` gives it): what an encoder of :mod:`pacs.dicom.codecs` needs."""
+    return _decode(fh, info, number, budget)
 
 
 def decoded_frames(

@@ -112,37 +112,55 @@ class DicomWeb:
 
     def check_acceptable(
         self, instances: list[StoredInstance], syntaxes: Collection[str], budget: DecodeBudget | None = None
-    ) -> None:
-        """Raise :class:`NotAcceptable` unless every instance can be sent in one of ``syntaxes``.
+    ) -> list[str]:
+        """The transfer syntax each instance is sent in (:meth:`retrieve_syntax`), in order; raises
+        :class:`NotAcceptable` unless every instance can be sent in one of ``syntaxes``.
 
         With a ``budget``, the decoding the conversions will do is booked in it first (one header
-        read per instance to decode), so that a request over a decoding limit is refused
-        (:class:`~pacs.errors.TooLarge`) before its answer starts.
+        read per instance to convert), so that a request over a decoding limit is refused
+        (:class:`~pacs.errors.TooLarge`) before its answer starts, as is an image the requested
+        codec cannot carry (:class:`transcode.CannotTranscode`, a :class:`NotAcceptable`).
         """
-        for inst in instances:
-            ts = self.retrieve_syntax(inst, syntaxes)
-            if budget is not None and transcode.needs_decoding(inst.transfer_syntax_uid, ts):
-                with self.archive.open(inst) as fh:
-                    transcode.reserve(fh, ts, budget)
+        return [self.retrieve_syntax(inst, syntaxes, budget) for inst in instances]
 
-    def retrieve_syntax(self, inst: StoredInstance, syntaxes: Collection[str]) -> str:
-        """The transfer syntax one instance is sent in (:func:`transcode.choose`); raises
-        :class:`NotAcceptable` when none of ``syntaxes`` can carry it."""
-        ts = transcode.choose(inst.transfer_syntax_uid, syntaxes)
+    def retrieve_syntax(
+        self, inst: StoredInstance, syntaxes: Collection[str], budget: DecodeBudget | None = None
+    ) -> str:
+        """The transfer syntax one instance is sent in (:func:`transcode.select`: every syntax the
+        client named is one it asked for, lossy ones included, PS3.18 8.7.3.5); raises
+        :class:`NotAcceptable` when none of ``syntaxes`` can carry it. The stored file is read
+        (its header) only when the choice depends on the image or ``budget`` books a decoding."""
+        stored = inst.transfer_syntax_uid
+        ts = transcode.choose(stored, syntaxes, lossy=syntaxes)
         if ts is None:
             raise NotAcceptable(
-                f"instance {inst.sop_instance_uid} is stored as {inst.transfer_syntax_uid} and cannot be "
-                f"sent as {', '.join(sorted(syntaxes))}"
+                f"instance {inst.sop_instance_uid}: {transcode.refusal(stored, syntaxes, lossy=syntaxes)}"
             )
+        wants = transcode.wants_image(stored, syntaxes)
+        if not wants and not (budget is not None and transcode.needs_decoding(stored, ts)):
+            return ts
+        try:
+            with self.archive.open(inst) as fh:
+                if wants:
+                    ts = transcode.select(stored, syntaxes, fh, lossy=syntaxes)
+                if budget is not None and transcode.needs_decoding(stored, ts):
+                    transcode.reserve(fh, ts, budget)
+        except transcode.CannotTranscode as exc:
+            raise transcode.CannotTranscode(f"instance {inst.sop_instance_uid}: {exc}") from exc
         return ts
 
     def retrieve_instance_bytes(
-        self, inst: StoredInstance, syntaxes: Collection[str], budget: DecodeBudget | None = None
+        self,
+        inst: StoredInstance,
+        syntaxes: Collection[str],
+        budget: DecodeBudget | None = None,
+        target: str | None = None,
     ) -> Iterator[bytes]:
-        """The Part-10 bytes of one instance: streamed as stored (never parsed) when accepted,
-        else converted by the transcoder, decoded pixel data one frame at a time
-        (:func:`transcode.stream_as`; :class:`transcode.CannotTranscode` says why not)."""
-        ts = self.retrieve_syntax(inst, syntaxes)
+        """The Part-10 bytes of one instance in ``target`` (else :meth:`retrieve_syntax`): streamed
+        as stored (never parsed) when accepted, else converted by the transcoder, decoded pixel
+        data one frame at a time (:func:`transcode.stream_as`; :class:`transcode.CannotTranscode`
+        says why not)."""
+        ts = target if target is not None else self.retrieve_syntax(inst, syntaxes)
         with self.archive.open(inst) as fh:
             if ts == inst.transfer_syntax_uid:
                 while chunk := fh.read(_CHUNK):
@@ -198,30 +216,36 @@ class DicomWeb:
         numbers: list[int],
         syntaxes: Collection[str],
         budget: DecodeBudget | None = None,
+        lossy: Collection[str] = (),
     ) -> Frames:
-        """Frames (1-based numbers) as stored (``*`` or the stored syntax accepted) or decoded native.
+        """Frames (1-based numbers) as stored (``*`` or the stored syntax accepted), decoded to
+        native, or encoded into an accepted compressed syntax (lossy ones only when in ``lossy``:
+        named by the client, :func:`transcode.choose_frames`).
 
         A frame listed more than once is sent once, where it is first listed. What can be
         checked is checked here (frame numbers, the transfer syntax, the decoding booked in
-        ``budget``, the first frame read or decoded); the others are read, or decoded, one at a
-        time as :attr:`Frames.frames` is iterated, so a long list costs one frame of memory.
+        ``budget``, the first frame read, decoded or encoded); the others are read, or
+        converted, one at a time as :attr:`Frames.frames` is iterated, so a long list costs one
+        frame of memory.
         """
         numbers = list(dict.fromkeys(numbers))
         with self.archive.open(inst) as fh:
             info = pixels.locate(fh)
         pixels.check_frame_numbers(info, numbers)
         stored = info.transfer_syntax_uid
-        ts = transcode.choose_frames(stored, syntaxes)
+        image = transcode.describe(info)
+        ts = transcode.choose_frames(stored, syntaxes, lossy=lossy, image=image)
         if ts is None:
             raise NotAcceptable(
                 f"frames of {inst.sop_instance_uid} are stored as {stored} and cannot be sent as "
                 f"{', '.join(sorted(syntaxes))}"
+                + "".join(f"; {why}" for t in sorted(syntaxes) if (why := transcode.why_not_image(image, t)))
             )
-        decode = info.encapsulated and ts != stored  # decoded to native; else as stored (native: LE)
+        convert = ts != stored and (info.encapsulated or ts != pixels.EXPLICIT_LE)
         budget = budget if budget is not None else DecodeBudget()
-        if decode:
+        if convert:
             pixels.reserve(info, len(numbers), budget)
-        frames = self._frames(inst, info, numbers, decode, budget)
+        frames = self._frames(inst, info, numbers, ts if convert else None, budget)
         first = list(itertools.islice(frames, 1))  # its errors (a lying codestream...) are still an answer
         return Frames(ts, numbers, itertools.chain(first, frames))
 
@@ -230,15 +254,18 @@ class DicomWeb:
         inst: StoredInstance,
         info: pixels.PixelInfo,
         numbers: list[int],
-        decode: bool,
+        target: str | None,
         budget: DecodeBudget,
     ) -> Iterator[bytes]:
+        """Each frame as stored (``target`` None), decoded to native, or encoded into ``target``."""
         with self.archive.open(inst) as fh:
             for n in numbers:
-                if decode:
+                if target is None:
+                    yield pixels.raw_frame(fh, info, n)
+                elif target in pixels.NATIVE_SYNTAXES:
                     yield pixels.native_frame_bytes(pixels.decode_frame(fh, info, n, budget))
                 else:
-                    yield pixels.raw_frame(fh, info, n)
+                    yield transcode.encode_frame(fh, info, n, target, budget)
 
     def retrieve_bulkdata(self, inst: StoredInstance, tag_path: list[str]) -> bytes:
         """The value of one binary element addressed by a tag path (``TAG[/ITEM/TAG...]``)."""

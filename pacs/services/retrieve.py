@@ -3,9 +3,11 @@
 The use case behind both retrieve services, without the protocol: which stored instances a
 retrieve names (:meth:`Retrieve.instances`), and, for each, the dataset to send in a transfer
 syntax the peer accepted for its SOP class (:meth:`Retrieve.outgoing`), converted by the one
-transcoder (:mod:`pacs.services.transcode`) when the stored syntax is not accepted. What cannot
-be sent is an :class:`Outgoing` with a reason, counted in a :class:`Tally`; the edge turns it
-into a failed sub-operation (listed in the Failed SOP Instance UID List).
+transcoder (:mod:`pacs.services.transcode`) when the stored syntax is not accepted: as stored
+first, then native, then lossless compressed (a peer that accepts only JPEG-LS gets JPEG-LS), and
+lossy compressed only for a peer allowed it (``[dicom] destinations`` entry with ``lossy = true``).
+What cannot be sent is an :class:`Outgoing` with a reason, counted in a :class:`Tally`; the edge
+turns it into a failed sub-operation (listed in the Failed SOP Instance UID List).
 """
 
 from __future__ import annotations
@@ -133,9 +135,15 @@ class Retrieve:
         return list(found.values())
 
     def outgoing(
-        self, instances: Sequence[StoredInstance], accepted: Accepted, tally: Tally | None = None
+        self,
+        instances: Sequence[StoredInstance],
+        accepted: Accepted,
+        tally: Tally | None = None,
+        *,
+        lossy: bool = False,
     ) -> Iterator[Outgoing]:
-        """Each instance ready to send (:meth:`prepare`), one at a time, counted in ``tally``.
+        """Each instance ready to send (:meth:`prepare`), one at a time, counted in ``tally``;
+        ``lossy``: the peer may be sent lossy compressed copies (its destination entry says so).
 
         Files are read one at a time as the caller asks for the next, never a whole study in memory.
         """
@@ -143,49 +151,62 @@ class Retrieve:
             tally.total = len(instances)
         budget = self.limits.budget()  # one per retrieve: its per-request total spans every instance
         for inst in instances:
-            out = self.prepare(inst, accepted.get(inst.sop_class_uid, ()), budget)
+            out = self.prepare(inst, accepted.get(inst.sop_class_uid, ()), budget, lossy=lossy)
             if tally is not None:
                 tally.count(out)
             yield out
 
     def prepare(
-        self, inst: StoredInstance, accepted: Sequence[str], budget: DecodeBudget | None = None
+        self,
+        inst: StoredInstance,
+        accepted: Sequence[str],
+        budget: DecodeBudget | None = None,
+        *,
+        lossy: bool = False,
     ) -> Outgoing:
-        """Read one stored instance in a transfer syntax among ``accepted`` (:func:`transcode.choose`).
+        """Read one stored instance in a transfer syntax among ``accepted`` (:func:`transcode.select`:
+        lossy ones only when ``lossy``).
 
         As stored when accepted (parsed, not converted), else converted by the transcoder;
-        no accepted syntax, a missing file, a failed conversion or one that would decode more
-        than the per-instance limit (:class:`~pacs.errors.TooLarge`, refused before decoding)
-        gives an unsendable :class:`Outgoing` with the reason.
+        no accepted syntax that can carry it, a missing file, a failed conversion or one that
+        would decode more than the per-instance limit (:class:`~pacs.errors.TooLarge`, refused
+        before decoding) gives an unsendable :class:`Outgoing` with the reason.
         """
         if not accepted:
             return _unsendable(inst, "the peer accepted no context for its SOP class")
-        target = transcode.choose(inst.transfer_syntax_uid, accepted)
-        if target is None:
-            return _unsendable(
-                inst, f"no accepted transfer syntax can carry {transcode.name(inst.transfer_syntax_uid)}"
-            )
+        stored = inst.transfer_syntax_uid
+        allowed = accepted if lossy else ()
+        if transcode.choose(stored, accepted, lossy=allowed) is None:  # whatever the image
+            return _unsendable(inst, transcode.refusal(stored, accepted, lossy=allowed, image=None))
         try:
             with self.archive.open(inst) as fh:
+                target = transcode.select(stored, accepted, fh, lossy=allowed)
                 ds = transcode.read_as(fh, target, budget)  # as stored: parsed, not converted
         except (NotFound, OSError, transcode.CannotTranscode, TooLarge) as exc:
             return _unsendable(inst, str(exc))
         return Outgoing(inst, ds, target)
 
 
-def proposals(instances: Sequence[StoredInstance], limit: int = 128) -> list[tuple[str, tuple[str, ...]]]:
+def proposals(
+    instances: Sequence[StoredInstance], limit: int = 128, *, lossy: bool = False
+) -> list[tuple[str, tuple[str, ...]]]:
     """(SOP class, transfer syntaxes) of each presentation context to propose to a C-MOVE
     destination: per SOP class, what the transcoder offers for each stored transfer syntax
-    (:func:`transcode.offers`), each on its own context so that the peer can accept them one by
-    one; at most ``limit`` (PS3.8 9.3.2.2: 128 contexts).
+    (:func:`transcode.offers`; lossy syntaxes when ``lossy``), each on its own context so that
+    the peer can accept them one by one; at most ``limit`` (PS3.8 9.3.2.2: 128 contexts). The
+    stored and uncompressed contexts of every SOP class come first, the compressed ones we could
+    encode into after them, so that a long list cuts only those.
     """
     out: list[tuple[str, tuple[str, ...]]] = []
-    for inst in instances:
-        for syntaxes in transcode.offers(inst.transfer_syntax_uid):
-            if (inst.sop_class_uid, syntaxes) not in out:
-                out.append((inst.sop_class_uid, syntaxes))
-                if len(out) >= limit:
-                    return out
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for compressed in (False, True):
+        for inst in instances:
+            for syntaxes in transcode.offers(inst.transfer_syntax_uid, lossy=lossy, compressed=compressed):
+                if (inst.sop_class_uid, syntaxes) not in seen:
+                    seen.add((inst.sop_class_uid, syntaxes))
+                    out.append((inst.sop_class_uid, syntaxes))
+                    if len(out) >= limit:
+                        return out
     return out
 
 

@@ -202,7 +202,9 @@ def _dicom_syntaxes(request: Request) -> set[str]:
     """Transfer syntaxes acceptable for ``application/dicom`` parts (PS3.18 8.7.3.5.2).
 
     ``transfer-syntax=*`` (quoted or not) or an unspecific Accept: as stored; no parameter:
-    Explicit VR Little Endian, the default of the standard.
+    Explicit VR Little Endian, the default of the standard. Any other value is a syntax the
+    client asked for by name, lossy ones included: the instance is converted into it when not
+    stored so (:mod:`pacs.services.transcode`).
     """
     out: set[str] = set()
     for r in _accept(request):
@@ -228,14 +230,14 @@ async def retrieve(request: Request) -> Response:
     svc = _service(request)
     budget = _budget(request)
     instances = await run_in_threadpool(svc.instances, study, series, sop)
-    # Refusals (not acceptable, over a decoding limit) before the answer starts.
-    await run_in_threadpool(svc.check_acceptable, instances, syntaxes, budget)
+    # Refusals (not acceptable, an image the codec cannot carry, over a decoding limit) before
+    # the answer starts; the syntax of each instance is chosen once, here.
+    targets = await run_in_threadpool(svc.check_acceptable, instances, syntaxes, budget)
     boundary = new_boundary()
 
     def parts() -> Iterator[tuple[str, Iterator[bytes]]]:
-        for inst in instances:
-            ts = svc.retrieve_syntax(inst, syntaxes)
-            part = svc.retrieve_instance_bytes(inst, syntaxes, budget)
+        for inst, ts in zip(instances, targets, strict=True):
+            part = svc.retrieve_instance_bytes(inst, syntaxes, budget, ts)
             yield f"application/dicom; transfer-syntax={ts}", part
 
     request.state.detail = f"instances={len(instances)}"
@@ -307,6 +309,11 @@ def _frame_ranges(request: Request) -> list[tuple[str, set[str]]]:
     return out
 
 
+def _named_syntaxes(request: Request) -> set[str]:
+    """The transfer syntaxes the Accept names (``transfer-syntax=`` other than ``*``)."""
+    return {ts for r in _accept(request) if (ts := r.params.get("transfer-syntax")) and ts != "*"}
+
+
 def _part_type(ranges: list[tuple[str, set[str]]], ts: str) -> str:
     for media, syntaxes in ranges:
         if ANY in syntaxes or ts in syntaxes:
@@ -324,7 +331,8 @@ async def _frames_response(request: Request, inst: StoredInstance, numbers: list
         info = await run_in_threadpool(_frame_count, svc, inst)
         numbers = list(range(1, info + 1))
     # Checked (numbers, syntax, decoding limits) now; read or decoded one frame at a time as sent.
-    frames = await run_in_threadpool(svc.retrieve_frames, inst, numbers, syntaxes, _budget(request))
+    named = _named_syntaxes(request)  # lossy encodings only when asked for by name
+    frames = await run_in_threadpool(svc.retrieve_frames, inst, numbers, syntaxes, _budget(request), named)
     part_type = _part_type(ranges, frames.transfer_syntax_uid)
     boundary = new_boundary()
     root_type = part_type.split(";")[0]

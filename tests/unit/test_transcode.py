@@ -23,6 +23,7 @@ from pydicom.uid import (
 )
 from pynetdicom.dsutils import decode, encode
 
+from pacs.dicom.codecs import Image
 from pacs.errors import NotAcceptable
 from pacs.services import transcode
 from pacs.services.transcode import ANY, CannotTranscode, choose, choose_frames
@@ -169,13 +170,15 @@ def test_compressed_to_explicit_little_endian_equals_the_decoded_stored_pixels(n
 # ---------------------------------------------------------------- what cannot be done
 
 
-def test_a_compressed_target_is_refused_with_a_reason() -> None:
-    with pytest.raises(CannotTranscode, match="compressing") as info:
-        convert(_read("MR_small.dcm"), str(JPEGLSLossless))
+def test_a_target_we_cannot_encode_is_refused_with_a_reason() -> None:
+    mpeg2 = "1.2.840.10008.1.2.4.100"
+    with pytest.raises(CannotTranscode, match="not a transfer syntax this archive can encode") as info:
+        convert(_read("MR_small.dcm"), mpeg2)
     assert isinstance(info.value, NotAcceptable)  # the edges answer it as 406 / a failed sub-operation
-    assert transcode.why_not(EXPLICIT, str(JPEGLSLossless))
-    with pytest.raises(CannotTranscode, match="compressing"):
-        convert(_read("MR_small_RLE.dcm"), str(JPEGLSLossless))  # compressed -> another compression
+    assert transcode.why_not(EXPLICIT, mpeg2)
+    assert transcode.why_not(EXPLICIT, str(JPEGLSLossless)) is None  # encoded (test_transcode_encode.py)
+    with pytest.raises(CannotTranscode, match="at most 8 bits"):
+        convert(_read("MR_small_RLE.dcm"), str(JPEGBaseline8Bit))  # 16-bit into baseline: never rescaled
 
 
 def test_a_corrupt_codestream_is_refused_with_the_decoders_reason() -> None:
@@ -218,8 +221,11 @@ def test_choose_falls_back_to_what_we_can_convert_to() -> None:
     assert choose(str(RLELossless), [IMPLICIT, EXPLICIT]) == EXPLICIT  # our preference, not the list's order
     assert choose(BIG, [IMPLICIT]) == IMPLICIT
     assert choose(EXPLICIT, [BIG]) == BIG
-    assert choose(EXPLICIT, [str(JPEGLSLossless)]) is None  # we never compress
-    assert choose(str(RLELossless), [str(JPEGBaseline8Bit)]) is None
+    assert choose(EXPLICIT, [str(JPEGLSLossless)]) == JPEGLSLossless  # lossless compression
+    assert choose(EXPLICIT, [str(JPEGLSLossless), IMPLICIT]) == IMPLICIT  # native first
+    assert choose(str(RLELossless), [str(JPEGBaseline8Bit)]) is None  # lossy: not allowed
+    allowed = [str(JPEGBaseline8Bit)]
+    assert choose(str(RLELossless), allowed, lossy=allowed) == JPEGBaseline8Bit
     assert choose(EXPLICIT, []) is None
 
 
@@ -233,5 +239,50 @@ def test_choose_frames() -> None:
 
 
 def test_offers() -> None:
-    assert transcode.offers(BIG) == [(EXPLICIT, IMPLICIT)]
-    assert transcode.offers(str(RLELossless)) == [(str(RLELossless),), (EXPLICIT, IMPLICIT)]
+    assert transcode.offers(BIG, compressed=False) == [(EXPLICIT, IMPLICIT)]
+    assert transcode.offers(str(RLELossless), compressed=False) == [(str(RLELossless),), (EXPLICIT, IMPLICIT)]
+    offered = transcode.offers(str(RLELossless))
+    assert offered[:2] == [(str(RLELossless),), (EXPLICIT, IMPLICIT)]
+    assert (str(JPEGLSLossless),) in offered and (str(JPEGBaseline8Bit),) not in offered
+    assert (str(JPEGBaseline8Bit),) in transcode.offers(EXPLICIT, lossy=True)
+
+
+def test_choose_passes_over_codecs_that_cannot_carry_the_image() -> None:
+    baseline, extended, jls = str(JPEGBaseline8Bit), "1.2.840.10008.1.2.4.51", str(JPEGLSLossless)
+    twelve = Image(64, 64, 1, 16, 12, False, "MONOCHROME2")
+    signed = Image(64, 64, 1, 8, 8, True, "MONOCHROME2")
+    lossy = [baseline, extended]
+    assert choose(EXPLICIT, lossy, lossy=lossy, image=twelve) == extended  # 12-bit JPEG
+    assert choose(EXPLICIT, [baseline, jls], lossy=lossy, image=signed) == jls
+    assert choose(EXPLICIT, [baseline], lossy=lossy, image=signed) is None
+    assert "signed" in transcode.refusal(EXPLICIT, [baseline], lossy=lossy, image=signed)
+    assert "not allowed lossy" in transcode.refusal(EXPLICIT, [baseline], image=signed)
+    assert choose(EXPLICIT, [jls], image=transcode.NO_PIXELS) is None  # nothing to encode
+    assert choose_frames(EXPLICIT, [jls], image=twelve) == jls
+    assert choose_frames(EXPLICIT, [baseline], image=Image(8, 8, 3, 8, 8, False, "RGB")) is None  # not named
+    assert choose_frames(EXPLICIT, [baseline], lossy=[baseline], image=Image(8, 8, 3, 8, 8, False, "RGB"))
+
+
+def test_lossy_copies_get_one_new_uid_per_original_and_codec() -> None:
+    from pacs.dicom.codecs import CODECS
+
+    baseline, j2k = CODECS[str(JPEGBaseline8Bit)], CODECS["1.2.840.10008.1.2.4.91"]
+    uid = transcode.lossy_uid("1.2.3.4", baseline)
+    assert uid == transcode.lossy_uid("1.2.3.4", baseline) and uid.startswith("2.25.") and len(uid) <= 64
+    assert uid != transcode.lossy_uid("1.2.3.5", baseline) != transcode.lossy_uid("1.2.3.4", j2k)
+
+
+def test_proposals_offer_stored_and_uncompressed_contexts_of_every_class_first() -> None:
+    from pacs.model import StoredInstance
+    from pacs.services.retrieve import proposals
+
+    def inst(sop_class: str, ts: str) -> StoredInstance:
+        return StoredInstance("1.2.3", sop_class, "1", "2", ts, "k", 1, "0" * 64)
+
+    classes = [f"1.2.840.10008.5.1.4.1.1.{i}" for i in (2, 4, 7)]
+    contexts = proposals([inst(c, str(RLELossless)) for c in classes], limit=7)
+    assert contexts[:6] == [(c, ts) for c in classes for ts in ((str(RLELossless),), (EXPLICIT, IMPLICIT))]
+    assert contexts[6] == (classes[0], (str(JPEGLSLossless),))  # then what we can encode into
+    every = proposals([inst(classes[0], EXPLICIT)], lossy=True)
+    assert (classes[0], (str(JPEGBaseline8Bit),)) in every
+    assert (classes[0], (str(JPEGBaseline8Bit),)) not in proposals([inst(classes[0], EXPLICIT)])

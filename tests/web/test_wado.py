@@ -73,8 +73,14 @@ def test_frames_native_and_compressed(sqlite_client, sqlite_rt):
     assert headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
     decoded = np.frombuffer(body, "<i2" if jls.PixelRepresentation else "<u2").reshape(reference.shape)
     assert np.array_equal(decoded, reference)
-    # Asking for a compressed syntax we do not hold: 406.
+    # A compressed syntax we do not hold: encoded (lossless, as no lossy one was named).
     r = client.get(f"{_url(jls)}/frames/1", headers={"Accept": 'multipart/related; type="image/jp2"'})
+    ((headers, body),) = split_multipart(r.headers["content-type"], r.content)
+    assert headers["content-type"] == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"
+    assert body[:4] == b"\xff\x4f\xff\x51"  # a J2K codestream
+    # One we cannot encode into: 406.
+    mpeg2 = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.100'
+    r = client.get(f"{_url(jls)}/frames/1", headers={"Accept": mpeg2})
     assert r.status_code == 406 and r.json()["detail"]
     assert client.get(f"{_url(jls)}/frames/2", headers={"Accept": OCTET_ANY}).status_code == 404
     assert client.get(f"{_url(jls)}/frames/0", headers={"Accept": OCTET_ANY}).status_code == 400
@@ -110,10 +116,18 @@ def test_retrieve_transcodes_when_stored_syntax_not_accepted(sqlite_client, sqli
     )
     ((_headers, body),) = split_multipart(r.headers["content-type"], r.content)
     assert pydicom.dcmread(io.BytesIO(body)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
-    r = sqlite_client.get(
+    r = sqlite_client.get(  # a syntax we can encode into (tests/web/test_transcode_encode.py)
         _url(ds),
         headers={
             "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80'
+        },
+    )
+    ((_headers, body),) = split_multipart(r.headers["content-type"], r.content)
+    assert pydicom.dcmread(io.BytesIO(body)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    r = sqlite_client.get(  # one we cannot (MPEG2)
+        _url(ds),
+        headers={
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.100'
         },
     )
     assert r.status_code == 406
