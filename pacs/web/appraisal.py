@@ -1,4 +1,4 @@
-"""Appraisal API (read-only JSON, CSV / XML exports, printable HTML) under ``/api/appraisal/v1``.
+"""Appraisal API (read-only JSON, CSV / XLSX / XML exports, printable HTML) under ``/api/appraisal/v1``.
 
 Thin edge over :class:`pacs.services.appraisal.Appraisal` (on ``app.state.appraisal``): parse
 parameters, build an :class:`~pacs.model.Origin` (the service audits every call), answer. Domain
@@ -52,13 +52,22 @@ def _filters(request: Request) -> dict[str, str]:
     return {k: request.query_params[k] for k in FILTERS if request.query_params.get(k)}
 
 
+#: Export formats and their media types.
+EXPORT_MEDIA = {
+    "csv": "text/csv; charset=utf-8",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "xml": "application/xml; charset=utf-8",
+}
+
+
 async def _export(request: Request, fmt: str) -> Response:
     svc = _service(request)
-    stream = svc.stream_csv if fmt == "csv" else svc.stream_xml
+    stream = {"csv": svc.stream_csv, "xlsx": svc.stream_xlsx, "xml": svc.stream_xml}[fmt]
     chunks = stream(_filters(request), origin_of(request))  # InvalidQuery here -> 400
-    # the first chunk waits for the first page of records: an index failure is still a 503
+    # the first chunk waits for the first page of records (the XLSX: for the whole workbook, in
+    # a worker thread): an index failure is still a 503
     first = await run_in_threadpool(next, chunks, b"")
-    media = "text/csv; charset=utf-8" if fmt == "csv" else "application/xml; charset=utf-8"
+    media = EXPORT_MEDIA[fmt]
     return StreamingResponse(
         _prepend(first, chunks),
         media_type=media,
@@ -75,7 +84,7 @@ async def _html(request: Request, record_id: str) -> Response:
 
 
 async def list_records(request: Request) -> Response:
-    """A page of records (``?format=csv|xml``: the export of every matching record)."""
+    """A page of records (``?format=csv|xlsx|xml``: the export of every matching record)."""
     params = _filters(request)
     raw_limit = request.query_params.get("limit")
     try:
@@ -83,10 +92,10 @@ async def list_records(request: Request) -> Response:
     except ValueError:
         raise InvalidQuery(f"limit must be an integer, got {raw_limit!r}") from None
     fmt = request.query_params.get("format", "json")
-    if fmt in ("csv", "xml"):
+    if fmt in EXPORT_MEDIA:
         return await _export(request, fmt)
     if fmt != "json":
-        raise InvalidQuery("format must be json, csv or xml")
+        raise InvalidQuery("format must be json, csv, xlsx or xml")
     svc = _service(request)
     page = await run_in_threadpool(
         svc.list_records,
@@ -106,10 +115,10 @@ async def list_records(request: Request) -> Response:
 
 
 async def export(request: Request) -> Response:
-    """``export.csv`` / ``export.xml``: every matching record, streamed."""
+    """``export.csv`` / ``export.xlsx`` / ``export.xml``: every matching record, streamed."""
     fmt = request.path_params["fmt"]
-    if fmt not in ("csv", "xml"):
-        raise NotFound(f"no export format {fmt!r}: use export.csv or export.xml")
+    if fmt not in EXPORT_MEDIA:
+        raise NotFound(f"no export format {fmt!r}: use export.csv, export.xlsx or export.xml")
     return await _export(request, fmt)
 
 
@@ -284,7 +293,7 @@ def openapi_document() -> dict[str, Any]:
                         *params,
                         {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                        {"name": "format", "in": "query", "schema": {"enum": ["json", "csv", "xml"]}},
+                        {"name": "format", "in": "query", "schema": {"enum": ["json", "csv", "xlsx", "xml"]}},
                     ],
                     "responses": {
                         "200": {
@@ -364,9 +373,22 @@ def openapi_document() -> dict[str, Any]:
             },
             f"{PREFIX}/export.csv": {
                 "get": {
-                    "summary": "CSV extract shaped after XML3 (label and notice in # header lines)",
+                    "summary": "CSV extract shaped after XML3: UTF-8 with a BOM, the label and notice in"
+                    " # header lines (one quoted cell each), values verbatim",
                     "parameters": params,
                     "responses": {"200": {"description": "CSV", "content": {"text/csv": {}}}, "400": problem},
+                }
+            },
+            f"{PREFIX}/export.xlsx": {
+                "get": {
+                    "summary": "XLSX extract: sheet 'Nhãn - Label' (label in Vietnamese and English, filters,"
+                    " generation time, notes), then the records with typed columns (IDs, codes and"
+                    " yyyymmddHHMM times as text, counts as integers)",
+                    "parameters": params,
+                    "responses": {
+                        "200": {"description": "XLSX", "content": {EXPORT_MEDIA["xlsx"]: {}}},
+                        "400": problem,
+                    },
                 }
             },
             f"{PREFIX}/export.xml": {

@@ -10,8 +10,6 @@ fault; and every time names its own source.
 
 from __future__ import annotations
 
-import csv
-import io
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from typing import Any
@@ -23,11 +21,13 @@ from starlette.testclient import TestClient
 
 from pacs.model import Origin
 from pacs.runtime import Runtime
+from tests.appraisal.excel import csv_export
 from tests.appraisal.test_records import MODALITY, RECEIVED, _complete, _mpps, _store_study
 from tests.factories import make_dataset, to_bytes
 
 RECORDS = "/api/appraisal/v1/records"
 ASSUMED = "assumed +0700 ([appraisal] device_utc_offset)"
+SPAN_ROW = "Khoảng thu nhận ảnh của thiết bị / device_acquisition_span (giây / s)"  # in the HTML view
 XRAY = Origin(address="10.0.0.9", calling_ae="DR01AE", protocol="dimse")
 
 
@@ -39,9 +39,8 @@ def _csv_rows(client: TestClient, **params: str) -> tuple[list[str], dict[str, d
     """The ``#`` header lines of ``export.csv`` and its rows by record id."""
     r = client.get("/api/appraisal/v1/export.csv", params=params)
     assert r.status_code == 200, r.text
-    lines = r.content.decode("utf-8").splitlines()
-    rows = csv.DictReader(io.StringIO("\n".join(x for x in lines if not x.startswith("#"))))
-    return [x for x in lines if x.startswith("#")], {row["PACS_MA_BAN_GHI"]: row for row in rows}
+    header, rows = csv_export(r.content)
+    return header, {row["PACS_MA_BAN_GHI"]: row for row in rows}
 
 
 def _xml_items(client: TestClient) -> dict[str, ET.Element]:
@@ -153,7 +152,7 @@ def test_a_span_that_cannot_be_measured_is_unknown_never_zero(
     [svc] = rt.appraisal.list_records({"accession": rid.split(":", 1)[1]}, MODALITY).records
     assert svc["device_acquisition_span"] == span
     html = client.get(f"{RECORDS}/{rid}.html").text
-    assert "<th>device_acquisition_span (s)</th><td>unknown</td>" in html
+    assert f"<th>{SPAN_ROW}</th><td>không xác định / unknown</td>" in html
     assert reason in html and "<td>0.0</td>" not in html
 
 
@@ -163,7 +162,7 @@ def test_a_span_of_two_different_acquisition_times_is_measured(rt: Runtime, clie
     assert span["status"] == "measured" and span["seconds"] == 150.0 and "reason" not in span
     assert span["from"] == "2025-01-10T10:15:00+07:00" and span["to"] == "2025-01-10T10:17:30+07:00"
     html = client.get(f"{RECORDS}/acc:XQ-3.html").text
-    assert "<th>device_acquisition_span (s)</th><td>150.0</td>" in html
+    assert f"<th>{SPAN_ROW}</th><td>150.0</td>" in html
 
 
 # ---------------------------------------------------------------------- 3. receive delay, not clock fault
@@ -252,4 +251,4 @@ def test_every_time_names_its_own_source(rt: Runtime, client: TestClient) -> Non
     assert rows["acc:ACC-MIX"]["TG_THIET_BI_KET_THUC"] == "202501100930"
     assert _xml_items(client)["acc:ACC-MIX"].findtext("PACS_NGUON_TG_THIET_BI") == mixed
     html = client.get(f"{RECORDS}/acc:ACC-MPPS.html").text
-    assert "procedure_step_start timezone source" in html and ASSUMED in html
+    assert "Bắt đầu bước thực hiện (MPPS): nguồn múi giờ / timezone source" in html and ASSUMED in html

@@ -1,8 +1,10 @@
-"""Appraisal exports and filters that must neither run nor leak (issue 14; SQLite and PostgreSQL).
+"""Appraisal exports and filters that must neither run nor leak (issues 14 and 16; SQLite and PostgreSQL).
 
 ``export.csv`` cells that a spreadsheet would run as formulas are neutralised with a leading
-``'`` (OWASP CSV injection) while numbers, dates and IDs keep their text; the ``patient_id``
-filter matches whole identifiers only, never a part of another patient's.
+``'`` (OWASP CSV injection) while numbers, dates and IDs keep their text; each ``#`` header line
+is one quoted cell starting with ``#``; ``export.xlsx`` keeps every value verbatim in a text cell,
+never a formula; the ``patient_id`` filter matches whole identifiers only, never a part of
+another patient's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from starlette.testclient import TestClient
 from pacs.model import Origin
 from pacs.runtime import Runtime
 from pacs.services.appraisal.exports import csv_cell, csv_comment
+from tests.appraisal.excel import csv_export, xlsx_export
 from tests.factories import make_dataset, to_bytes
 
 MODALITY = Origin(address="10.0.0.5", calling_ae="CT01AE", protocol="dimse")
@@ -31,12 +34,9 @@ def _store(rt: Runtime, patient_id: str, accession: str, **extra: Any) -> None:
     rt.archive.store_bytes(to_bytes(ds), MODALITY)
 
 
-def _csv(text: str) -> tuple[list[str], list[dict[str, str]]]:
-    """The ``#`` header lines and the rows of an export."""
-    lines = text.splitlines()
-    header = [x for x in lines if x.startswith("#")]
-    rows = list(csv.DictReader(io.StringIO("\n".join(x for x in lines if not x.startswith("#")))))
-    return header, rows
+def _csv(content: bytes) -> tuple[list[str], list[dict[str, str]]]:
+    """The ``#`` header cells and the rows of an export, read as a spreadsheet reads them."""
+    return csv_export(content)
 
 
 def _runnable(cell: str) -> bool:
@@ -78,16 +78,15 @@ def test_csv_cell_keeps_non_text() -> None:
     assert csv_cell(-3) == -3 and csv_cell(1.5) == 1.5 and csv_cell(None) is None
 
 
-def test_csv_comment_cannot_start_a_formula() -> None:
-    line = csv_comment('# bo_loc: {"accession": "a,=cmd|\' /C calc\'!A0", "x": "b,\\"@SUM(1)", "y": "c\n=1"}')
-    assert "\n" not in line and "\r" not in line
-    assert line.startswith("# bo_loc: ")
-    for piece in line.split(","):
-        assert not _runnable(piece.lstrip('"')), piece
-    assert (
-        csv_comment("# truong: a (MPPS start, else first image)")
-        == "# truong: a (MPPS start, else first image)"
-    )
+def test_csv_comment_is_one_cell_that_cannot_start_a_formula() -> None:
+    raw = '# bo_loc: {"accession": "a,=cmd|\' /C calc\'!A0", "x": "b,\\"@SUM(1)", "y": "c\n=1\r\n+2"}'
+    line = csv_comment(raw)
+    assert "\n" not in line and "\r" not in line  # one line of the file
+    [cells] = list(csv.reader(io.StringIO(line)))
+    assert cells == [raw.replace("\r\n", " ").replace("\n", " ")]  # one cell, commas and quotes kept
+    assert cells[0].startswith("# bo_loc: ") and not _runnable(cells[0])
+    assert csv_comment("# truong: a, b (c)") == '"# truong: a, b (c)"'
+    assert csv_comment("=1+1") == '"# =1+1"'  # a line that is not a comment is made one
 
 
 def test_export_neutralises_formulas(rt: Runtime, client: TestClient) -> None:
@@ -103,13 +102,14 @@ def test_export_neutralises_formulas(rt: Runtime, client: TestClient) -> None:
 
     r = client.get("/api/appraisal/v1/export.csv", params={"accession": "a,=cmd|' /C calc'!A0"})
     assert r.status_code == 200
-    header, _ = _csv(r.content.decode("utf-8"))
-    for line in header:
-        assert not any(_runnable(p.lstrip('"')) for p in line.split(",")), line
+    header, _ = _csv(r.content)
+    assert any("a,=cmd|' /C calc'!A0" in cell for cell in header)  # the filter, in one cell
+    for cell in header:
+        assert cell.startswith("# ") and not _runnable(cell), cell
 
     r = client.get("/api/appraisal/v1/export.csv")
     assert r.status_code == 200
-    _, rows = _csv(r.content.decode("utf-8"))
+    _, rows = _csv(r.content)
     assert len(rows) == 5
     for row in rows:
         for field, cell in row.items():
@@ -128,6 +128,18 @@ def test_export_neutralises_formulas(rt: Runtime, client: TestClient) -> None:
     records = client.get("/api/appraisal/v1/records", params={"accession": "=1+1"}).json()["records"]
     assert [rec["patient"]["patient_id"] for rec in records] == ['=HYPERLINK("http://x")']
     assert b"<MA_BN>+1+1</MA_BN>" in client.get("/api/appraisal/v1/export.xml").content
+
+    # The XLSX keeps them too, as text cells: a text cell is never run, so nothing is prefixed.
+    book = xlsx_export(client.get("/api/appraisal/v1/export.xlsx").content)
+    for row in book.rows:
+        for field, cell in row.items():
+            assert cell.data_type in ("s", "n"), (field, cell.data_type)  # never "f" (formula)
+    cells = {row["MA_BN"].value: row for row in book.rows}
+    assert set(cells) == set(hostile) | {"-42"}
+    for pid, acc in hostile.items():
+        assert cells[pid]["MA_BN"].data_type == "s" and cells[pid]["MA_BN"].number_format == "@"
+        assert cells[pid]["PACS_SO_PHIEU_CHI_DINH"].value == acc
+    assert cells["-42"]["MA_BN"].data_type == "s"  # an ID that looks like a number stays text
 
 
 def test_patient_id_filter_is_exact(rt: Runtime, client: TestClient) -> None:
@@ -148,5 +160,7 @@ def test_patient_id_filter_is_exact(rt: Runtime, client: TestClient) -> None:
     assert ids(patient_id="07_1") == ["acc:ACC-D"]  # LIKE wildcards are literal
     assert ids(patient_id="07%") == []
     assert ids(patient_id="0791\\X0791") == []  # never two members at once
-    _, rows = _csv(client.get("/api/appraisal/v1/export.csv", params={"patient_id": "0791"}).content.decode())
+    _, rows = _csv(client.get("/api/appraisal/v1/export.csv", params={"patient_id": "0791"}).content)
     assert sorted(row["MA_BN"] for row in rows) == ["0791", "P-3"]
+    book = xlsx_export(client.get("/api/appraisal/v1/export.xlsx", params={"patient_id": "0791"}).content)
+    assert sorted(row["MA_BN"] for row in book.values()) == ["0791", "P-3"]

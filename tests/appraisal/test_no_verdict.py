@@ -3,9 +3,9 @@
 Device times reflect only machine operating time and are not grounds for refusing payment (Ministry
 of Health, 2025-2026): nothing the appraisal API produces may call a service short, abnormal,
 suspicious, failed, rejected, ... in either language. The outputs are JSON records (one and a
-page), the CSV and XML extracts (``export.*`` and ``records?format=``), the printable HTML record,
-the device clock facts and the OpenAPI document; each is bilingual in one document (the API has no
-language parameter) and there is no XLSX export (checked below, so that one added is checked too).
+page), the CSV, XLSX and XML extracts (``export.*`` and ``records?format=``; the XLSX read back
+with openpyxl, every cell of every sheet), the printable HTML record, the device clock facts and
+the OpenAPI document; each is bilingual in one document (the API has no language parameter).
 
 Words are matched as whole words (``_`` and ``-`` count as spaces, so JSON keys are words too),
 after Unicode NFC normalisation and HTML/XML unescaping; the label and the phrases in
@@ -29,6 +29,7 @@ from starlette.testclient import TestClient
 
 from pacs.model import Origin
 from pacs.runtime import Runtime
+from tests.appraisal.excel import xlsx_text
 from tests.factories import make_dataset, to_bytes
 
 #: Verdict words and phrases, English and Vietnamese, matched as whole words.
@@ -98,6 +99,19 @@ SAFE_TEXT = st.text(
     alphabet=st.sampled_from("abcdeghiklmnoqrtuvxyàáảãạăâđêôơưễệộờừ ^"), min_size=1, max_size=24
 ).filter(lambda s: not VERDICT.search(s) and s.strip())
 API = "/api/appraisal/v1"
+
+
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+def text_of(r: Any) -> str:
+    """The text of a response: every cell of an XLSX, JSON with its escapes as text, else the body."""
+    kind = r.headers["content-type"]
+    if kind.startswith(XLSX):
+        return xlsx_text(r.content)
+    if kind.startswith("application/json"):
+        return json.dumps(r.json(), ensure_ascii=False)  # \u escapes, if any, as text
+    return str(r.content.decode("utf-8"))
 
 
 def _normal(text: str) -> str:
@@ -363,7 +377,7 @@ def _outputs(client: TestClient, ids: list[str]) -> list[tuple[str, Any]]:
     """(name, response) of everything the appraisal API produces for the month."""
     month = {"from": "20250301", "to": "2025-03-31"}
     out: list[tuple[str, Any]] = []
-    for fmt in ("csv", "xml"):
+    for fmt in ("csv", "xlsx", "xml"):
         out.append((f"export.{fmt}", client.get(f"{API}/export.{fmt}")))
         out.append(
             (f"export.{fmt} month CT", client.get(f"{API}/export.{fmt}", params={**month, "modality": "CT"}))
@@ -406,16 +420,13 @@ def test_a_month_of_studies_says_no_verdict_anywhere(rt: Runtime, client: TestCl
     assert sum(1 for rec in records if rec["procedure_steps"] and not rec["series"]) == 2 * 31
     assert sum(1 for rec in records if [s["instance_count"] for s in rec["series"]] == [1]) == 3 * 31
     assert any(c["result"] == "inconsistent" for rec in records for c in rec["ordering_checks"])
-    assert client.get(f"{API}/export.xlsx").status_code == 404  # none yet: add one to _outputs when it exists
 
     a = rt.settings.appraisal
     label = (a.label_vi, a.label_en)
     found: dict[str, list[str]] = {}
     for name, r in [*pages, *_outputs(client, ids)]:
-        assert r.status_code == 200, (name, r.text)
-        text = r.content.decode("utf-8")
-        if r.headers["content-type"].startswith("application/json"):
-            text = json.dumps(r.json(), ensure_ascii=False)  # \u escapes, if any, as text
+        assert r.status_code == 200, name
+        text = text_of(r)
         if not name.startswith("openapi"):
             assert a.label_code in text, name
             assert all(
@@ -472,6 +483,7 @@ def test_no_verdict_anywhere(
         client.get(f"{API}/devices"),
         client.get(f"{API}/export.csv", params={"from": "20250301"}),
         client.get(f"{API}/export.xml", params={"from": "20250301"}),
+        client.get(f"{API}/export.xlsx", params={"from": "20250301"}),
         client.get(f"{API}/openapi.json"),
     ]
     devices = bodies[3].json()["devices"]
@@ -479,8 +491,8 @@ def test_no_verdict_anywhere(
     label_code = rt.settings.appraisal.label_code
     label = (rt.settings.appraisal.label_vi, rt.settings.appraisal.label_en)
     for r in bodies:
-        assert r.status_code == 200, r.text
-        text = r.content.decode("utf-8")
+        assert r.status_code == 200, r.url
+        text = text_of(r)
         # the label text itself says times are *not* grounds for refusing payment; check the rest
         for part in label:
             assert part in text.replace("&#x27;", "'") or r.url.path.endswith("openapi.json")

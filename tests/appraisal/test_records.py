@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
@@ -19,6 +17,7 @@ from pacs.index.schema import events
 from pacs.model import Origin
 from pacs.runtime import Runtime
 from tests.appraisal.conftest import FACILITY
+from tests.appraisal.excel import csv_export
 from tests.factories import make_dataset, to_bytes
 
 RECEIVED = datetime(2025, 1, 10, 3, 20, 30, tzinfo=UTC)  # 10:20:30 in Vietnam
@@ -222,12 +221,10 @@ def test_exports_label_and_vietnamese(rt: Runtime, client: TestClient) -> None:
     ds = _store_study(rt)
     r = client.get("/api/appraisal/v1/export.csv")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
-    text = r.content.decode("utf-8")
-    header = [line for line in text.splitlines() if line.startswith("#")]
+    header, rows = csv_export(r.content)
     assert any("PACS_EXTRACT" in h for h in header)
-    assert any(rt.settings.appraisal.label_vi in h for h in header)
-    assert any(rt.settings.appraisal.label_en in h for h in header)
-    rows = list(csv.DictReader(io.StringIO("\n".join(x for x in text.splitlines() if not x.startswith("#")))))
+    assert f"# nhan_vi: {rt.settings.appraisal.label_vi}" in header  # the label: one cell each
+    assert f"# nhan_en: {rt.settings.appraisal.label_en}" in header
     [row] = rows
     assert row["PACS_STUDY_UID"] == ds.StudyInstanceUID and row["PACS_MA_BAN_GHI"] == "acc:ACC001"
     assert row["TEN_DICH_VU"] == "Chụp CT sọ não không tiêm thuốc cản quang"

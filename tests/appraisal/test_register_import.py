@@ -8,8 +8,6 @@ shown as reference only.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -23,6 +21,7 @@ from pacs.runtime import Runtime
 from pacs.services.appraisal.people import patient_ids
 from pacs.services.appraisal.registers import RegisterError, load_registers
 from tests.appraisal.conftest import FACILITY, REGISTERS
+from tests.appraisal.excel import csv_export
 from tests.factories import make_dataset, to_bytes
 
 MODALITY = Origin(address="10.0.0.5", calling_ae="CT01AE", protocol="dimse")
@@ -40,9 +39,8 @@ def _write(tmp_path: Path, name: str, *lines: str) -> Path:
     return path
 
 
-def _csv_rows(text: str) -> list[dict[str, str]]:
-    body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
-    return list(csv.DictReader(io.StringIO(body)))
+def _csv_rows(content: bytes) -> list[dict[str, str]]:
+    return csv_export(content)[1]
 
 
 # ---------------------------------------------------------------- 1. identifier types
@@ -80,7 +78,7 @@ def test_a_12_digit_local_id_in_every_output(rt: Runtime, client: TestClient) ->
         "citizen_id": None,
         "insurance_card_code": None,
     }
-    [row] = _csv_rows(client.get("/api/appraisal/v1/export.csv").text)
+    [row] = _csv_rows(client.get("/api/appraisal/v1/export.csv").content)
     assert row["MA_BN"] == "079123456789" and row["SO_CCCD"] == "" and row["MA_THE_BHYT"] == ""
     [item] = ET.fromstring(client.get("/api/appraisal/v1/export.xml").content).iter("CHI_TIET_DVKT")
     assert item.findtext("MA_BN") == "079123456789"

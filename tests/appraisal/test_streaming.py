@@ -24,7 +24,7 @@ from pacs.index.schema import events
 from pacs.model import Origin
 from pacs.runtime import Runtime
 from pacs.services.appraisal import exports as svc_mod
-from pacs.services.appraisal.exports import CSV_FIELDS, claim_row
+from pacs.services.appraisal.exports import CSV_FIELDS, claim_row, csv_header_lines
 from pacs.services.appraisal.records import RecordBuilder
 from tests.appraisal.test_records import MODALITY, RECEIVED, _complete, _mpps, _store_study
 from tests.factories import make_dataset, to_bytes
@@ -57,8 +57,10 @@ def small_index(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, 
 
 def _reference_csv(rt: Runtime, params: dict[str, str], records: list[dict[str, Any]]) -> str:
     out = io.StringIO()
-    for key, value in rt.appraisal._header(params, NOW).items():
-        out.write(f"# {key}: {value}\n")
+    out.write("\ufeff")  # the BOM, then each header line as one quoted cell
+    header = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for line in csv_header_lines(rt.appraisal._header(params, NOW)):
+        header.writerow([line])
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for n, rec in enumerate(records, 1):
@@ -130,7 +132,7 @@ def test_paged_records_equal_one_page_and_get(
 def test_export_cut_short_is_audited_as_incomplete(rt: Runtime, small_index: list[dict[str, Any]]) -> None:
     chunks = rt.appraisal.stream_csv({}, MODALITY)
     first = next(chunks)
-    assert first.startswith(b"# loai: PACS_EXTRACT")
+    assert first.startswith('\ufeff"# loai: PACS_EXTRACT'.encode())
     chunks.close()  # the client went away
     with rt.engine.connect() as conn:
         last = conn.execute(

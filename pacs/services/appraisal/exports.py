@@ -1,7 +1,50 @@
-"""Exports of records: CSV and XML shaped after the claim tables' XML3, printable HTML, paging.
+"""Exports of records: CSV, XLSX and XML shaped after the claim tables' XML3, printable HTML, paging.
 
 A PACS extract for reconciliation, never a claim file: every export carries the label and the
-extract notice. CSV and XML are written while the records are read, in chunks.
+extract notice, Vietnamese first and English after (as do the notes, ``PACS_GHI_CHU``, and the
+HTML headings). CSV and XML are written while the records are read, in chunks; the XLSX is
+written row by row in openpyxl's write-only mode to a temporary file, then sent in chunks.
+
+Row fields (:data:`FIELDS`): the XML3 fields the PACS can fill, in the standard's order (``MA_LK``,
+``STT``, ``MA_DICH_VU``, ``TEN_DICH_VU``, ``MA_KHOA``, ``MA_BAC_SI``, ``NGUOI_THUC_HIEN``,
+``NGAY_YL``, ``NGAY_TH_YL``, ``NGAY_KQ``, ``MA_MAY``), then the PACS extension fields
+(``TG_THIET_BI_*``, ``PACS_*``) and the patient identifiers. ``MA_LK`` and ``MA_KHOA`` are the
+HIS's and stay empty; the reading doctor is ``PACS_MA_BS_DOC_KQ`` (XML4's ``MA_BS_DOC_KQ``, which
+is not an XML3 field) with its source in ``PACS_NGUON_BS_DOC_KQ``.
+
+CSV (``export.csv``), decided for issue 16 ("opens correctly in Excel"):
+
+- **UTF-8 with a BOM.** Excel reads a CSV without one in the Windows ANSI code page, which turns
+  Vietnamese into mojibake; with the BOM it reads UTF-8. Other readers decode with ``utf-8-sig``.
+- **Values verbatim; the XLSX is the typed form.** A plain CSV cannot say "this column is text":
+  Excel opening it turns ``0791`` into 791, a 12-digit citizen ID ``079123456789`` into
+  79123456789 and a ``yyyymmddHHMM`` time into a number shown as 2.02501E+11, quoted or not.
+  Each known trick changes the data for every other reader: ``="0791"`` is itself a formula (the
+  very thing the injection rule below keeps out, and the HIS or a script would read five extra
+  characters); a leading ``'`` or tab stays in the cell as a character. So IDs, codes, licence
+  codes, ``MA_MAY`` and times are written exactly as the PACS has them, for the HIS, scripts and
+  Excel's text import (Data > From Text/CSV, columns as Text); someone who double-clicks uses
+  ``export.xlsx``. A ``#`` line says so, in both languages.
+- **Header lines are one cell each.** Each ``#`` line is written as ONE quoted cell
+  (``"# nhan_vi: ..."``), so the label, which has commas, stays in column A instead of being split
+  across columns; a line break inside becomes a space, so a header line is one line of the file.
+  Readers skip the rows whose one cell starts with ``#``, then read the row of field codes, then
+  one row per record. A cell starting with ``#`` cannot start a formula.
+- **Formula-like text is neutralised**: a text cell starting with ``= + - @``, tab or CR that is
+  not a plain number gets a leading ``'`` (OWASP "CSV Injection"); ``-12.5`` stays a number.
+- **Times** are ``yyyymmddHHMM`` text in Vietnam time, as the standard's fields are.
+- **Separator: comma** (RFC 4180). Excel splits on the list separator of the Windows regional
+  settings; where that is ``;`` (common where the decimal symbol is a comma, as in Vietnamese
+  settings) a double-click puts each line in one column: again, the XLSX or the text import.
+  (``sep=,`` on the first line is reported to make Excel ignore the BOM, so it is not used.)
+
+XLSX (``export.xlsx``): sheet "Nhãn - Label" first (the label in Vietnamese then English, the
+notice, the filters, the generation time, the notes, the record count and a dictionary of the
+columns; a sheet name cannot hold ``/``), then "Bản ghi - Records": three frozen heading rows
+(Vietnamese, English, field code), then one row per record. Every text cell is a string cell
+with number format ``@`` (Text), never a formula (openpyxl would make ``=...`` one: the type is
+set back to text), so leading zeros stay and nothing runs; ``STT`` and the counts are integers;
+times are ``yyyymmddHHMM`` text as in the standard. Characters XML 1.0 cannot hold become U+FFFD.
 """
 
 from __future__ import annotations
@@ -13,6 +56,7 @@ import io
 import itertools
 import json
 import re
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -20,51 +64,125 @@ from html import escape
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.styles import Alignment, Font
+from openpyxl.utils import get_column_letter
+
 from pacs.config import AppraisalSettings
 from pacs.errors import InvalidQuery
 from pacs.services.appraisal.times import VIETNAM
 
-#: Records per page read by an export, and rows per chunk it writes.
+#: Records per page read by an export, rows per chunk it writes, bytes per chunk of an XLSX.
 EXPORT_PAGE = 1000
 EXPORT_CHUNK = 500
-CSV_FIELDS = (
-    "STT",
-    "MA_LK",
-    "MA_DICH_VU",
-    "TEN_DICH_VU",
-    "MA_BAC_SI",
-    "NGUOI_THUC_HIEN",
-    "NGAY_YL",
-    "NGAY_TH_YL",
-    "NGAY_KQ",
-    "MA_MAY",
-    "PACS_MA_MAY_4750",
-    "TG_THIET_BI_BAT_DAU",
-    "TG_THIET_BI_KET_THUC",
-    "PACS_NGUON_TG_THIET_BI",
-    "PACS_SO_PHIEU_CHI_DINH",
-    "PACS_MA_BAN_GHI",
-    "PACS_STUDY_UID",
-    "MA_BN",
-    "MA_THE_BHYT",
-    "SO_CCCD",
-    "PACS_MA_NHAN",
-    "PACS_GHI_CHU",
+XLSX_CHUNK = 64 * 1024
+#: The fields of a row: (code, Vietnamese heading, English heading, kind: "text" or "int").
+FIELDS: tuple[tuple[str, str, str, str], ...] = (
+    ("MA_LK", "Mã liên kết (HIS)", "Episode key (HIS)", "text"),
+    ("STT", "Số thứ tự", "Row number", "int"),
+    ("MA_DICH_VU", "Mã dịch vụ", "Service code", "text"),
+    ("TEN_DICH_VU", "Tên dịch vụ", "Service name", "text"),
+    ("MA_KHOA", "Mã khoa (HIS)", "Department code (HIS)", "text"),
+    ("MA_BAC_SI", "Mã bác sĩ chỉ định", "Ordering doctor's licence code", "text"),
+    ("NGUOI_THUC_HIEN", "Mã người thực hiện", "Performer's licence code", "text"),
+    ("NGAY_YL", "Thời điểm y lệnh (HIS)", "Order time (HIS)", "text"),
+    ("NGAY_TH_YL", "Thời điểm thực hiện y lệnh (HIS)", "Time the order was carried out (HIS)", "text"),
+    ("NGAY_KQ", "Thời điểm có kết quả (HIS)", "Result time (HIS)", "text"),
+    ("MA_MAY", "Mã máy (dạng 3176)", "Machine code (3176 form)", "text"),
+    ("PACS_MA_MAY_4750", "Mã máy (dạng 4750)", "Machine code (4750 form)", "text"),
+    (
+        "TG_THIET_BI_BAT_DAU",
+        "Thời điểm thu nhận ảnh đầu tiên (thiết bị ghi)",
+        "First image acquisition time (written by the device)",
+        "text",
+    ),
+    (
+        "TG_THIET_BI_KET_THUC",
+        "Thời điểm thu nhận ảnh cuối cùng (thiết bị ghi)",
+        "Last image acquisition time (written by the device)",
+        "text",
+    ),
+    ("PACS_NGUON_TG_THIET_BI", "Nguồn thời gian thiết bị", "Sources of the device times", "text"),
+    ("PACS_MA_BS_DOC_KQ", "Mã bác sĩ đọc kết quả", "Reading doctor's licence code", "text"),
+    ("PACS_NGUON_BS_DOC_KQ", "Nguồn mã bác sĩ đọc kết quả", "Source of the reading doctor's code", "text"),
+    ("PACS_SO_LOAT_ANH", "Số loạt ảnh", "Series", "int"),
+    ("PACS_SO_ANH", "Số ảnh", "Images", "int"),
+    ("PACS_SO_PHIEU_CHI_DINH", "Số phiếu chỉ định (Accession Number)", "Accession number", "text"),
+    ("PACS_MA_BAN_GHI", "Mã bản ghi PACS", "PACS record id", "text"),
+    ("PACS_STUDY_UID", "UID ca chụp", "Study Instance UID", "text"),
+    ("MA_BN", "Mã người bệnh", "Patient ID", "text"),
+    ("MA_THE_BHYT", "Mã thẻ BHYT", "Health-insurance card code", "text"),
+    ("SO_CCCD", "Số căn cước công dân", "Citizen ID", "text"),
+    ("PACS_MA_NHAN", "Mã nhãn", "Label code", "text"),
+    ("PACS_GHI_CHU", "Ghi chú", "Notes", "text"),
 )
+CSV_FIELDS = tuple(f[0] for f in FIELDS)
+_INT_FIELDS = frozenset(f[0] for f in FIELDS if f[3] == "int")
 EXTRACT_NOTE_VI = "Trích xuất từ PACS để đối chiếu, không phải hồ sơ đề nghị thanh toán"
 EXTRACT_NOTE_EN = "PACS extract for reconciliation, not a claim file"
-FIELD_NOTE = (
+FIELD_NOTE_VI = (
+    "TG_THIET_BI_BAT_DAU/TG_THIET_BI_KET_THUC: thời điểm thu nhận ảnh đầu tiên/cuối cùng do thiết "
+    "bị ghi (chỉ là thời gian vận hành máy), giờ Việt Nam (UTC+7), yyyymmddHHMM, nguồn của từng mốc ở "
+    "PACS_NGUON_TG_THIET_BI; TG_THIET_BI_* và PACS_* là trường mở rộng của PACS, không thuộc chuẩn dữ "
+    "liệu; NGAY_YL, NGAY_TH_YL, NGAY_KQ chỉ lấy từ y lệnh và kết quả HIS gửi (để trống khi HIS chưa "
+    "gửi), không bao giờ điền bằng thời gian thiết bị; MA_LK, MA_KHOA do HIS cấp: để trống; "
+    "PACS_MA_BS_DOC_KQ (MA_BS_DOC_KQ của bảng XML4): nguồn ở PACS_NGUON_BS_DOC_KQ"
+)
+FIELD_NOTE_EN = (
     "TG_THIET_BI_BAT_DAU/TG_THIET_BI_KET_THUC: first/last image acquisition time written by the "
     "device (machine operating time only), Vietnam time (UTC+7), yyyymmddHHMM, their sources in "
     "PACS_NGUON_TG_THIET_BI; TG_THIET_BI_* and PACS_* are PACS extension fields, not fields of the "
-    "data standard; NGAY_YL, NGAY_TH_YL and NGAY_KQ come only from the HIS (not connected): left "
-    "empty, never filled with a device time"
+    "data standard; NGAY_YL, NGAY_TH_YL and NGAY_KQ come only from the HIS's orders and reports "
+    "(empty when the HIS sent none), never filled with a device time; MA_LK and MA_KHOA are the "
+    "HIS's: left empty; PACS_MA_BS_DOC_KQ (MA_BS_DOC_KQ of table XML4): its source in "
+    "PACS_NGUON_BS_DOC_KQ"
 )
+#: The field note of an extract header, Vietnamese first.
+FIELD_NOTE = f"{FIELD_NOTE_VI} / {FIELD_NOTE_EN}"
+EXCEL_NOTE_VI = (
+    "Mã, số định danh và thời gian được ghi nguyên văn; Excel mở trực tiếp tệp CSV có thể bỏ số 0 ở "
+    "đầu và đổi thời gian yyyymmddHHMM thành số: dùng export.xlsx, hoặc Dữ liệu > Từ Văn bản/CSV và "
+    "chọn kiểu Văn bản (Text) cho các cột"
+)
+EXCEL_NOTE_EN = (
+    "IDs, codes and times are written verbatim; Excel opening this CSV directly may drop leading "
+    "zeros and turn yyyymmddHHMM times into numbers: use export.xlsx, or Data > From Text/CSV with "
+    "the columns set to Text"
+)
+TYPES_NOTE_VI = (
+    "Cột mã, số định danh và thời gian là văn bản (định dạng @, giữ số 0 ở đầu); thời gian theo "
+    "dạng yyyymmddHHMM, giờ Việt Nam; STT và số ảnh là số nguyên"
+)
+TYPES_NOTE_EN = (
+    "ID, code and time columns are text (format @, leading zeros kept); times are yyyymmddHHMM, "
+    "Vietnam time; STT and the counts are integers"
+)
+#: The filters of an export, named for the label sheet: (Vietnamese, English).
+FILTER_NAMES = {
+    "from": ("Từ ngày (ngày chụp)", "From (study date)"),
+    "to": ("Đến ngày (ngày chụp)", "To (study date)"),
+    "facility": ("Mã cơ sở KCB", "Facility code"),
+    "modality": ("Loại máy (modality)", "Modality"),
+    "device": ("Thiết bị (số serial / tên trạm)", "Device (serial number / station name)"),
+    "accession": ("Số phiếu chỉ định", "Accession number"),
+    "patient_id": ("Mã người bệnh", "Patient ID"),
+    "service_code": ("Mã dịch vụ", "Service code"),
+}
+LABEL_SHEET = "Nhãn - Label"
+RECORDS_SHEET = "Bản ghi - Records"
+#: Heading rows of the records sheet (Vietnamese, English, field code); data starts after them.
+HEADING_ROWS = 3
+XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 _XML_DECLARATION = "<?xml version='1.0' encoding='utf-8'?>\n"
 _XML_SLOT = "PACS_RECORDS_HERE"
+_BOM = "\ufeff"
 #: What makes a spreadsheet read a cell as a formula (OWASP "CSV Injection").
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+#: Characters a worksheet (XML 1.0) cannot hold.
+_NOT_IN_XLSX = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_XLSX_MAX_TEXT = 32767
 
 #: Called when an export stream ends: (rows sent, whether the client took them all).
 Audit = Callable[[int, bool], None]
@@ -85,6 +203,15 @@ def header(settings: AppraisalSettings, params: dict[str, str], now: datetime) -
     }
 
 
+def csv_header_lines(head: dict[str, str]) -> list[str]:
+    """The ``#`` lines of a CSV extract: the header, the Excel note and the column headings."""
+    columns = "; ".join(f"{code} = {vi} / {en}" for code, vi, en, _ in FIELDS)
+    lines = [f"# {key}: {value}" for key, value in head.items()]
+    lines.append(f"# excel: {EXCEL_NOTE_VI} / {EXCEL_NOTE_EN}")
+    lines.append(f"# cot: {columns}")
+    return lines
+
+
 def paged(page: Callable[[int, int], tuple[list[dict[str, Any]], str | None]]) -> Iterator[dict[str, Any]]:
     """Every record, :data:`EXPORT_PAGE` at a time: ``page(after, limit)`` gives a page and its cursor."""
     after = 0
@@ -97,10 +224,11 @@ def paged(page: Callable[[int, int], tuple[list[dict[str, Any]], str | None]]) -
 
 
 def csv_chunks(head: dict[str, str], records: Iterator[dict[str, Any]], audit: Audit) -> Iterator[bytes]:
-    """XML3-shaped CSV (one row per record), the header in ``#`` lines, as UTF-8 chunks."""
+    """XML3-shaped CSV (one row per record) after a BOM and the ``#`` header cells, as UTF-8 chunks."""
     out = io.StringIO()
-    for key, value in head.items():
-        out.write(csv_comment(f"# {key}: {value}") + "\n")
+    out.write(_BOM)
+    for line in csv_header_lines(head):
+        out.write(csv_comment(line) + "\n")
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
     n, done = 0, False
@@ -129,17 +257,16 @@ def csv_cell(value: Any) -> Any:
 
 
 def csv_comment(line: str) -> str:
-    """A ``#`` header line kept on one line, none of whose pieces can start a formula.
+    """A ``#`` header line as ONE quoted CSV cell on one line of the file.
 
-    The line is not quoted (readers skip lines starting with ``#``), so a spreadsheet splits it
-    at commas: each piece, after any opening double quotes, is neutralised like a cell.
+    Quoted, the commas of the label and the filter stay inside the cell (a spreadsheet does not
+    split it across columns); line breaks become spaces; a cell starting with ``#`` cannot start
+    a formula, whatever follows.
     """
-    pieces = line.replace("\r", " ").replace("\n", " ").split(",")
-    out = []
-    for piece in pieces:
-        body = piece.lstrip('"')
-        out.append(piece[: len(piece) - len(body)] + csv_cell(body))
-    return ",".join(out)
+    text = line.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+    if not text.startswith("#"):
+        text = "# " + text
+    return '"' + text.replace('"', '""') + '"'
 
 
 def xml_chunks(
@@ -175,12 +302,16 @@ def xml_chunks(
 
 
 def claim_row(rec: dict[str, Any], n: int) -> dict[str, Any]:
-    """Row ``n`` of an extract: the claim-shaped fields of a record and the PACS extension fields."""
+    """Row ``n`` of an extract: every field of :data:`FIELDS`, in that order (XML3's first)."""
     c = rec["claim_fields"]
-    return {
+    sources = rec.get("claim_field_sources") or {}
+    series = rec.get("series") or []
+    extra = {
         "STT": n,
-        **{k: c[k] for k in CSV_FIELDS if k in c},
         "PACS_NGUON_TG_THIET_BI": device_time_sources(rec["device_timestamps"]),
+        "PACS_NGUON_BS_DOC_KQ": sources.get("PACS_MA_BS_DOC_KQ") or "",
+        "PACS_SO_LOAT_ANH": len(series),
+        "PACS_SO_ANH": sum(s.get("instance_count") or 0 for s in series),
         "PACS_SO_PHIEU_CHI_DINH": rec["service_line"]["accession_number"] or "",
         "PACS_MA_BAN_GHI": rec["id"],
         "PACS_STUDY_UID": ";".join(rec["service_line"]["study_instance_uids"]),
@@ -190,6 +321,7 @@ def claim_row(rec: dict[str, Any], n: int) -> dict[str, Any]:
         "PACS_MA_NHAN": rec["label"]["code"],
         "PACS_GHI_CHU": " | ".join(rec["notes"]),
     }
+    return {k: extra[k] if k in extra else (c.get(k) or "") for k in CSV_FIELDS}
 
 
 def device_time_sources(stamps: dict[str, Any]) -> str:
@@ -216,6 +348,120 @@ def _xml_item(row: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def xlsx_chunks(head: dict[str, str], records: Iterator[dict[str, Any]], audit: Audit) -> Iterator[bytes]:
+    """The XLSX extract: sheet :data:`LABEL_SHEET` then :data:`RECORDS_SHEET` (see the module notes).
+
+    Rows are written in openpyxl's write-only mode (each sheet streamed to a temporary file), the
+    workbook is zipped into another temporary file, and that file is sent in chunks: memory stays
+    bounded whatever the number of records. The first chunk comes once the workbook is written.
+    """
+    n, done = 0, False
+    try:
+        with tempfile.TemporaryFile() as out:
+            wb = Workbook(write_only=True)
+            wb.properties.creator = "PACS"
+            wb.properties.title = f"{EXTRACT_NOTE_VI} / {EXTRACT_NOTE_EN}"
+            label = wb.create_sheet(LABEL_SHEET)  # first; filled last, once the count is known
+            sheet = wb.create_sheet(RECORDS_SHEET)
+            for i, (_, vi, en, kind) in enumerate(FIELDS, 1):
+                width = 8 if kind == "int" else min(48, max(12, len(vi), len(en)) + 2)
+                sheet.column_dimensions[get_column_letter(i)].width = width
+            sheet.freeze_panes = f"A{HEADING_ROWS + 1}"
+            bold, wrap = Font(bold=True), Alignment(wrap_text=True, vertical="top")
+            for heading, font in ((1, bold), (2, Font(italic=True)), (0, Font(bold=True, color="555555"))):
+                sheet.append([_text_cell(sheet, f[heading], font=font, alignment=wrap) for f in FIELDS])
+            cells = [
+                _number_cell(sheet) if code in _INT_FIELDS else _text_cell(sheet, None) for code in CSV_FIELDS
+            ]
+            for n, rec in enumerate(records, 1):
+                row = claim_row(rec, n)
+                sheet.append([_put(cell, row[code]) for cell, code in zip(cells, CSV_FIELDS, strict=True)])
+            last = get_column_letter(len(FIELDS))
+            sheet.auto_filter.ref = f"A{HEADING_ROWS}:{last}{HEADING_ROWS + max(n, 1)}"
+            _label_sheet(label, head, n, bold, wrap)
+            wb.save(out)
+            out.seek(0)
+            while chunk := out.read(XLSX_CHUNK):
+                yield chunk
+        done = True
+    finally:
+        audit(n, done)
+
+
+def _label_sheet(ws: Any, head: dict[str, str], count: int, bold: Font, wrap: Alignment) -> None:
+    """The first sheet: the label (Vietnamese, then English), the extract's facts, the columns."""
+    ws.column_dimensions["A"].width = 34
+    ws.column_dimensions["B"].width = 100
+    ws.column_dimensions["C"].width = 40
+    ws.column_dimensions["D"].width = 12
+    filters = json.loads(head["bo_loc"] or "{}")
+    rows: list[tuple[str, Any]] = [
+        ("Nhãn (tiếng Việt)", head["nhan_vi"]),
+        ("Label (English)", head["nhan_en"]),
+        ("Mã nhãn / Label code", head["ma_nhan"]),
+        ("Loại / Type", head["loai"]),
+        ("Ghi chú", EXTRACT_NOTE_VI),
+        ("Notice", EXTRACT_NOTE_EN),
+        ("Mã cơ sở KCB / Facility code (MA_CSKCB)", head["ma_cskcb"]),
+        ("Thời điểm trích xuất / Generated at", head["thoi_diem_trich_xuat"]),
+        ("Số bản ghi / Records", count),
+    ]
+    if filters:
+        for key, value in filters.items():
+            vi, en = FILTER_NAMES.get(key, (key, key))
+            rows.append((f"Bộ lọc: {vi} / Filter: {en}", str(value)))
+    else:
+        rows.append(("Bộ lọc / Filters", "(không có / none)"))
+    rows += [
+        ("Trường dữ liệu", FIELD_NOTE_VI),
+        ("Fields", FIELD_NOTE_EN),
+        ("Kiểu dữ liệu", TYPES_NOTE_VI),
+        ("Types", TYPES_NOTE_EN),
+    ]
+    for item, value in rows:
+        value_cell = _number_cell(ws) if isinstance(value, int) else _text_cell(ws, None, alignment=wrap)
+        ws.append([_text_cell(ws, item, font=bold, alignment=wrap), _put(value_cell, value)])
+    ws.append([])
+    ws.append(
+        [
+            _text_cell(ws, text, font=bold)
+            for text in ("Cột / Column", "Tên tiếng Việt", "English name", "Kiểu / Type")
+        ]
+    )
+    for code, vi, en, kind in FIELDS:
+        shown = "số nguyên / integer" if kind == "int" else "văn bản / text"
+        ws.append([_text_cell(ws, v) for v in (code, vi, en, shown)])
+
+
+def _text_cell(ws: Any, value: str | None, **style: Any) -> Any:
+    """A cell of text (number format ``@``), never a formula, whatever ``value`` starts with."""
+    cell = WriteOnlyCell(ws)
+    cell.number_format = "@"
+    for key, v in style.items():
+        setattr(cell, key, v)
+    return _put(cell, value)
+
+
+def _number_cell(ws: Any) -> Any:
+    cell = WriteOnlyCell(ws)
+    cell.number_format = "0"
+    return cell
+
+
+def _put(cell: Any, value: Any) -> Any:
+    """``cell`` holding ``value``: text as a string cell (openpyxl would make ``=...`` a formula
+    and ``#N/A`` an error), an empty text as an empty cell, a number as a number."""
+    if isinstance(value, str):
+        if not value:
+            cell.value = None
+            return cell
+        cell.value = _NOT_IN_XLSX.sub("\ufffd", value)[:_XLSX_MAX_TEXT]
+        cell.data_type = "s"
+    else:
+        cell.value = value
+    return cell
+
+
 def encode_cursor(last_id: int) -> str:
     """The opaque cursor of the page after line ``last_id``."""
     return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode().rstrip("=")
@@ -236,7 +482,8 @@ def decode_cursor(cursor: str | None) -> int:
 
 
 def render_html(rec: dict[str, Any]) -> str:
-    """Printable HTML of one record: the label first, then facts in tables."""
+    """Printable HTML of one record: the label first, then facts in tables, headings and row
+    names Vietnamese first (``"<vi> / <en>"``)."""
 
     def row(k: str, v: Any) -> str:
         return f"<tr><th>{escape(k)}</th><td>{escape('' if v is None else str(v))}</td></tr>"
@@ -257,34 +504,44 @@ def render_html(rec: dict[str, Any]) -> str:
         f"<p lang='vi'>{escape(label['vi'])}</p><p lang='en'>{escape(label['en'])}</p></div>",
         table("Dịch vụ / Service", {**rec["service_line"], **rec["service"]}),
         table("Người bệnh / Patient", rec["patient"]),
-        table("Mã hồ sơ (XML3-like) / Claim-shaped fields", rec["claim_fields"]),
-        table("Nguồn / Sources of the claim-shaped time fields", rec.get("claim_field_sources") or {}),
+        table("Các trường theo bảng XML3 / Claim-shaped fields (XML3)", rec["claim_fields"]),
+        table(
+            "Nguồn của các trường / Sources of the claim-shaped fields", rec.get("claim_field_sources") or {}
+        ),
     ]
     stamps = rec["device_timestamps"]
     first, last = stamps["first_acquisition"] or {}, stamps["last_acquisition"] or {}
+    first_vi, last_vi = "Thu nhận ảnh đầu tiên", "Thu nhận ảnh cuối cùng"
+    step_vi, zone_vi = "Bắt đầu bước thực hiện (MPPS)", "nguồn múi giờ"
     times = {
-        "first_acquisition": first.get("value"),
-        "first_acquisition source": first.get("source"),
-        "first_acquisition timezone source": first.get("timezone_source"),
-        "last_acquisition": last.get("value"),
-        "last_acquisition source": last.get("source"),
-        "last_acquisition timezone source": last.get("timezone_source"),
-        "procedure_step_start": stamps["procedure_step_start"],
-        "procedure_step_start source": stamps.get("procedure_step_start_source"),
-        "procedure_step_start timezone source": stamps.get("procedure_step_start_timezone_source"),
-        "first_received (archive)": rec["archive_receipt"]["first_received"],
-        "last_received (archive)": rec["archive_receipt"]["last_received"],
-        "received source": rec["archive_receipt"]["source"],
+        f"{first_vi} / first_acquisition": first.get("value"),
+        f"{first_vi}: nguồn / source": first.get("source"),
+        f"{first_vi}: {zone_vi} / timezone source": first.get("timezone_source"),
+        f"{last_vi} / last_acquisition": last.get("value"),
+        f"{last_vi}: nguồn / source": last.get("source"),
+        f"{last_vi}: {zone_vi} / timezone source": last.get("timezone_source"),
+        f"{step_vi} / procedure_step_start": stamps["procedure_step_start"],
+        f"{step_vi}: nguồn / source": stamps.get("procedure_step_start_source"),
+        f"{step_vi}: {zone_vi} / timezone source": stamps.get("procedure_step_start_timezone_source"),
+        "PACS nhận ảnh đầu tiên / first_received (archive)": rec["archive_receipt"]["first_received"],
+        "PACS nhận ảnh cuối cùng / last_received (archive)": rec["archive_receipt"]["last_received"],
+        "Nguồn thời điểm nhận / received source": rec["archive_receipt"]["source"],
     }
     span = rec["device_acquisition_span"]
     if span:
         measured = span.get("seconds") is not None
-        times["device_acquisition_span (s)"] = span["seconds"] if measured else "unknown"
+        span_name = "Khoảng thu nhận ảnh của thiết bị / device_acquisition_span"
+        times[f"{span_name} (giây / s)"] = span["seconds"] if measured else "không xác định / unknown"
         if not measured:
-            times["device_acquisition_span reason"] = span.get("reason")
+            times[f"{span_name}: lý do / reason"] = span.get("reason")
     parts.append(table("Mốc thời gian thiết bị / Device timestamps", times))
     for i, step in enumerate(rec["procedure_steps"], 1):
-        parts.append(table(f"MPPS {i}", {k: v for k, v in step.items() if k != "performed_series"}))
+        parts.append(
+            table(
+                f"Bước thực hiện (MPPS) {i} / Procedure step (MPPS) {i}",
+                {k: v for k, v in step.items() if k != "performed_series"},
+            )
+        )
     for i, dev in enumerate(rec["devices"], 1):
         flat = {k: v for k, v in dev.items() if k not in ("machine_code", "clock", "series")}
         flat.update({f"MA_MAY {k}": v for k, v in dev["machine_code"].items()})
@@ -294,7 +551,8 @@ def render_html(rec: dict[str, Any]) -> str:
         table(
             "Nhân sự / People",
             {
-                f"{role}: {p['dicom_name']}": p["licence_code"] or "(not in staff register)"
+                f"{role}: {p['dicom_name']}": p["licence_code"]
+                or "(chưa có trong danh mục nhân sự / not in the staff register)"
                 for role, group in rec["people"].items()
                 for p in group
             },
@@ -302,12 +560,12 @@ def render_html(rec: dict[str, Any]) -> str:
     )
     parts.append(
         table(
-            "Thứ tự thời gian / Ordering checks",
+            "Kiểm tra thứ tự thời gian / Ordering checks",
             {c["check"]: f"{c['result']} {c['timestamps']}" for c in rec["ordering_checks"]},
         )
     )
     for ref in rec["reference_times"]:
-        parts.append(table("Thời gian tham chiếu / Reference time (reference_only)", ref))
+        parts.append(table("Thời gian tham chiếu (chỉ để tham khảo) / Reference time (reference only)", ref))
     parts.append(
         "<h2>Ghi chú / Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in rec["notes"]) + "</ul>"
     )

@@ -12,11 +12,19 @@ Device times are exported in the PACS extension fields ``TG_THIET_BI_BAT_DAU`` /
 its source; the MPPS start stays in ``device_timestamps.procedure_step_start``. A device
 acquisition span that the times cannot measure (one image, SeriesDate/Time only, one acquisition
 time for every image) is ``unknown`` with the reason, never 0.
+
+Notes are written Vietnamese first, then English (``"<vi> / <en>"``), as every export shows them.
+``MA_KHOA`` (department) is not known to the PACS: empty, with its source. The reading doctor
+(``PACS_MA_BS_DOC_KQ``, the XML4 ``MA_BS_DOC_KQ`` as a PACS extension field of the XML3-shaped
+row) is the HIS report's reporting doctor when the HIS sent one, else DICOM
+NameOfPhysiciansReadingStudy, each mapped to a licence code through the staff register (never
+guessed); ``claim_field_sources`` says which.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timezone
 from typing import Any
 
@@ -46,9 +54,53 @@ from pacs.services.appraisal.times import (
     utc_iso,
 )
 
-_NO_SERVICE = "service code not found in the service register: MA_DICH_VU left empty"
-_NO_IMAGES = "images: none yet (no image of this service line is in the archive)"
-_NO_MA_LK = "MA_LK (episode key) comes from the HIS and is not known to the PACS"
+_NO_SERVICE = (
+    "không tìm thấy mã dịch vụ trong danh mục dịch vụ: để trống MA_DICH_VU / "
+    "service code not found in the service register: MA_DICH_VU left empty"
+)
+_NO_IMAGES = (
+    "hình ảnh: chưa có (PACS chưa nhận ảnh nào của dịch vụ này) / "
+    "images: none yet (no image of this service line is in the archive)"
+)
+_NO_MA_LK = (
+    "MA_LK (mã liên kết) do HIS cấp, PACS không có / "
+    "MA_LK (episode key) comes from the HIS and is not known to the PACS"
+)
+_NO_STAFF = (
+    "chưa có trong danh mục nhân sự (để trống mã chứng chỉ hành nghề) / "
+    "not in the staff register (licence code left empty): "
+)
+#: Where MA_KHOA (department) would come from: the HIS, which does not send it to the PACS.
+DEPARTMENT_SOURCE = (
+    "chưa nhận mã khoa từ HIS: để trống / department code not received from the HIS: left empty"
+)
+#: Where the reading doctor came from: (Vietnamese, English).
+_READER_HIS = ("bác sĩ đọc kết quả do HIS gửi", "reporting doctor sent by the HIS")
+_READER_DICOM = (
+    "DICOM NameOfPhysiciansReadingStudy (0008,1060)",
+    "DICOM NameOfPhysiciansReadingStudy (0008,1060)",
+)
+_READER_CODED = ("mã qua danh mục nhân sự", "licence code through the staff register")
+_READER_UNCODED = ("chưa có trong danh mục nhân sự: để trống", "not in the staff register: left empty")
+_READER_NONE = (
+    "HIS chưa gửi bác sĩ đọc kết quả, DICOM không có NameOfPhysiciansReadingStudy: để trống / "
+    "no reporting doctor from the HIS and no NameOfPhysiciansReadingStudy in DICOM: left empty"
+)
+#: Register notes (pacs.services.appraisal.registers), each with its Vietnamese text.
+_MACHINE_NOTES_VI = (
+    (
+        re.compile(r"device serial=(.*) station=(.*) is not in the device register: MA_MAY left empty"),
+        "thiết bị serial={0} station={1} chưa có trong danh mục thiết bị: để trống MA_MAY",
+    ),
+    (
+        re.compile(r"device has no serial number or asset code: MA_MAY left empty"),
+        "thiết bị không có số serial hay mã tài sản: để trống MA_MAY",
+    ),
+    (
+        re.compile(r"facility code \(MA_CSKCB\) not configured: 4750 form left empty"),
+        "chưa cấu hình mã cơ sở KCB (MA_CSKCB): để trống dạng 4750",
+    ),
+)
 _SPAN_BASIS = "first to last image acquisition time written by the device"
 _RECEIPT_SOURCE = "archive receive log (instances received_at, events instance.stored)"
 _STEP_START_SOURCE = "PerformedProcedureStepStartDate/Time (0040,0244/0245)"
@@ -65,8 +117,10 @@ _HIS_FIELDS = (
 )
 HIS_TIMES = ("NGAY_YL", "NGAY_TH_YL", "NGAY_KQ")
 _HIS_NOTE = (
-    "NGAY_YL, NGAY_TH_YL, NGAY_KQ come only from the HIS (not connected): left empty; device times "
-    "are in TG_THIET_BI_* (PACS extension fields), never in a field of the data standard"
+    "NGAY_YL, NGAY_TH_YL, NGAY_KQ chỉ lấy từ HIS (chưa có y lệnh HIS cho dịch vụ này): để trống; thời "
+    "gian thiết bị nằm ở TG_THIET_BI_* (trường mở rộng của PACS), không bao giờ ở trường của chuẩn dữ "
+    "liệu / NGAY_YL, NGAY_TH_YL, NGAY_KQ come only from the HIS (no HIS order for this service line): left "
+    "empty; device times are in TG_THIET_BI_* (PACS extension fields), never in a field of the data standard"
 )
 _DEVICE_TIME_FIELDS = (
     ("TG_THIET_BI_BAT_DAU", "first image acquisition time written by the device"),
@@ -95,6 +149,7 @@ class RecordBuilder:
         self._licences: dict[str, str | None] = {}
         self._refs: dict[str, list[Any]] = {}
         self._patients: dict[tuple[str | None, ...], dict[str, Any]] = {}
+        self._codes: frozenset[str] | None = None
 
     # ------------------------------------------------------------------ cached look-ups
 
@@ -124,6 +179,16 @@ class RecordBuilder:
                 code = self._licences[n] = self.regs.licence(n)
             out.append({"dicom_name": n, "licence_code": code})
         return out
+
+    def licence_of_his(self, value: str) -> str | None:
+        """The licence code of a person the HIS named: the value itself when it is a code of the
+        staff register, else the code the register gives that name; None when neither."""
+        if self._codes is None:
+            self._codes = frozenset(self.regs.staff.values())
+        if value in self._codes:
+            return value
+        code = self.people([value])[0]["licence_code"]
+        return str(code) if code else None
 
     def patient(self, patient_id: str | None, issuer: str | None, others: str | None) -> dict[str, Any]:
         key = (patient_id, issuer, others)
@@ -183,7 +248,7 @@ class RecordBuilder:
         self, s: dict[str, Any], sending: list[str], tz_source: str | None, notes: list[str]
     ) -> dict[str, Any]:
         code = self.machine_code(s["device_serial_number"], s["station_name"])
-        notes.extend(n for n in code.notes if n not in notes)
+        notes.extend(n for n in map(machine_note, code.notes) if n not in notes)
         return {
             "modality": s["modality"],
             "manufacturer": s["manufacturer"],
@@ -332,7 +397,7 @@ class RecordBuilder:
         }
         unknown_staff = [p["dicom_name"] for group in people.values() for p in group if not p["licence_code"]]
         if unknown_staff:
-            notes.append("not in the staff register (licence code left empty): " + "; ".join(unknown_staff))
+            notes.append(_NO_STAFF + "; ".join(unknown_staff))
 
         # --- ordering checks (facts only; order and result times are not known to the PACS)
         fa = first_acq[0] if first_acq else None
@@ -384,6 +449,7 @@ class RecordBuilder:
         his_times, his_sources, his_out = self.his_times(line, study_rows, orders or [])
         if not orders:
             notes.append(_HIS_NOTE)
+        reader, reader_source = self.reader(his_out, people["reading"], notes)
         has_code = bool(line["procedure_code"])
         return {
             "id": line["line_key"],
@@ -444,6 +510,7 @@ class RecordBuilder:
                 "MA_LK": "",
                 "MA_DICH_VU": code or "",
                 "TEN_DICH_VU": service.service_name if service else "",
+                "MA_KHOA": "",
                 "MA_BAC_SI": ";".join(orderer_codes),
                 "NGUOI_THUC_HIEN": ";".join(performer_codes),
                 **his_times,  # NGAY_YL, NGAY_TH_YL, NGAY_KQ: the HIS only, never device time
@@ -451,8 +518,10 @@ class RecordBuilder:
                 "PACS_MA_MAY_4750": ";".join(m["previous"] for m in machine_codes if m["previous"]),
                 "TG_THIET_BI_BAT_DAU": claim_time(fa),
                 "TG_THIET_BI_KET_THUC": claim_time(la),
+                "PACS_MA_BS_DOC_KQ": reader,
             },
             "claim_field_sources": {
+                "MA_KHOA": DEPARTMENT_SOURCE,
                 **his_sources,
                 **{
                     field: (
@@ -462,6 +531,7 @@ class RecordBuilder:
                     )
                     for (field, what), st in zip(_DEVICE_TIME_FIELDS, (first_acq, last_acq), strict=True)
                 },
+                "PACS_MA_BS_DOC_KQ": reader_source,
             },
             "his_orders": his_out,
             "notes": notes,
@@ -509,8 +579,46 @@ class RecordBuilder:
                 "performed_at": o["performed_at"],
                 "reported_at": o["reported_at"],
                 "report_status": o["report_status"],
+                "reporting_doctor": o.get("reporting_doctor"),
                 "source": o["source"],
             }
             for o in mine
         ]
         return times, sources, out
+
+    def reader(
+        self, his: list[dict[str, Any]], reading: list[dict[str, Any]], notes: list[str]
+    ) -> tuple[str, str]:
+        """The reading doctor's licence code(s) and where they came from: the HIS report's
+        reporting doctor when the HIS sent one, else NameOfPhysiciansReadingStudy; a person the
+        staff register does not know gets no code (never guessed) and is named in ``notes``."""
+        sent = [str(o["reporting_doctor"]).strip() for o in his if (o.get("reporting_doctor") or "").strip()]
+        if sent:
+            codes, unknown = [], []
+            for doctor in dict.fromkeys(sent):
+                code = self.licence_of_his(doctor)
+                if code:
+                    codes.append(code)
+                else:
+                    unknown.append(doctor)
+            if unknown:
+                notes.append(_NO_STAFF + "; ".join(unknown))
+            return ";".join(dict.fromkeys(codes)), _reader_source(_READER_HIS, bool(codes))
+        if not reading:
+            return "", _READER_NONE
+        codes = [p["licence_code"] for p in reading if p["licence_code"]]
+        return ";".join(dict.fromkeys(codes)), _reader_source(_READER_DICOM, bool(codes))
+
+
+def _reader_source(origin: tuple[str, str], coded: bool) -> str:
+    via = _READER_CODED if coded else _READER_UNCODED
+    return f"{origin[0]}, {via[0]} / {origin[1]}, {via[1]}"
+
+
+def machine_note(note: str) -> str:
+    """A note of the device register, Vietnamese first (``"<vi> / <en>"``)."""
+    for pattern, vi in _MACHINE_NOTES_VI:
+        m = pattern.fullmatch(note)
+        if m:
+            return f"{vi.format(*m.groups())} / {note}"
+    return note
