@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-DuplicatePolicy = Literal["reject", "replace"]
+DuplicatePolicy = Literal["keep-versions", "reject", "replace"]
 
 
 #: The DIMSE services an allowed AE can be granted (``services = [...]``; ``"all"`` for every one).
@@ -51,6 +51,9 @@ class Destination:
     #: Open the association over TLS, verifying the destination against ``[dicom] tls_ca`` and
     #: presenting ``tls_cert`` / ``tls_key`` as our certificate (PS3.15 B.9).
     tls: bool = False
+    #: Allow lossy compressed copies (JPEG Baseline/Extended, JPEG 2000, JPEG-LS near-lossless,
+    #: each a new instance) when the destination accepts only those for an instance. Off: lossless only.
+    lossy: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ class StorageSettings:
     """Where the Part-10 files live."""
 
     path: Path = Path("storage")
-    duplicate_policy: DuplicatePolicy = "reject"
+    duplicate_policy: DuplicatePolicy = "keep-versions"
     fsync: bool = True
     # Largest instance (Part-10 file) accepted over C-STORE, STOW-RS or import, MiB; 0 = no limit.
     # Enhanced multi-frame CT/MR and long ultrasound clips run to a few hundred MiB.
@@ -250,6 +253,47 @@ class WorklistSettings:
 
 
 @dataclass(frozen=True)
+class Hl7Settings:
+    """The HL7 v2 listener (MLLP) of the scheduled workflow: orders, patient updates, reports."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = off
+    #: A larger frame is answered AR and its connection closed; never buffered beyond this.
+    max_message_kb: int = 1024
+    #: Seconds a connection may stay silent (between messages or between bytes) before it is closed.
+    idle_timeout_seconds: float = 60.0
+    #: Seconds one message may take to arrive from its first byte (a byte-dribbling sender is cut off).
+    message_timeout_seconds: float = 60.0
+    #: Open connections at once; more are closed at once. The HIS usually keeps one open.
+    max_connections: int = 16
+    #: Peer addresses or CIDR networks allowed to connect; empty = any.
+    allowed_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CommitmentSettings:
+    """Storage Commitment Push Model SCP (PS3.4 Annex J): delivery of the N-EVENT-REPORT."""
+
+    #: Seconds between the N-ACTION response and the report (0: at once). Some modalities
+    #: want time to start listening; tests use it to stop the archive in between.
+    report_delay_seconds: float = 0.0
+    #: How long the process holding the requester's association keeps the report for it (the
+    #: report is tried there first); afterwards, or as soon as that association ends, any node
+    #: sends it on a new association to the requester's ``[dicom] destinations`` entry.
+    same_association_wait_seconds: float = 10.0
+    #: Backoff between attempts on new associations: initial, doubled each time, capped.
+    retry_initial_seconds: float = 5.0
+    retry_max_seconds: float = 600.0
+    #: Attempts on new associations before the commitment is marked failed (logged).
+    max_attempts: int = 10
+    #: How long one delivery attempt holds its row (a lease: a node killed meanwhile leaves the
+    #: row to another after this). Longer than connecting plus ``[dicom] dimse_timeout``.
+    lease_seconds: float = 120.0
+    #: How often the delivery thread looks for due reports.
+    poll_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings. Build with :func:`load`."""
 
@@ -263,6 +307,8 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     worklist: WorklistSettings = field(default_factory=WorklistSettings)
+    hl7: Hl7Settings = field(default_factory=Hl7Settings)
+    commitment: CommitmentSettings = field(default_factory=CommitmentSettings)
 
     @property
     def auth_enabled(self) -> bool:
@@ -292,6 +338,8 @@ _SECTIONS: dict[str, type] = {
     "auth": AuthSettings,
     "audit": AuditSettings,
     "worklist": WorklistSettings,
+    "hl7": Hl7Settings,
+    "commitment": CommitmentSettings,
 }
 
 
@@ -398,7 +446,11 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     if key == "destinations":
         return tuple(
             Destination(
-                ae_title=v["ae_title"], host=v["host"], port=int(v["port"]), tls=bool(v.get("tls", False))
+                ae_title=v["ae_title"],
+                host=v["host"],
+                port=int(v["port"]),
+                tls=bool(v.get("tls", False)),
+                lossy=bool(v.get("lossy", False)),
             )
             for v in value
         )
@@ -454,8 +506,8 @@ def _validate(settings: Settings) -> None:
     for dest in settings.dicom.destinations:
         if dest.tls and str(settings.dicom.tls_ca) in ("", "."):
             raise ConfigError(f"destination {dest.ae_title}: tls = true needs [dicom] tls_ca to verify it")
-    if settings.storage.duplicate_policy not in ("reject", "replace"):
-        raise ConfigError("[storage] duplicate_policy must be 'reject' or 'replace'")
+    if settings.storage.duplicate_policy not in ("keep-versions", "reject", "replace"):
+        raise ConfigError("[storage] duplicate_policy must be 'keep-versions', 'reject' or 'replace'")
     if settings.http.workers < 0 or settings.dicom.workers < 0:
         raise ConfigError("[http] workers and [dicom] workers must be 0 (one per CPU core) or more")
     if not 0 < settings.http.default_query_limit <= settings.http.max_query_limit:
@@ -486,6 +538,35 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[appraisal] default_limit must be between 1 and max_limit")
     if not re.fullmatch(r"[+-](0\d|1[0-4])[0-5]\d", a.device_utc_offset):
         raise ConfigError("[appraisal] device_utc_offset must look like +0700")
+    _validate_hl7(settings.hl7)
+    _validate_commitment(settings.commitment)
+
+
+def _validate_commitment(c: CommitmentSettings) -> None:
+    if c.report_delay_seconds < 0 or c.same_association_wait_seconds < 0:
+        raise ConfigError(
+            "[commitment] report_delay_seconds and same_association_wait_seconds must be 0 or more"
+        )
+    if c.retry_initial_seconds <= 0 or c.retry_max_seconds < c.retry_initial_seconds:
+        raise ConfigError("[commitment] retry_initial_seconds must be positive and at most retry_max_seconds")
+    if c.max_attempts < 1 or c.lease_seconds <= 0 or c.poll_seconds <= 0:
+        raise ConfigError("[commitment] max_attempts, lease_seconds and poll_seconds must be positive")
+
+
+def _validate_hl7(h: Hl7Settings) -> None:
+    import ipaddress
+
+    if not 0 <= h.port <= 65535:
+        raise ConfigError("[hl7] port must be 0 (off) to 65535")
+    if h.max_message_kb < 1 or h.max_connections < 1:
+        raise ConfigError("[hl7] max_message_kb and max_connections must be positive")
+    if h.idle_timeout_seconds <= 0 or h.message_timeout_seconds <= 0:
+        raise ConfigError("[hl7] idle_timeout_seconds and message_timeout_seconds must be positive")
+    for net in h.allowed_hosts:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"[hl7] allowed_hosts: {net!r} is not an address or network") from exc
 
 
 def _set(path: Path) -> bool:

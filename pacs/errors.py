@@ -28,12 +28,18 @@ class InvalidOrder(PacsError):
     malformed, a change to an order that does not exist): nothing of it is written."""
 
 
+class InvalidCommitment(PacsError):
+    """A Storage Commitment request that is not taken (PS3.4 J.3.2): no Transaction UID or no
+    items, an invalid UID, or a Transaction UID already used. Nothing of it is kept."""
+
+
 class StepNotInProgress(PacsError):
     """An update to a procedure step that is already COMPLETED or DISCONTINUED (PS3.4 F.7.2.2)."""
 
 
 class DuplicateInstance(PacsError):
-    """A different object arrived under an SOP Instance UID already stored (policy ``reject``)."""
+    """A different object arrived under an SOP Instance UID already stored (policy ``reject``;
+    under ``keep-versions``, one in another study or series than the stored instance)."""
 
 
 class StorageUnavailable(PacsError):

@@ -40,6 +40,7 @@ class Served:
     database_url: str
     process: subprocess.Popen[str]
     log_path: Path
+    hl7_port: int = 0  # the HL7 MLLP listener, when [hl7] port is set
 
     @property
     def base_url(self) -> str:
@@ -113,6 +114,7 @@ def serve(
             database_url=database_url,
             process=proc,
             log_path=log_path,
+            hl7_port=ready.get("hl7", 0),
         )
     finally:
         stop(proc)
@@ -133,6 +135,7 @@ def _wait_ready(proc: subprocess.Popen[str], timeout: float, log_path: Path) -> 
             return {
                 "dicom": int(fields["dicom"].rsplit(":", 1)[1]),
                 "http": int(fields["http"].rsplit(":", 1)[1]),
+                "hl7": int(fields["hl7"].rsplit(":", 1)[1]) if "hl7" in fields else 0,
             }
     raise RuntimeError(f"pacs serve not ready after {timeout}s:\n{log_path.read_text()[-3000:]}")
 

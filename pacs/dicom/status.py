@@ -1,12 +1,13 @@
 """THE table of DIMSE statuses, and the one map from domain results to every edge's answer.
 
 Every status code the archive sends is named here once (PS3.7 Annex C for the general codes,
-PS3.4 Annex B for Storage, C for Query/Retrieve, F for Modality Performed Procedure Step), and
-:data:`ANSWERS` says, for each domain error of :mod:`pacs.errors`, what each edge answers: the
-C-STORE status (also the STOW-RS FailureReason, PS3.18 10.5.3), the C-FIND status, the C-MOVE /
-C-GET status, the N-CREATE and N-SET statuses, and the HTTP status. Edges look answers up here
-(:func:`answer`); they never pick a code of their own. ``tests/unit/test_status.py`` checks that
-every domain error has an entry and that each code is one pynetdicom knows for its service.
+PS3.4 Annex B for Storage, C for Query/Retrieve, F for Modality Performed Procedure Step, J for
+Storage Commitment), and :data:`ANSWERS` says, for each domain error of :mod:`pacs.errors`, what
+each edge answers: the C-STORE status (also the STOW-RS FailureReason, PS3.18 10.5.3), the C-FIND
+status, the C-MOVE / C-GET status, the N-CREATE and N-SET statuses, the (Storage Commitment)
+N-ACTION status, and the HTTP status. Edges look answers up here (:func:`answer`); they never
+pick a code of their own. ``tests/unit/test_status.py`` checks that every domain error has an
+entry and that each code is one pynetdicom knows for its service.
 
 Pure: stdlib, :mod:`pacs.errors` and :mod:`pacs.model` only (no pydicom, no pynetdicom).
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from pacs.errors import (
     DuplicateInstance,
+    InvalidCommitment,
     InvalidInstance,
     InvalidOrder,
     InvalidQuery,
@@ -77,6 +79,18 @@ SUB_OPERATIONS_WARNING = 0xB000  # C-MOVE / C-GET: sub-operations complete, one 
 #: may no longer be updated".
 PPS_NO_LONGER_UPDATABLE_ERROR_ID = 0xA710
 
+# ---------------------------------------------------------------- Storage Commitment (PS3.4 J.3)
+
+#: N-ACTION: the Action Information is not acceptable (no Transaction UID or no items, an
+#: invalid UID, a Transaction UID already used), PS3.7 C.5.16.
+INVALID_ARGUMENT_VALUE = 0x0115
+NO_SUCH_ACTION = 0x0123  # N-ACTION: an Action Type ID other than 1 (PS3.4 J.3.2.1.1)
+#: Failure Reason (0008,1197) of a Failed SOP Sequence item (PS3.3 C.14.1.1) besides
+#: PROCESSING_FAILURE (the stored file is unreadable or not the one archived: hash mismatch) and
+#: NO_SUCH_OBJECT_INSTANCE (not archived, or its file is missing): the instance is archived
+#: under another SOP Class than the request names.
+CLASS_INSTANCE_CONFLICT = 0x0119
+
 #: The statuses each service answers with, by the name of pynetdicom's status table for it
 #: (``pynetdicom.status``); the test checks each code is one that table knows.
 SERVICE_CODES: dict[str, tuple[int, ...]] = {
@@ -125,6 +139,17 @@ SERVICE_CODES: dict[str, tuple[int, ...]] = {
         SUB_OPERATIONS_WARNING,
         NOT_AUTHORIZED,
     ),
+    "STORAGE_COMMITMENT_SERVICE_CLASS_STATUS": (
+        SUCCESS,
+        PROCESSING_FAILURE,
+        NO_SUCH_OBJECT_INSTANCE,
+        INVALID_ARGUMENT_VALUE,
+        NO_SUCH_SOP_CLASS,
+        CLASS_INSTANCE_CONFLICT,
+        NO_SUCH_ACTION,
+        NOT_AUTHORIZED,
+        RESOURCE_LIMITATION,
+    ),
     "PROCEDURE_STEP_STATUS": (
         SUCCESS,
         INVALID_ATTRIBUTE_VALUE,
@@ -159,6 +184,7 @@ class Answers:
     n_create: int  # PS3.4 F.7.2.1.3
     n_set: int  # PS3.4 F.7.2.2.3
     http: int
+    n_action: int = PROCESSING_FAILURE  # Storage Commitment N-ACTION, PS3.4 J.3.2.1.3
 
 
 #: Domain error -> the answer of every edge. A subclass not listed takes its nearest listed base.
@@ -226,9 +252,19 @@ ANSWERS: dict[type[PacsError], Answers] = {
         RESOURCE_LIMITATION,
         RESOURCE_LIMITATION,
         HTTP_SERVICE_UNAVAILABLE,
+        n_action=RESOURCE_LIMITATION,
     ),
     NotAuthorized: Answers(
-        NOT_AUTHORIZED, NOT_AUTHORIZED, NOT_AUTHORIZED, NOT_AUTHORIZED, NOT_AUTHORIZED, 403
+        NOT_AUTHORIZED, NOT_AUTHORIZED, NOT_AUTHORIZED, NOT_AUTHORIZED, NOT_AUTHORIZED, 403, NOT_AUTHORIZED
+    ),
+    InvalidCommitment: Answers(  # storage commitment arrives over DIMSE N-ACTION only
+        CANNOT_UNDERSTAND,
+        UNABLE_TO_PROCESS,
+        UNABLE_TO_PROCESS,
+        PROCESSING_FAILURE,
+        PROCESSING_FAILURE,
+        422,
+        n_action=INVALID_ARGUMENT_VALUE,
     ),
     NotAcceptable: Answers(
         CANNOT_UNDERSTAND, UNABLE_TO_PROCESS, UNABLE_TO_PROCESS, PROCESSING_FAILURE, PROCESSING_FAILURE, 406
@@ -245,6 +281,7 @@ ANSWERS: dict[type[PacsError], Answers] = {
         RESOURCE_LIMITATION,
         RESOURCE_LIMITATION,
         HTTP_CONTENT_TOO_LARGE,
+        n_action=RESOURCE_LIMITATION,
     ),
     # Any other domain error (a service's own subclass of PacsError).
     PacsError: Answers(
@@ -266,12 +303,14 @@ class StoreAnswers:
     stow_warning: int | None  # the STOW-RS WarningReason (0008,1196) of the instance, if any
 
 
-#: Store outcome -> answers. Stored, identical duplicate (already safe) and replaced are all a
-#: C-STORE success; STOW-RS flags a replaced object with a coercion warning.
+#: Store outcome -> answers. Stored, identical duplicate (already safe), replaced and kept as a
+#: new version (nothing lost, nothing changed in what was sent) are all a C-STORE success;
+#: STOW-RS flags a replaced object with a coercion warning.
 STORE_OUTCOMES: dict[StoreOutcome, StoreAnswers] = {
     StoreOutcome.STORED: StoreAnswers(SUCCESS, None),
     StoreOutcome.DUPLICATE: StoreAnswers(SUCCESS, None),
     StoreOutcome.REPLACED: StoreAnswers(SUCCESS, ELEMENTS_COERCED),
+    StoreOutcome.VERSIONED: StoreAnswers(SUCCESS, None),
 }
 
 

@@ -127,6 +127,28 @@ instances = Table(
     Column("origin_protocol", String(16)),
 )
 
+#: Superseded versions of instances (``[storage] duplicate_policy = "keep-versions"``): one row
+#: per stored file that was an instance's current object until a different one arrived under its
+#: SOP Instance UID. The current version is the ``instances`` row; its archive facts move here
+#: unchanged, in the store transaction that supersedes it. ``pacs reindex`` rebuilds them.
+instance_versions = Table(
+    "instance_versions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sop_instance_uid", String(64), nullable=False, index=True),
+    Column("blob_key", String(128), nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("dataset_sha256", String(64)),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("calling_ae", String(16)),
+    Column("called_ae", String(16)),
+    Column("peer_address", String(64)),
+    Column("origin_protocol", String(16)),
+    Column("superseded_at", DateTime(timezone=True), nullable=False),
+)
+
 events = Table(
     "events",
     metadata,
@@ -393,3 +415,31 @@ appraisal_series = Table(
     Column("ae_min", String(16)),
     Column("ae_max", String(16)),
 )
+
+#: Storage Commitment requests (PS3.4 Annex J), one per N-ACTION (``transaction_uid`` unique).
+#: ``items`` is the request's JSON list of ``[ReferencedSOPClassUID, ReferencedSOPInstanceUID]``;
+#: ``result`` the JSON verdict fixed when the request was accepted (``{"success": [[class, uid],
+#: ...], "failed": [[class, uid, FailureReason], ...]}``), written in the same transaction as the
+#: row, before the N-ACTION response. ``status`` is ``pending`` until the N-EVENT-REPORT is
+#: acknowledged (``delivered``) or given up (``failed``); a delivery attempt holds the row with a
+#: lease (``locked_by`` until ``locked_until``) so that a node killed mid-attempt leaves it to another.
+commitments = Table(
+    "commitments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("transaction_uid", String(64), nullable=False, unique=True),
+    Column("calling_ae", String(16)),
+    Column("called_ae", String(16)),
+    Column("peer_address", String(64)),
+    Column("items", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("result", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text),
+    Column("locked_by", String(128)),
+    Column("locked_until", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True)),
+)
+Index("ix_commitments_status_next_attempt_at", commitments.c.status, commitments.c.next_attempt_at)

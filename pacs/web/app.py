@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pacs.web import appraisal, auth, dicomweb, orders
+from pacs.web import appraisal, auth, dicomweb, instances, orders
 from pacs.web.errors import EXCEPTION_HANDLERS
 from pacs.web.hosts import HostCheck, default_hosts
 
@@ -179,6 +179,7 @@ def routes(rt: Any) -> list[BaseRoute]:
         Mount("/dicom-web", routes=dicomweb.routes()),
         *appraisal.routes(),
         *orders.routes(),
+        *instances.routes(),
         *auth.routes(),
     ]
     if STATIC_DIR.is_dir():

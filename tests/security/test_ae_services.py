@@ -80,7 +80,7 @@ def test_a_link_checker_may_echo_and_nothing_else(srv: Served, stored: tuple[Pat
     assert get.returncode != 0
     store = _dcmtk("storescu", "ECHOSCU", srv, str(path))
     assert store.returncode != 0
-    assert "services not granted to ECHOSCU@127.0.0.1: find, get, move, mpps" in srv.log()
+    assert "services not granted to ECHOSCU@127.0.0.1: commitment, find, get, move, mpps" in srv.log()
 
 
 def test_each_ae_uses_what_it_was_granted(srv: Served, stored: tuple[Path, str], tmp_path: Path) -> None:

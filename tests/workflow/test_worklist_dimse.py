@@ -128,13 +128,20 @@ def test_worklist_mpps_and_reconciliation(db_url: str, tmp_path: Path) -> None:
         assert sps["S1"].ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus == "SCHEDULED"
 
         # Name matching is accent-insensitive, as in C-FIND.
-        by_name = _findscu(srv.dicom_port, tmp_path / "name", "FINDSCU", "PatientName=DANG^THI*", *TOP_KEYS[1:])
+        by_name = _findscu(
+            srv.dicom_port, tmp_path / "name", "FINDSCU", "PatientName=DANG^THI*", *TOP_KEYS[1:]
+        )
         assert len(by_name) == 3
         none = _findscu(srv.dicom_port, tmp_path / "none", "FINDSCU", "PatientName=TRAN*", *TOP_KEYS[1:])
         assert none == []
         # An old modality gets the same items in the default repertoire, accents removed.
         old = _findscu(
-            srv.dicom_port, tmp_path / "ascii", "OLDMWL", "AccessionNumber=ACC-1", *_without("AccessionNumber"), *SPS_KEYS
+            srv.dicom_port,
+            tmp_path / "ascii",
+            "OLDMWL",
+            "AccessionNumber=ACC-1",
+            *_without("AccessionNumber"),
+            *SPS_KEYS,
         )
         assert len(old) == 2
         assert "SpecificCharacterSet" not in old[0] or old[0].SpecificCharacterSet in ("", "ISO_IR 6")
