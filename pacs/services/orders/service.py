@@ -22,7 +22,7 @@ from typing import Any
 from pydicom.uid import generate_uid
 from sqlalchemy import Connection
 
-from pacs.dicom.text import fold, is_valid_uid, name_key
+from pacs.dicom.text import is_valid_uid, name_key
 from pacs.errors import InvalidOrder, NotFound
 from pacs.index import orders as sql
 from pacs.index import repo
@@ -43,6 +43,9 @@ from pacs.services.orders.model import (
     ScheduledStep,
     StepStatus,
 )
+from pacs.services.orders.patients import merge, patient_columns, update_patient
+from pacs.services.orders.reconcile import link_study
+from pacs.services.orders.steps import step_changed
 
 log = logging.getLogger("pacs.orders")
 
@@ -58,12 +61,6 @@ ORDER_STATUS = {
     "CM": StepStatus.COMPLETED,
     "CA": StepStatus.CANCELED,
     "DC": StepStatus.DISCONTINUED,
-}
-#: MPPS status (PS3.3 C.4.14) -> scheduled step state.
-_MPPS_TO_STEP = {
-    "IN PROGRESS": StepStatus.IN_PROGRESS,
-    "COMPLETED": StepStatus.COMPLETED,
-    "DISCONTINUED": StepStatus.DISCONTINUED,
 }
 
 
@@ -370,22 +367,10 @@ class Orders:
             "filler_order_number_imaging_service_request": order["filler_order_number"],
             "admission_id": _text(msg.admission_id, "admission ID", 64) or None,
             "current_patient_location": _text(msg.patient_location, "patient location", 64) or None,
-            **self._patient_columns(patient),
+            **patient_columns(patient),
             "requested_procedure_code": _code(msg.requested_procedure_code),
             "scheduled_protocol_code": _code(step.protocol_code),
             "updated_at": now,
-        }
-
-    @staticmethod
-    def _patient_columns(p: PatientInfo) -> dict[str, Any]:
-        return {
-            "patient_name": p.name or None,
-            "patient_name_key": name_key(p.name) or None,
-            "patient_id": p.patient_id,
-            "issuer_of_patient_id": p.issuer_of_patient_id or None,
-            "patient_birth_date": p.birth_date or None,
-            "patient_sex": p.sex or None,
-            "other_patient_ids": "\\".join(o.value for o in p.other_ids if o.value)[:512] or None,
         }
 
     def _change(
@@ -426,9 +411,7 @@ class Orders:
                         },
                     )
         else:
-            sql.items_update_for_order(
-                conn, existing["id"], {**self._patient_columns(patient), "updated_at": now}
-            )
+            sql.items_update_for_order(conn, existing["id"], {**patient_columns(patient), "updated_at": now})
         self._event(conn, "order.changed", now, origin, order, {"steps": len(msg.steps)})
         return Applied(
             kind="order", order_keys=[existing["order_key"]], steps=len(msg.steps), detail="changed"
@@ -497,43 +480,7 @@ class Orders:
     # ------------------------------------------------------------------ patients
 
     def _update_patient(self, conn: Connection, p: PatientInfo, origin: Origin, now: datetime) -> Applied:
-        issuer = p.issuer_of_patient_id
-        keys = []
-        for order in sql.orders_of_patient(conn, p.patient_id, issuer):
-            sql.order_update(
-                conn, order["id"], {"patient_name": p.name or order["patient_name"], "updated_at": now}
-            )
-            keys.append(order["order_key"])
-            for item in sql.items_of_order(conn, order["id"]):
-                if item["open"]:
-                    sql.item_update(conn, item["id"], {**self._patient_columns(p), "updated_at": now})
-        changed = 0
-        for row in sql.patient_rows(conn, p.patient_id, issuer):
-            values: dict[str, Any] = {}
-            if p.name and p.name != row["patient_name"]:
-                values.update(patient_name=p.name, patient_name_key=name_key(p.name))
-            if p.birth_date and p.birth_date != row["patient_birth_date"]:
-                values["patient_birth_date"] = p.birth_date
-            if p.sex and p.sex != row["patient_sex"]:
-                values["patient_sex"] = p.sex
-            if values:
-                sql.patient_update(conn, row["id"], values)
-                changed += 1
-                repo.add_event(
-                    conn,
-                    "patient.updated",
-                    now,
-                    origin,
-                    patient_id=p.patient_id,
-                    details={
-                        "source": "HIS patient update (ADT^A08)",
-                        "before": {k: row[k] for k in values if not k.endswith("_key")},
-                        "after": {k: v for k, v in values.items() if not k.endswith("_key")},
-                    },
-                )
-        return Applied(
-            kind="patient", order_keys=keys, detail=f"{len(keys)} order(s), {changed} index record(s)"
-        )
+        return update_patient(conn, p, origin, now)
 
     def _merge(
         self,
@@ -544,59 +491,7 @@ class Orders:
         origin: Origin,
         now: datetime,
     ) -> Applied:
-        keys = []
-        for order in sql.orders_of_patient(conn, prior_id, prior_issuer):
-            sql.order_update(
-                conn,
-                order["id"],
-                {
-                    "patient_id": p.patient_id,
-                    "issuer_of_patient_id": p.issuer_of_patient_id or None,
-                    "patient_name": p.name or order["patient_name"],
-                    "updated_at": now,
-                },
-            )
-            keys.append(order["order_key"])
-        for item in sql.items_of_patient(conn, prior_id, prior_issuer):
-            cols = self._patient_columns(p)
-            if not p.name:
-                cols = {k: v for k, v in cols.items() if not k.startswith("patient_name")}
-            sql.item_update(conn, item["id"], {**cols, "updated_at": now})
-        surviving = sql.patient_rows(conn, p.patient_id, p.issuer_of_patient_id)
-        moved = 0
-        for prior in sql.patient_rows(conn, prior_id, prior_issuer):
-            if surviving:
-                moved += sql.patient_merge(conn, prior["id"], surviving[0]["id"])
-            else:  # the surviving ID is new to the archive: the prior record takes it
-                values = {
-                    "patient_id": p.patient_id,
-                    "issuer_of_patient_id": p.issuer_of_patient_id or None,
-                    "identity": repo.patient_identity(
-                        {"patient_id": p.patient_id, "issuer_of_patient_id": p.issuer_of_patient_id}
-                    ),
-                }
-                if p.name:
-                    values.update(patient_name=p.name, patient_name_key=name_key(p.name))
-                sql.patient_update(conn, prior["id"], values)
-                surviving = [{**prior, **values}]
-        repo.add_event(
-            conn,
-            "patient.merged",
-            now,
-            origin,
-            patient_id=p.patient_id,
-            details={
-                "source": "HIS patient merge (ADT^A40)",
-                "prior": {"patient_id": prior_id, "issuer": prior_issuer or None},
-                "surviving": {"patient_id": p.patient_id, "issuer": p.issuer_of_patient_id or None},
-                "orders": len(keys),
-                "studies_moved": moved,
-            },
-        )
-        log.info("patient merge: %d order(s), %d study(ies) moved to the surviving record", len(keys), moved)
-        return Applied(
-            kind="merge", order_keys=keys, detail=f"{len(keys)} order(s), {moved} study(ies) moved"
-        )
+        return merge(conn, p, prior_id, prior_issuer, origin, now)
 
     # ------------------------------------------------------------------ reports
 
@@ -712,62 +607,9 @@ class Orders:
     def step_changed(
         self, conn: Connection, mpps_uid: str, values: dict[str, Any], origin: Origin, now: datetime
     ) -> None:
-        """A performed procedure step was created or updated (same transaction): move the
-        scheduled step(s) it performs to its state (PS3.4 F.7.2; IHE RAD-6/7)."""
-        state = _MPPS_TO_STEP.get(str(values.get("status") or ""))
-        if state is None:
-            return
-        items = sql.items_for_step(
-            conn,
-            mpps_uid=mpps_uid,
-            step_id=values.get("scheduled_procedure_step_id") or "",
-            accession_number=values.get("accession_number") or "",
-            requested_procedure_id=values.get("requested_procedure_id") or "",
-            study_instance_uid=values.get("study_instance_uid") or "",
-        )
-        orders_touched: set[int] = set()
-        for item in items:
-            if item["mpps_sop_instance_uid"] not in (None, mpps_uid):
-                continue  # performed by another step already
-            if not item["open"] and item["mpps_sop_instance_uid"] is None:
-                continue  # cancelled or discontinued by the HIS before the modality began
-            sql.item_update(
-                conn,
-                item["id"],
-                {
-                    "scheduled_procedure_step_status": state.value,
-                    "open": state in OPEN_STATES,
-                    "mpps_sop_instance_uid": mpps_uid,
-                    "updated_at": now,
-                },
-            )
-            orders_touched.add(item["order_fk"])
-        for order_id in orders_touched:
-            states = {
-                i["scheduled_procedure_step_status"]
-                for i in sql.items_of_order(conn, order_id)
-                if i["scheduled_procedure_step_status"] != StepStatus.CANCELED
-            }
-            open_states = {s.value for s in OPEN_STATES}
-            if states <= {StepStatus.SCHEDULED.value}:
-                status = StepStatus.SCHEDULED
-            elif states & open_states:
-                status = StepStatus.IN_PROGRESS  # some steps done or going, others still to do
-            elif StepStatus.COMPLETED.value in states:
-                status = StepStatus.COMPLETED
-            else:
-                status = StepStatus.DISCONTINUED
-            sql.order_update(conn, order_id, {"status": status.value, "updated_at": now})
-        if items:
-            repo.add_event(
-                conn,
-                "worklist.step",
-                now,
-                origin,
-                study_instance_uid=values.get("study_instance_uid"),
-                sop_instance_uid=mpps_uid,
-                details={"status": state.value, "steps": [i["step_key"] for i in items]},
-            )
+        """A performed procedure step was created or updated (MPPS hook, same transaction): see
+        :func:`pacs.services.orders.steps.step_changed`."""
+        step_changed(conn, mpps_uid, values, origin, now)
 
     # ------------------------------------------------------------------ index hook
 
@@ -783,61 +625,7 @@ class Orders:
         self._reconciled[study_uid] = None
         if len(self._reconciled) > 4096:
             self._reconciled.popitem(last=False)
-        accession = v.get("accession_number") or ""
-        found = sql.orders_by_accession(conn, accession) if accession else []
-        found = found or sql.orders_for_study(conn, study_uid)
-        if not found:
-            return
-        order = found[0]
-        now = self.clock()
-        if order["study_instance_uid"] != study_uid and order["linked_study_instance_uid"] != study_uid:
-            sql.order_update(conn, order["id"], {"linked_study_instance_uid": study_uid})
-            self._event(
-                conn,
-                "order.linked",
-                now,
-                origin,
-                {**order, "study_instance_uid": study_uid},
-                {"by": "accession number", "assigned_study_instance_uid": order["study_instance_uid"]},
-            )
-        received = v.get("patient_name") or ""
-        wanted = order["patient_name"] or ""
-        pid = v.get("patient_id") or ""
-        if not wanted or received == wanted:
-            return
-        if pid != order["patient_id"] or name_key(received) != name_key(wanted):
-            self._event(
-                conn,
-                "order.mismatch",
-                now,
-                origin,
-                {**order, "study_instance_uid": study_uid},
-                {
-                    "what": "patient ID" if pid != order["patient_id"] else "patient name",
-                    "as_received_folded": fold(received) if pid == order["patient_id"] else None,
-                },
-            )
-            return
-        patient = sql.patient_of_study(conn, study_uid)
-        if patient is None or patient["patient_name"] == wanted:
-            return
-        sql.patient_update(
-            conn, patient["id"], {"patient_name": wanted, "patient_name_key": name_key(wanted)}
-        )
-        repo.add_event(
-            conn,
-            "patient.name_corrected",
-            now,
-            origin,
-            study_instance_uid=study_uid,
-            patient_id=pid,
-            details={
-                "as_received": received,
-                "corrected_to": wanted,
-                "source": f"HIS order {order['order_key'][2:]}",
-                "file": "unchanged (kept as received)",
-            },
-        )
+        link_study(conn, v, study_uid, origin, self.clock(), self._event)
 
     def index_cleared(self, conn: Connection) -> None:
         """The index was cleared for a reindex: orders stay; studies are reconciled again."""
