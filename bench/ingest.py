@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from common import free_port, show  # bench/common.py
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -150,17 +150,6 @@ def _rss(pid: int) -> int:
 # ---------------------------------------------------------------------- archives
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _show(cmd: list[str], env: dict[str, str] | None = None) -> None:
-    prefix = " ".join(f"{k}={v}" for k, v in (env or {}).items())
-    print(f"  $ {prefix + ' ' if prefix else ''}{' '.join(cmd)}", flush=True)
-
-
 @dataclass
 class Target:
     """A running archive to send to."""
@@ -198,7 +187,7 @@ level = "WARNING"
         encoding="utf-8",
     )
     cmd = [sys.executable, "-m", "pacs.cli", "serve", "--config", str(cfg)]
-    _show(cmd)
+    show(cmd)
     with open(run / "serve.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
     try:
@@ -220,7 +209,7 @@ level = "WARNING"
 @contextmanager
 def orthanc_archive(run: Path, extra: dict[str, object] | None = None) -> Iterator[Target]:
     """Orthanc on fresh storage (its default SQLite index), accepting any store."""
-    dicom_port, http_port = _free_port(), _free_port()
+    dicom_port, http_port = free_port(), free_port()
     cfg = run / "orthanc.json"
     cfg.write_text(
         json.dumps(
@@ -244,7 +233,7 @@ def orthanc_archive(run: Path, extra: dict[str, object] | None = None) -> Iterat
     )
     env = {"TCP_NODELAY": "1"}
     cmd = ["/usr/sbin/Orthanc", str(cfg)]
-    _show(cmd, env)
+    show(cmd, env)
     with open(run / "orthanc.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, **env})
     try:
@@ -304,7 +293,7 @@ def send(target: Target, parts: list[Path], associations: int) -> tuple[float, i
         for group in groups
     ]
     for cmd in cmds:
-        _show(cmd, env)
+        show(cmd, env)
     with PeakRss(target.pid) as rss:
         start = time.perf_counter()
         procs = [

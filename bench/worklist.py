@@ -60,6 +60,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import free_port, show  # bench/common.py
+
 from pacs import runtime
 from pacs.config import load
 from pacs.dicom.text import ascii_text
@@ -350,17 +352,6 @@ def write_worklists(folder: Path, items: list[Item]) -> float:
 # ---------------------------------------------------------------------- servers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _show(cmd: list[str], env: dict[str, str] | None = None) -> None:
-    prefix = " ".join(f"{k}={v}" for k, v in (env or {}).items())
-    print(f"  $ {prefix + ' ' if prefix else ''}{shlex.join(cmd)}", flush=True)
-
-
 @dataclass
 class Server:
     """A running worklist SCP."""
@@ -402,7 +393,7 @@ level = "WARNING"
 def pacs_server(run: Path, cfg: Path) -> Iterator[Server]:
     """``pacs serve`` on ``cfg``; stopped on exit."""
     cmd = [sys.executable, "-m", "pacs.cli", "serve", "--config", str(cfg)]
-    _show(cmd)
+    show(cmd)
     with open(run / "serve.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
     try:
@@ -424,7 +415,7 @@ def pacs_server(run: Path, cfg: Path) -> Iterator[Server]:
 @contextmanager
 def orthanc_server(run: Path, folder: Path) -> Iterator[Server]:
     """Orthanc with the sample worklist plugin serving ``folder``; stopped on exit."""
-    dicom_port, http_port = _free_port(), _free_port()
+    dicom_port, http_port = free_port(), free_port()
     cfg = run / "orthanc.json"
     config = {
         "Name": "bench-worklist",
@@ -446,7 +437,7 @@ def orthanc_server(run: Path, folder: Path) -> Iterator[Server]:
     cfg.write_text(json.dumps(config, indent=2), encoding="utf-8")
     env = {"TCP_NODELAY": "1"}
     cmd = [ORTHANC, str(cfg)]
-    _show(cmd, env)
+    show(cmd, env)
     with open(run / "orthanc.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, **env})
     try:
@@ -627,7 +618,7 @@ def findscu(server: Server, station: str, day: str) -> tuple[int, float, str]:
         cmd += ["-k", key]
     cmd += ["127.0.0.1", str(server.port)]
     env = {"TCP_NODELAY": "1"}
-    _show(cmd, env)
+    show(cmd, env)
     t = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
     seconds = time.perf_counter() - t
