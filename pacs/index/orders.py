@@ -12,39 +12,50 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, delete, func, or_, select, update
 
+from pacs.index.prepared import Prepared
 from pacs.index.schema import events, order_messages, orders, patients, studies, worklist_items
 from pacs.index.sql import condition_sql
 from pacs.query import Query
+
+# The statements every new order runs, compiled once (see pacs.index.prepared): through
+# Connection.execute, SQLAlchemy's per-statement work was over half of a message's index time.
+_SEEN = Prepared(
+    select(order_messages.c.kind, order_messages.c.result).where(
+        order_messages.c.sender == bindparam("sender"), order_messages.c.control_id == bindparam("control_id")
+    )
+)
+_RECORD = Prepared(order_messages.insert())
+_ORDER_ID = Prepared(select(orders.c.id).where(orders.c.order_key == bindparam("order_key")))
+_INSERT_ORDER = Prepared(orders.insert().returning(orders.c.id))
+_INSERT_ITEM = Prepared(worklist_items.insert())
 
 # ---------------------------------------------------------------- applied messages
 
 
 def message_seen(conn: Connection, sender: str, control_id: str) -> dict[str, Any] | None:
     """The recorded result of a message applied before, or None."""
-    row = conn.execute(
-        select(order_messages.c.kind, order_messages.c.result).where(
-            order_messages.c.sender == sender, order_messages.c.control_id == control_id
-        )
-    ).first()
+    row = _SEEN.first(conn, {"sender": sender[:256], "control_id": control_id[:200]})
     if row is None:
         return None
-    return {"kind": row.kind, **json.loads(row.result or "{}")}
+    kind, result = row
+    return {"kind": kind, **json.loads(result or "{}")}
 
 
 def message_record(
     conn: Connection, sender: str, control_id: str, kind: str, result: dict[str, Any], at: datetime
 ) -> None:
     """Record that a message was applied (same transaction as what it did)."""
-    conn.execute(
-        order_messages.insert().values(
-            sender=sender[:256],
-            control_id=control_id[:200],
-            kind=kind,
-            result=json.dumps(result, ensure_ascii=False),
-            received_at=at,
-        )
+    _RECORD.run(
+        conn,
+        {
+            "sender": sender[:256],
+            "control_id": control_id[:200],
+            "kind": kind,
+            "result": json.dumps(result, ensure_ascii=False),
+            "received_at": at,
+        },
     )
 
 
@@ -60,12 +71,16 @@ def order_get(conn: Connection, order_key: str, *, for_update: bool = False) -> 
     return dict(row) if row else None
 
 
+def order_exists(conn: Connection, order_key: str) -> bool:
+    """True if an order has this key."""
+    return _ORDER_ID.first(conn, {"order_key": order_key}) is not None
+
+
 def order_insert(conn: Connection, values: dict[str, Any]) -> int:
     """Insert an order; returns its row id."""
-    result = conn.execute(orders.insert(), values)  # one cached statement, not one built per row
-    pk = result.inserted_primary_key
-    assert pk is not None
-    return int(pk[0])
+    row = _INSERT_ORDER.first(conn, values)
+    assert row is not None
+    return int(row[0])
 
 
 def order_update(conn: Connection, order_id: int, values: dict[str, Any]) -> None:
@@ -155,7 +170,7 @@ def items_of_order(conn: Connection, order_id: int) -> list[dict[str, Any]]:
 
 def item_insert(conn: Connection, values: dict[str, Any]) -> None:
     """Insert one worklist item."""
-    conn.execute(worklist_items.insert(), values)
+    _INSERT_ITEM.run(conn, values)
 
 
 def item_update(conn: Connection, item_id: int, values: dict[str, Any]) -> None:

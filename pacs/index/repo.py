@@ -425,16 +425,17 @@ def _event(
 def add_event(conn: Connection, kind: str, at: datetime, origin: Origin, **fields: Any) -> None:
     """Append a free-standing event (an association, a query, a retrieve)."""
     details = fields.pop("details", None)
-    conn.execute(
-        events.insert().values(
-            at=at,
-            kind=kind,
-            calling_ae=origin.calling_ae[:16] or None,
-            peer_address=origin.address[:64] or None,
-            user_name=origin.user[:64] or None,
-            details=json.dumps(details, default=str) if details else None,
+    _INSERT_EVENT.run(
+        conn,
+        {
+            "at": at,
+            "kind": kind,
+            "calling_ae": origin.calling_ae[:16] or None,
+            "peer_address": origin.address[:64] or None,
+            "user_name": origin.user[:64] or None,
+            "details": json.dumps(details, default=str) if details else None,
             **fields,
-        )
+        },
     )
 
 
