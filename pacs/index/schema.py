@@ -258,7 +258,7 @@ def _worklist_columns() -> list[Column]:  # type: ignore[type-arg]
     return cols
 
 
-_WORKLIST_INDEXED = {"scheduled_station_ae_title", "accession_number", "patient_id", "study_instance_uid"}
+_WORKLIST_INDEXED = {"accession_number", "patient_id", "study_instance_uid"}
 
 #: Modality Worklist items: one row per scheduled procedure step, a column per attribute of the
 #: worklist catalogue (``pacs.dicom.attributes.WORKLIST``) so that C-FIND matching is the same SQL
@@ -276,11 +276,16 @@ worklist_items = Table(
     Column("mpps_sop_instance_uid", String(64), index=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
-Index(
-    "ix_worklist_items_open_date",
-    worklist_items.c.open,
-    worklist_items.c.scheduled_procedure_step_start_date,
-)
+# The keys a modality's worklist query starts from (PS3.4 K.6.1.2.2): its station AE title or
+# its modality with the day (composite indexes ending in date and time, so the answer comes out
+# in scheduled order without a sort), or an accession number, a patient (the column indexes
+# above). There is no index on ``open``: without statistics SQLite preferred it to the selective
+# ones and read every open item to find one accession number.
+_W = worklist_items.c
+_WHEN = (_W.scheduled_procedure_step_start_date, _W.scheduled_procedure_step_start_time)
+Index("ix_worklist_items_start", *_WHEN)
+Index("ix_worklist_items_station_start", _W.scheduled_station_ae_title, *_WHEN)
+Index("ix_worklist_items_modality_start", _W.modality, *_WHEN)
 
 #: Messages applied (HL7 MSH-3/4 + MSH-10, or a REST Idempotency-Key), so that a resend is
 #: acknowledged again without being applied twice. Written in the message's own transaction.
