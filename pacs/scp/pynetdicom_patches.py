@@ -27,8 +27,8 @@ enough and installing it again changes nothing. The patches, and why:
 
 :func:`set_pdu_dumps` sets three more pynetdicom settings (``_config.LOG_HANDLER_LEVEL``,
 ``LOG_*_IDENTIFIERS``) from our log level. :data:`PINNED` lists every pynetdicom name these
-patches and :mod:`pacs.scp.reactor` / :mod:`pacs.scp.faststore` / :mod:`pacs.scp.listener` /
-:mod:`pacs.scp.commitment` replace or use that is not public API;
+patches and :mod:`pacs.scp.reactor` / :mod:`pacs.scp.fastrsp` / :mod:`pacs.scp.faststore` /
+:mod:`pacs.scp.listener` / :mod:`pacs.scp.commitment` replace or use that is not public API;
 ``tests/unit/test_pynetdicom_patches.py`` fails when one disappears.
 """
 
@@ -109,7 +109,13 @@ PINNED_INSTANCE: dict[str, tuple[str, ...]] = {
         "state_machine",
         "socket",
     ),
-    "pynetdicom.dimse.DIMSEServiceProvider": ("message", "msg_queue"),
+    "pynetdicom.dimse.DIMSEServiceProvider": (
+        "message",
+        "msg_queue",
+        "send_msg",
+        "maximum_pdu_size",
+        "assoc",
+    ),
     "pynetdicom.ae.ApplicationEntity": ("_servers",),
 }
 

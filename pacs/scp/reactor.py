@@ -33,9 +33,12 @@ from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import RequestHandler
+
+from pacs.scp.fastrsp import FastResponses
 
 log = logging.getLogger("pynetdicom")
 
@@ -379,7 +382,10 @@ class WakeupAssociation(Association):
                 self.ended()
 
     def _install(self) -> None:
-        """Swap in a :class:`WakeupDUL` (before the association starts)."""
+        """Swap in a :class:`WakeupDUL` and :class:`~pacs.scp.fastrsp.FastResponses` (before the
+        association starts)."""
+        if type(self.dimse) is DIMSEServiceProvider:
+            self.dimse.__class__ = FastResponses  # same layout; only send_msg differs
         old = self.dul
         if not hasattr(self, "_work"):
             self._work = threading.Event()
