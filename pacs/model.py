@@ -63,6 +63,24 @@ class StoreResult:
     sha256: str
 
 
+@dataclass(frozen=True)
+class PatientIdentifier:
+    """One identifier of a patient as a source gave it, before classification
+    (:mod:`pacs.services.identifiers` turns it into FHIR ``system|value`` rows).
+
+    From DICOM: PatientID or an OtherPatientIDsSequence item's, with IssuerOfPatientID and the
+    first IssuerOfPatientIDQualifiersSequence item (PS3.3 C.7.1.1: UniversalEntityID and its
+    type, IdentifierTypeCode), and TypeOfPatientID. From HL7 v2: a PID-3 repetition (CX: ID,
+    assigning authority HD namespace / universal ID / its type, identifier type code PID-3.5).
+    """
+
+    value: str
+    issuer: str = ""
+    type_code: str = ""  # HL7 table 0203 (MR, NI, HC, ...) or what the source gave
+    universal_id: str = ""  # of the issuer (an OID, UUID or URI)
+    universal_id_type: str = ""  # ISO, UUID, URI, ...
+
+
 @dataclass
 class InstanceRecord:
     """Everything the index keeps about one instance, extracted from its header plus archive facts.
@@ -77,6 +95,8 @@ class InstanceRecord:
     sop_instance_uid: str = ""
     study_instance_uid: str = ""
     series_instance_uid: str = ""
+    #: Every patient identifier the header carries (PatientID first), unclassified.
+    identifiers: tuple[PatientIdentifier, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # imported where built: a CLI command that needs none of them
     from pacs.services.auth import Auth
     from pacs.services.commitment import Commitment, DeliveryWorker
     from pacs.services.dicomweb import DicomWeb
+    from pacs.services.fhir import Fhir
+    from pacs.services.identifiers import Identifiers
     from pacs.services.orders import Orders
     from pacs.services.render import Renderer
 
@@ -41,6 +43,8 @@ class Runtime:
     dicomweb: DicomWeb
     renderer: Renderer
     orders: Orders
+    identifiers: Identifiers
+    fhir: Fhir
 
     def close(self) -> None:
         """Flush the audit trail and release database connections."""
@@ -89,6 +93,8 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
     archive.index_hooks.append(orders)  # images linked to their order in the store transaction
     appraisal.step_hooks.append(orders.step_changed)  # MPPS moves the scheduled step along
     auth, audit = _security(settings, db)
+    identifiers, fhir = _reuse(settings, db, audit)
+    archive.index_hooks.append(identifiers)  # patient identifiers kept in step in the store transaction
     dicomweb, renderer = _web_services(settings, archive)
     return Runtime(
         settings=settings,
@@ -101,7 +107,18 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
         dicomweb=dicomweb,
         renderer=renderer,
         orders=orders,
+        identifiers=identifiers,
+        fhir=fhir,
     )
+
+
+def _reuse(settings: Settings, db: Database, audit: Audit) -> tuple[Identifiers, Fhir]:
+    """Patient identifiers (look-ups audited) and the FHIR ImagingStudy view over them."""
+    from pacs.services.fhir import Fhir
+    from pacs.services.identifiers import Identifiers
+
+    identifiers = Identifiers(db, audit)
+    return identifiers, Fhir(identifiers, utc_offset=settings.appraisal.device_utc_offset)
 
 
 def _orders(settings: Settings, db: Database) -> Orders:

@@ -17,7 +17,7 @@ from pydicom.uid import UID
 from pacs.dicom.attributes import ATTRIBUTES, Match
 from pacs.dicom.text import is_valid_uid, name_key, normalise_date, normalise_time
 from pacs.errors import InvalidInstance
-from pacs.model import InstanceRecord
+from pacs.model import InstanceRecord, PatientIdentifier
 
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
@@ -204,6 +204,10 @@ def extract(
     except Exception as exc:  # bad values in a header we parsed lazily
         raise InvalidInstance(f"cannot read header values: {type(exc).__name__}: {exc}") from exc
     record.values = values
+    try:
+        record.identifiers = patient_identifiers(ds, values)
+    except Exception as exc:  # a malformed sequence item in a header we parsed lazily
+        raise InvalidInstance(f"cannot read patient identifiers: {type(exc).__name__}: {exc}") from exc
     record.sop_class_uid = values["sop_class_uid"]
     record.sop_instance_uid = values["sop_instance_uid"]
     record.study_instance_uid = values["study_instance_uid"]
@@ -382,3 +386,55 @@ def _other_patient_ids(ds: Dataset) -> list[str]:
         if pid and pid not in ids:
             ids.append(pid)
     return [i.strip() for i in ids if i and i.strip()]
+
+
+_ISSUER_QUALIFIERS = Tag(0x00100024)  # IssuerOfPatientIDQualifiersSequence
+_TYPE_OF_PATIENT_ID = Tag(0x00100022)
+_OTHER_IDS = Tag(0x00101000)  # OtherPatientIDs (retired): values without an issuer
+_OTHER_IDS_SEQUENCE = Tag(0x00101002)
+
+
+def patient_identifiers(ds: Dataset, values: dict[str, Any]) -> tuple[PatientIdentifier, ...]:
+    """Every patient identifier of a header, unclassified: PatientID with IssuerOfPatientID, its
+    qualifiers (PS3.3 C.7.1.1) and TypeOfPatientID; each OtherPatientIDsSequence (0010,1002) item
+    the same way; OtherPatientIDs (0010,1000) values, which carry no issuer.
+
+    Only elements present are read (most images have none of the sequences).
+    """
+    present = ds._dict
+    out: list[PatientIdentifier] = []
+    pid = values.get("patient_id")
+    if pid:
+        out.append(_identifier(ds, pid, values.get("issuer_of_patient_id") or "", present))
+    if _OTHER_IDS_SEQUENCE in present:
+        for item in ds[_OTHER_IDS_SEQUENCE].value or []:
+            value = _text(item, "PatientID", 64)
+            if value:
+                out.append(_identifier(item, value, _text(item, "IssuerOfPatientID", 64) or "", item._dict))
+    if _OTHER_IDS in present:
+        raw = ds[_OTHER_IDS].value
+        for v in raw if isinstance(raw, MultiValue | list) else [raw]:
+            text = str(v or "").replace("\x00", "").strip()[:64]
+            if text and all(i.value != text for i in out):
+                out.append(PatientIdentifier(text))
+    return tuple(dict.fromkeys(out))
+
+
+def _identifier(ds: Dataset, value: str, issuer: str, present: Any) -> PatientIdentifier:
+    """One identifier with its issuer's qualifiers and type (from ``ds``, the data set or item)."""
+    universal_id = universal_type = type_code = ""
+    if _ISSUER_QUALIFIERS in present:
+        qualifiers = _first_item(ds, "IssuerOfPatientIDQualifiersSequence")
+        if qualifiers is not None:
+            universal_id = _text(qualifiers, "UniversalEntityID", 64) or ""
+            universal_type = (_text(qualifiers, "UniversalEntityIDType", 16) or "").upper()
+            type_code = (_text(qualifiers, "IdentifierTypeCode", 16) or "").upper()
+    if not type_code and _TYPE_OF_PATIENT_ID in present:
+        type_code = (_text(ds, "TypeOfPatientID", 16) or "").upper()
+    return PatientIdentifier(
+        value=value.replace("\x00", "").strip(),
+        issuer=issuer.replace("\x00", "").strip(),
+        type_code=type_code,
+        universal_id=universal_id,
+        universal_id_type=universal_type,
+    )

@@ -27,8 +27,9 @@ statement tabulates them, and HL7 v2.5.1 chapter 4 for IPC):
   MSH-9 type^trigger, MSH-10 control ID, MSH-11 processing ID, MSH-12 version, MSH-18 charset.
 * PID-3 (repeating CX): the first repetition typed ``MR`` or ``PI`` (PID-3.5), else the first,
   is Patient ID with PID-3.4.1 (else 3.4.2) as issuer; every other repetition is an
-  :class:`OtherId` with its own issuer and PID-3.5 type code. PID-5 (XPN: family&..^given^
-  middle^suffix^prefix) -> PN ``family^given^middle^prefix^suffix``; PID-7 birth date (first 8
+  :class:`OtherId` with its own issuer, PID-3.4.2/3.4.3 universal ID and its type, and PID-3.5
+  type code (the Patient ID keeps its own in ``id_type`` / ``issuer_universal_id``). PID-5 (XPN:
+  family&..^given^middle^suffix^prefix) -> PN ``family^given^middle^prefix^suffix``; PID-7 birth date (first 8
   digits); PID-8 sex. PID-18.1 admission ID when PV1-19 is empty.
 * PV1-3 (point of care, room, bed) patient location; PV1-8 referring physician; PV1-19 visit.
 * ORC-1 control (NW, XO, CA, DC, SC; the filler's OC and OD read as CA and DC), ORC-2.1
@@ -558,6 +559,8 @@ def _ids(seg: _Seg, n: int) -> Iterator[OtherId]:
                 value=value,
                 issuer=seg.sub(rep, 4, 1) or seg.sub(rep, 4, 2),
                 type_code=seg.sub(rep, 5).upper(),
+                universal_id=seg.sub(rep, 4, 2),
+                universal_id_type=seg.sub(rep, 4, 3).upper(),
             )
 
 
@@ -580,6 +583,9 @@ def _patient(pid: _Seg) -> PatientInfo:
         birth_date=birth[:8] if re.fullmatch(r"\d{8}.*", birth) else birth,
         sex=pid.get(8).upper(),
         other_ids=tuple(i for i in ids if i is not main),
+        id_type=main.type_code,
+        issuer_universal_id=main.universal_id,
+        issuer_universal_id_type=main.universal_id_type,
     )
 
 

@@ -303,6 +303,34 @@ Index(
     "uq_order_messages_sender_control_id", order_messages.c.sender, order_messages.c.control_id, unique=True
 )
 
+#: Patient identifiers (``pacs.services.identifiers``): one row per FHIR-style ``system|value``
+#: a local patient is known by, from the headers of its instances (``source`` "dicom", rebuilt by
+#: ``pacs reindex``) or from HIS orders and patient updates (``source`` "order", kept). The local
+#: patient is ``patients.identity`` (PatientID + issuer), so an order's identifiers wait for the
+#: images of its patient. ``value`` is what matches (for a BHYT card: its 10-digit social-insurance
+#: number); ``full_value`` is as given (the whole 15-character card).
+patient_identifiers = Table(
+    "patient_identifiers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("system", String(256), nullable=False),
+    Column("value", String(64), nullable=False),
+    Column("full_value", String(64), nullable=False),
+    Column("type_code", String(16), nullable=False, server_default=""),
+    Column("patient_identity", String(512), nullable=False, index=True),
+    Column("source", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_patient_identifiers_system_value", patient_identifiers.c.system, patient_identifiers.c.value)
+Index(
+    "uq_patient_identifiers_row",
+    patient_identifiers.c.system,
+    patient_identifiers.c.full_value,
+    patient_identifiers.c.patient_identity,
+    patient_identifiers.c.source,
+    unique=True,
+)
+
 TABLES: dict[Level, Table] = {
     Level.PATIENT: patients,
     Level.STUDY: studies,

@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pacs.web import appraisal, auth, dicomweb, instances, orders
+from pacs.web import appraisal, auth, dicomweb, fhir, instances, orders
 from pacs.web.errors import EXCEPTION_HANDLERS
 from pacs.web.hosts import HostCheck, default_hosts
 
@@ -177,6 +177,7 @@ def routes(rt: Any) -> list[BaseRoute]:
     out: list[BaseRoute] = [
         Route("/healthz", health),
         Mount("/dicom-web", routes=dicomweb.routes()),
+        *fhir.routes(),
         *appraisal.routes(),
         *orders.routes(),
         *instances.routes(),
@@ -193,7 +194,7 @@ def create_app(rt: Any) -> Starlette:
     """Build the web application over a :class:`pacs.runtime.Runtime`."""
     settings = rt.settings
     hosts = set(settings.http.allowed_hosts) or default_hosts(settings)
-    middleware = [Middleware(RequestLog), Middleware(HostCheck, allowed=hosts)]
+    middleware = [Middleware(RequestLog), Middleware(HostCheck, allowed=hosts), Middleware(fhir.FhirOutcomes)]
     if settings.http.cors_origins:
         middleware.append(
             Middleware(
@@ -216,4 +217,5 @@ def create_app(rt: Any) -> Starlette:
     app.state.orders = rt.orders
     app.state.dicomweb = rt.dicomweb
     app.state.renderer = rt.renderer
+    app.state.fhir = rt.fhir
     return app

@@ -1,12 +1,13 @@
 """Sign-in, route guards and the web audit trail.
 
 :class:`AccessControl` is an ASGI middleware in front of every route. It classifies a request
-into an endpoint family (:func:`classify`); ``/healthz`` and the viewer's static files are
-public; everything under ``/dicom-web`` and ``/api`` needs a bearer token (RFC 6750) when
-authentication is on: none or an invalid one gives 401 with ``WWW-Authenticate: Bearer``, a role
-without the family gives 403. Every request for patient data (and every refusal) is appended to
-the audit trail with who, from where, what (study/series/instance UIDs from the path, query
-parameters), when and the HTTP status; appraisal calls are audited by the appraisal service.
+into an endpoint family (:func:`classify`); ``/healthz``, ``/fhir/metadata`` and the viewer's
+static files are public; everything under ``/dicom-web``, ``/fhir`` and ``/api`` needs a bearer
+token (RFC 6750) when authentication is on: none or an invalid one gives 401 with
+``WWW-Authenticate: Bearer``, a role without the family gives 403. Every request for patient
+data (and every refusal) is appended to the audit trail with who, from where, what
+(study/series/instance UIDs from the path, query parameters), when and the HTTP status;
+appraisal calls are audited by the appraisal service.
 
 Routes: ``POST /api/auth/login`` (JSON or form ``username``/``password`` -> ``{"access_token",
 "token_type": "bearer", "expires_in"}``, rate-limited per client address; a body over 16 KiB gets 413
@@ -57,6 +58,8 @@ def classify(method: str, path: str) -> Family | None:
         if _SEARCH.match(path):
             return Family.SEARCH
         return Family.RETRIEVE
+    if path == "/fhir" or path.startswith("/fhir/"):  # FHIR ImagingStudy: as DICOMweb search
+        return None if path == "/fhir/metadata" else Family.SEARCH
     if path == "/api" or path.startswith("/api/"):
         if path.startswith("/api/appraisal/"):
             return Family.APPRAISAL

@@ -58,11 +58,14 @@ class OtherId:
     value: str
     issuer: str = ""
     type_code: str = ""
+    universal_id: str = ""  # of the assigning authority (PID-3.4.2, an OID or URI)
+    universal_id_type: str = ""  # PID-3.4.3: ISO, UUID, URI, ...
 
 
 @dataclass(frozen=True)
 class PatientInfo:
-    """The patient as the HIS knows them."""
+    """The patient as the HIS knows them. ``id_type`` and ``issuer_universal_id(_type)`` qualify
+    the Patient ID as :class:`OtherId` does the others."""
 
     patient_id: str
     issuer_of_patient_id: str = ""
@@ -70,6 +73,9 @@ class PatientInfo:
     birth_date: str = ""
     sex: str = ""
     other_ids: tuple[OtherId, ...] = ()
+    id_type: str = ""
+    issuer_universal_id: str = ""
+    issuer_universal_id_type: str = ""
 
 
 @dataclass(frozen=True)

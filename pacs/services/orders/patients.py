@@ -13,7 +13,8 @@ from sqlalchemy import Connection
 from pacs.dicom.text import name_key
 from pacs.index import orders as sql
 from pacs.index import repo
-from pacs.model import Origin
+from pacs.model import Origin, PatientIdentifier
+from pacs.services import identifiers
 from pacs.services.orders.model import Applied, PatientInfo
 
 log = logging.getLogger("pacs.orders")
@@ -31,8 +32,42 @@ def patient_columns(p: PatientInfo) -> dict[str, Any]:
     }
 
 
-def update_patient(conn: Connection, p: PatientInfo, origin: Origin, now: datetime) -> Applied:
+#: Identifier types of a record number: one without an assigning authority is the facility's.
+_LOCAL_TYPES = frozenset({"", "MR", "PI", "PT", "PN"})
+
+
+def patient_identifiers(p: PatientInfo, facility: str = "") -> list[PatientIdentifier]:
+    """The PID-3 identifiers of a patient (Patient ID first) for :mod:`pacs.services.identifiers`.
+
+    A record number (type MR, PI or none) without an assigning authority was issued by the
+    facility the order is for (``facility``, MA_CSKCB), when known; other types keep theirs."""
+    out = [
+        PatientIdentifier(
+            p.patient_id,
+            p.issuer_of_patient_id or facility,
+            p.id_type,
+            p.issuer_universal_id,
+            p.issuer_universal_id_type,
+        )
+    ]
+    for o in p.other_ids:
+        issuer = o.issuer or (facility if o.type_code.upper() in _LOCAL_TYPES else "")
+        out.append(PatientIdentifier(o.value, issuer, o.type_code, o.universal_id, o.universal_id_type))
+    return out
+
+
+def record_identifiers(conn: Connection, p: PatientInfo, facility: str, now: datetime) -> None:
+    """Keep the HIS's identifiers of a patient (orders, updates) in the identifier table."""
+    identifiers.record_patient(
+        conn, p.patient_id, p.issuer_of_patient_id, patient_identifiers(p, facility), now
+    )
+
+
+def update_patient(
+    conn: Connection, p: PatientInfo, origin: Origin, now: datetime, facility: str = ""
+) -> Applied:
     issuer = p.issuer_of_patient_id
+    record_identifiers(conn, p, facility, now)
     keys = []
     for order in sql.orders_of_patient(conn, p.patient_id, issuer):
         sql.order_update(
@@ -95,6 +130,7 @@ def merge(
         if not p.name:
             cols = {k: v for k, v in cols.items() if not k.startswith("patient_name")}
         sql.item_update(conn, item["id"], {**cols, "updated_at": now})
+    identifiers.merge_patients(conn, (prior_id, prior_issuer), (p.patient_id, p.issuer_of_patient_id))
     surviving = sql.patient_rows(conn, p.patient_id, p.issuer_of_patient_id)
     moved = 0
     for prior in sql.patient_rows(conn, prior_id, prior_issuer):

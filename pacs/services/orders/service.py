@@ -44,7 +44,7 @@ from pacs.services.orders.model import (
     ScheduledStep,
     StepStatus,
 )
-from pacs.services.orders.patients import merge, patient_columns, update_patient
+from pacs.services.orders.patients import merge, patient_columns, record_identifiers, update_patient
 from pacs.services.orders.reconcile import link_study
 from pacs.services.orders.steps import step_changed
 
@@ -310,6 +310,7 @@ class Orders:
         )
         order_id = sql.order_insert(conn, values)
         order = {**values, "id": order_id}
+        record_identifiers(conn, patient, values["facility_code"] or "", now)
         for n, step in enumerate(steps, 1):
             sql.item_insert(conn, self._item(order, msg, patient, step, n, now))
         self._event(conn, "order.created", now, origin, order, {"steps": len(steps)})
@@ -395,6 +396,8 @@ class Orders:
         values["attributes"] = self._attributes(msg, patient)
         sql.order_update(conn, existing["id"], values)
         order = {**existing, **values}
+        if msg.patient is not None:
+            record_identifiers(conn, patient, order["facility_code"] or "", now)
         items = {i["scheduled_procedure_step_id"]: i for i in sql.items_of_order(conn, existing["id"])}
         kept: set[str] = set()
         for n, step in enumerate(msg.steps, 1):
@@ -491,7 +494,7 @@ class Orders:
     # ------------------------------------------------------------------ patients
 
     def _update_patient(self, conn: Connection, p: PatientInfo, origin: Origin, now: datetime) -> Applied:
-        return update_patient(conn, p, origin, now)
+        return update_patient(conn, p, origin, now, self.facility_code)
 
     def _merge(
         self,

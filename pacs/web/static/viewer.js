@@ -7,6 +7,7 @@
   const meta = (name, dflt) => (document.querySelector(`meta[name="${name}"]`) || {}).content || dflt;
   const ROOT = new URL(meta("dicomweb-root", "dicom-web").replace(/\/?$/, "/"), document.baseURI).href;
   const LOGIN_URL = new URL(meta("login-url", "api/auth/login"), document.baseURI).href;
+  const FHIR = new URL(meta("fhir-base", "fhir").replace(/\/?$/, "/"), document.baseURI).href;
   const PAGE_SIZE = 25;
   const NON_IMAGE = new Set(["SR", "PR", "KO", "SEG", "RTSTRUCT", "RTPLAN", "DOC"]);
   const CT_PRESETS = [
@@ -155,7 +156,8 @@
         const body = await res.text();
         try {
           const j = JSON.parse(body);
-          detail = j.detail || j.title || j.message || body;
+          const issue = (j.issue || [])[0] || {}; // a FHIR OperationOutcome
+          detail = j.detail || issue.diagnostics || j.title || j.message || body;
         } catch {
           detail = body.slice(0, 300) || detail;
         }
@@ -438,7 +440,9 @@
     status(t("Searching…"));
     let rows;
     try {
-      rows = await getJson(`${ROOT}studies?${q}`);
+      rows = params.get("identifier")
+        ? await studiesOfIdentifier(params.get("identifier"), page)
+        : await getJson(`${ROOT}studies?${q}`);
     } catch (e) {
       if (seq !== listSeq) return;
       tbody.replaceChildren();
@@ -467,6 +471,46 @@
     table.dataset.for = location.hash;
     table.removeAttribute("aria-busy");
     status(t("{0} studies", `${rows.length}${more ? "+" : ""}`));
+  }
+
+  /** The studies of the patients a FHIR token (system|value) names: the IHE IID link
+   * /viewer?identifier=... (or ?patientID=...&issuer=...) lands here. FHIR ImagingStudy search. */
+  async function studiesOfIdentifier(token, page) {
+    const q = new URLSearchParams({ "patient.identifier": token });
+    q.set("_count", String(PAGE_SIZE + 1));
+    q.set("_offset", String((page - 1) * PAGE_SIZE));
+    const res = await request(`${FHIR}ImagingStudy?${q}`, { headers: { Accept: "application/fhir+json" } });
+    const bundle = await res.json();
+    return (bundle.entry || []).map((e) => fromImagingStudy(e.resource));
+  }
+  /** An ImagingStudy as the DICOM JSON study row the list shows. */
+  function fromImagingStudy(r) {
+    const ds = {};
+    const put = (kw, vr, ...vs) => {
+      const v = vs.filter((x) => x != null && x !== "");
+      if (v.length) ds[TAG[kw]] = { vr, Value: v };
+    };
+    const p = (r.contained || []).find((c) => c.resourceType === "Patient") || {};
+    const name = (p.name || [])[0] || {};
+    const ids = p.identifier || [];
+    const local = ids.find((i) => !/^urn:vn:(cccd|bhyt)$/.test(i.system || "")) || ids[0] || {};
+    const started = (r.started || "").replace(/[-:]/g, "");
+    const acc = (r.identifier || []).find((i) => ((i.type || {}).coding || []).some((c) => c.code === "ACSN"));
+    put("StudyInstanceUID", "UI", r.id);
+    if (name.family || name.given) {
+      put("PatientName", "PN", { Alphabetic: `${name.family || ""}^${(name.given || []).join(" ")}` });
+    }
+    put("PatientID", "LO", local.value);
+    put("PatientBirthDate", "DA", (p.birthDate || "").replace(/-/g, ""));
+    put("PatientSex", "CS", { male: "M", female: "F", other: "O" }[p.gender]);
+    put("StudyDate", "DA", started.slice(0, 8));
+    put("StudyTime", "TM", started.slice(9, 15));
+    put("AccessionNumber", "SH", acc && acc.value);
+    put("StudyDescription", "LO", r.description);
+    put("ModalitiesInStudy", "CS", ...(r.modality || []).map((m) => m.code));
+    put("NumberOfStudyRelatedSeries", "IS", r.numberOfSeries);
+    put("NumberOfStudyRelatedInstances", "IS", r.numberOfInstances);
+    return ds;
   }
 
   function studyRow(ds) {
