@@ -363,13 +363,18 @@ def _pn(parts: list[str]) -> str:
     return "^".join(clean).rstrip("^")
 
 
+#: The segments the messages below read (MSH aside): only these are parsed.
+_READ = frozenset({"PID", "PV1", "ORC", "TQ1", "OBR", "IPC", "OBX", "MRG", "ZDS"})
+
+
 class _Msg:
-    """The segments of one message by name."""
+    """The segments of one message by name (those of :data:`_READ`)."""
 
     def __init__(self, segments: list[_Seg]) -> None:
         self.segments = segments
 
     def all(self, name: str) -> list[_Seg]:
+        assert name in _READ, f"{name} is read: add it to _READ"
         return [s for s in self.segments if s.name == name]
 
     def one(self, name: str) -> _Seg | None:
@@ -533,12 +538,17 @@ def _parse(raw: bytes, header: Header) -> Parsed:
         name = line[:3]
         if name not in known and name[0] != "Z":
             raise Hl7Error(f"segment {name} is not an HL7 v{header.version} segment", 100, reject=True)
+    # python-hl7 builds a container per field, repetition and component (about 5 us each): it
+    # is given only the segments read below, after an MSH cut to its encoding characters (the
+    # header was read by header_of), not every EVN, NTE, DG1, IN1 ... of an HIS message.
+    msh = sep.join(lines[0].split(sep, 2)[:2])
+    body_lines = [line.rstrip() for line in lines[1:] if line[:3] in _READ]
     try:
-        tree = hl7.parse("\r".join(line.rstrip() for line in lines))  # as hl7apy read them
+        tree = hl7.parse("\r".join([msh, *body_lines]))  # stripped as hl7apy read them
     except (hl7.ParseException, IndexError, ValueError, TypeError) as exc:
         raise Hl7Error(f"unparsable message ({type(exc).__name__})", 100, reject=True) from exc
     t = _Text(header.encoding, header.codec)
-    msg = _Msg([_Seg(s, t) for s in tree])
+    msg = _Msg([_Seg(s, t) for s in list(tree)[1:]])
     body: Body
     if kind == "order":
         body = _order(msg, header)
