@@ -70,13 +70,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve(out: Path, url: str, port: int, log_level: str) -> subprocess.Popen[str]:
+def serve(out: Path, url: str, port: int, log_level: str, workers: int) -> subprocess.Popen[str]:
     """``pacs serve`` with the HL7 listener; returns once it printed READY."""
     storage = out / "storage"
     storage.mkdir(parents=True, exist_ok=True)
     cfg = out / "config.toml"
     cfg.write_text(
-        f'[dicom]\nae_title = "PACS"\nport = 0\nworkers = 1\n[http]\nport = 0\nworkers = 1\n'
+        f'[dicom]\nae_title = "PACS"\nport = 0\nworkers = {workers}\n[http]\nport = 0\nworkers = 1\n'
         f'[storage]\npath = "{storage}"\n[database]\nurl = "{url}"\n[auth]\nenabled = false\n'
         f'[log]\nlevel = "{log_level}"\n[hl7]\nhost = "127.0.0.1"\nport = {port}\n'
     )
@@ -130,6 +130,12 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=1)
     ap.add_argument("--ipc", type=int, default=3, help="IPC segments (steps) per OMI^O23")
     ap.add_argument("--database-url", default="", help="default: SQLite under the storage")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="[dicom] workers of pacs serve: listener processes sharing the HL7 port (0: one per core)",
+    )
     ap.add_argument("--log-level", default="INFO", help="of pacs serve (INFO logs one line per message)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "hl7")
     ap.add_argument("--keep", action="store_true")
@@ -151,7 +157,7 @@ def main() -> None:
     parse_ms = (time.perf_counter() - t0) / len(sample) * 1000
 
     port = _free_port()
-    proc = serve(out, url, port, args.log_level)
+    proc = serve(out, url, port, args.log_level, args.workers)
     try:
         batches = [msgs[k :: args.connections] for k in range(args.connections)]
         latencies, codes, wall = run_clients(port, batches)

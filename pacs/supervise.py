@@ -44,6 +44,7 @@ def _dicom_worker(
     loads: Any = None,
     slot: int = 0,
     inbox: Any = None,
+    hl7_port: int = 0,
 ) -> None:
     """A further DIMSE listener process: serves the associations serve hands it (``inbox``)."""
     import dataclasses
@@ -66,6 +67,7 @@ def _dicom_worker(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start()
+    hl7 = _hl7_listener(settings, rt, port=hl7_port) if hl7_port else None
     if ready is not None:
         ready.set()  # serve says READY only once every listener accepts
     # Exit with the parent, even when it was killed without a chance to stop us (SIGKILL, OOM).
@@ -74,6 +76,8 @@ def _dicom_worker(
             log.warning("pacs serve (pid %d) is gone: this listener stops too", parent)
             break
     server.stop()
+    if hl7:
+        hl7[0].stop()
     rt.close()
 
 
@@ -102,13 +106,15 @@ def serve(settings: Settings) -> int:
     # Storage commitment reports due on new associations (pending ones left by a previous run first).
     commitments = runtime.commitment_worker(rt)
     commitments.start()
-    hl7 = _hl7_listener(settings, rt)
+    # The HL7 port is shared (SO_REUSEPORT) with every listener process: an HIS feed per connection.
+    hl7 = _hl7_listener(settings, rt, reuse_port=workers > 1)
     ready_hl7 = f" hl7={hl7[1]}" if hl7 else ""
+    hl7_port = int(hl7[1].rsplit(":", 1)[1]) if hl7 else 0
     listening = [ctx.Event() for _ in range(workers - 1)]
     children = [
         ctx.Process(
             target=_dicom_worker,
-            args=(settings, dport, os.getpid(), ev, loads, k + 1, theirs),
+            args=(settings, dport, os.getpid(), ev, loads, k + 1, theirs, hl7_port),
             daemon=True,
         )
         for k, (ev, (_, theirs)) in enumerate(zip(listening, pairs, strict=True))
@@ -152,16 +158,19 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-def _hl7_listener(settings: Settings, rt: Any) -> tuple[Any, str] | None:
-    """The HL7 v2 MLLP listener (pacs.hl7.mllp) on the orders service, when ``[hl7] port`` is set;
-    returns it with its ``HOST:PORT``."""
+def _hl7_listener(
+    settings: Settings, rt: Any, *, port: int | None = None, reuse_port: bool = True
+) -> tuple[Any, str] | None:
+    """The HL7 v2 MLLP listener (pacs.hl7.mllp) on the orders service, when ``[hl7] port`` is set
+    (on ``port`` instead when given: a listener process joins serve's port); returns it with its
+    ``HOST:PORT``."""
     if not settings.hl7.port:
         return None
     from pacs.hl7.mllp import MllpServer
 
     server = MllpServer(settings.hl7, rt.orders)
     try:
-        host, port = server.start()
+        host, port = server.start(port, reuse_port=reuse_port)
     except OSError as exc:
         raise SystemExit(f"[hl7] cannot listen on {settings.hl7.host}:{settings.hl7.port}: {exc}") from exc
     return server, f"{host}:{port}"

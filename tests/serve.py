@@ -52,7 +52,9 @@ class Served:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
-def write_config(path: Path, storage: Path, database_url: str, extra: str = "") -> Path:
+def write_config(
+    path: Path, storage: Path, database_url: str, extra: str = "", dicom_workers: int = 1
+) -> Path:
     """A config file for tests: every test AE allowed from loopback."""
     aes = ", ".join(
         f'{{ ae_title = "{a}" }}' if s is None else f'{{ ae_title = "{a}", services = {json.dumps(s)} }}'
@@ -65,7 +67,7 @@ ae_title = "PACS"
 host = "127.0.0.1"
 port = 0
 allowed_aes = [{aes}]
-workers = 1
+workers = {dicom_workers}
 [http]
 host = "127.0.0.1"
 port = 0
@@ -91,11 +93,12 @@ def serve(
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
     storage: Path | None = None,
+    dicom_workers: int = 1,
 ) -> Iterator[Served]:
     """Run ``pacs serve`` until the block ends; yields once it prints READY."""
     storage = storage or tmp / "storage"
     storage.mkdir(parents=True, exist_ok=True)
-    cfg = write_config(tmp / "config.toml", storage, database_url, extra_config)
+    cfg = write_config(tmp / "config.toml", storage, database_url, extra_config, dicom_workers)
     log_path = tmp / f"serve-{time.monotonic_ns()}.log"
     log_fh = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(

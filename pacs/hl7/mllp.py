@@ -62,13 +62,20 @@ class MllpServer:
     def max_bytes(self) -> int:
         return self.settings.max_message_kb * 1024
 
-    def start(self) -> tuple[str, int]:
-        """Bind ``[hl7] host:port`` and start accepting; returns the bound address."""
+    def start(self, port: int | None = None, *, reuse_port: bool = False) -> tuple[str, int]:
+        """Bind ``[hl7] host:port`` (or ``port``) and start accepting; returns the bound address.
+
+        With ``reuse_port`` several processes listen on the same port (SO_REUSEPORT) and the
+        kernel spreads the connections over them: ``pacs serve`` does that in each listener
+        process, so messages on different connections are parsed on different cores.
+        """
         s = self.settings
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((s.host, s.port))
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((s.host, s.port if port is None else port))
         sock.listen(64)
         sock.settimeout(0.5)
         self._sock = sock

@@ -3,6 +3,7 @@ process on a fake service, then against a real ``pacs serve`` with the orders se
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -213,5 +214,45 @@ message_timeout_seconds = 2
         assert [s["status"] for s in rt.orders.get_order("P:ORD1001")["steps"]] == ["CANCELED"]
         omi = rt.orders.get_order("P:ORD2001")
         assert len(omi["steps"]) == 3 and omi["reported_at"] == "20261203103000+0700"
+    finally:
+        rt.close()
+
+
+@pytest.mark.timeout(180)
+def test_connections_spread_over_listener_processes(tmp_path: Path) -> None:
+    """With two listener processes both accept on the HL7 port (SO_REUSEPORT): concurrent HIS
+    connections are served by either, every message is acknowledged once and committed once."""
+    db = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    port = _free_port()
+    extra = f'[hl7]\nhost = "127.0.0.1"\nport = {port}\n[log]\nlevel = "INFO"\n'
+    per_connection, connections = 15, 8
+    answers: dict[int, list[tuple[str, str]]] = {}
+
+    def feed(k: int) -> None:
+        with MllpClient("127.0.0.1", port) as c:
+            answers[k] = [
+                msa(c.call(S.orm(control_id=f"C{k}M{n}", placer=f"P{k}N{n}", accession=f"A{k}N{n}")))
+                for n in range(per_connection)
+            ]
+
+    with serve(tmp_path, db, extra_config=extra, dicom_workers=2) as served:
+        assert served.hl7_port == port
+        threads = [threading.Thread(target=feed, args=(k,)) for k in range(connections)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        log = served.log()
+    for k in range(connections):
+        assert answers[k] == [("AA", f"C{k}M{n}") for n in range(per_connection)]
+    pids = set(re.findall(r"\[(\d+)\] hl7 ORM\^O01 C\d+M\d+ from .*: AA", log))
+    assert len(pids) == 2, f"messages were handled by processes {pids}"
+    settings = config.Settings(
+        storage=config.StorageSettings(path=tmp_path / "storage", fsync=False),
+        database=config.DatabaseSettings(url=db),
+    )
+    rt = runtime.build(settings, run_migrations=False)
+    try:
+        assert len(rt.orders.list_orders(limit=1000)) == per_connection * connections
     finally:
         rt.close()
