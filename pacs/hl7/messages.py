@@ -78,19 +78,16 @@ has only that field.
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import unicodedata
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal
+from dataclasses import dataclass
 
 import hl7
 
+from pacs.hl7.ack import ack, escape
+from pacs.hl7.header import AckCode, Header, header_of, split_lines
+from pacs.hl7.tree import READ, Hl7Error, Msg, Seg, Text
 from pacs.services.orders.model import (
-    Code,
     Control,
     MessageId,
     OrderMessage,
@@ -102,11 +99,8 @@ from pacs.services.orders.model import (
     ScheduledStep,
 )
 
-AckCode = Literal["AA", "AE", "AR"]
 Body = OrderMessage | PatientUpdate | PatientMerge | Report
 
-#: HL7 versions read; others are refused (AR 203).
-VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6")
 #: (MSH-9.1, MSH-9.2) -> kind of message.
 MESSAGES = {
     ("ORM", "O01"): "order",
@@ -115,24 +109,6 @@ MESSAGES = {
     ("ADT", "A31"): "patient",
     ("ADT", "A40"): "merge",
     ("ORU", "R01"): "report",
-}
-#: MSH-18 -> Python codec.
-CHARSETS = {"": "utf-8", "UNICODE UTF-8": "utf-8", "UNICODE": "utf-8", "ASCII": "utf-8", "8859/1": "latin-1"}
-#: HL7 table 0357 (message error condition codes) used here.
-ERRORS = {
-    0: "Message accepted",
-    100: "Segment sequence error",
-    101: "Required field missing",
-    102: "Data type error",
-    103: "Table value not found",
-    200: "Unsupported message type",
-    201: "Unsupported event code",
-    202: "Unsupported processing id",
-    203: "Unsupported version id",
-    204: "Unknown key identifier",
-    205: "Duplicate key identifier",
-    206: "Application record locked",
-    207: "Application internal error",
 }
 _CONTROLS = {
     "NW": Control.NEW,
@@ -144,21 +120,7 @@ _CONTROLS = {
     "SC": Control.STATUS,
 }
 _PRIORITIES = {"S": "STAT", "A": "HIGH", "P": "HIGH", "C": "HIGH", "R": "ROUTINE", "T": "MEDIUM"}
-_DEFAULT_ENCODING = {
-    "FIELD": "|",
-    "COMPONENT": "^",
-    "REPETITION": "~",
-    "ESCAPE": "\\",
-    "SUBCOMPONENT": "&",
-    "GROUP": "\r",
-    "SEGMENT": "\r",
-}
-_TS = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,4})?)?)?)?)?)?([+-]\d{4})?$")
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
-_VERSION_SHAPE = re.compile(r"^\d\.\d(\.\d)?$")
-#: Versions whose ERR layout the ACK follows as such; any other version is answered in the v2.5
-#: layout (ERR-3/4/8), those before 2.5 in the v2.3/2.4 one (ERR-1 only).
-_ACK_VERSIONS = ("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8", "2.8.1", "2.8.2")
 
 
 def _segment_names() -> dict[str, frozenset[str]]:
@@ -192,42 +154,6 @@ def _segment_names() -> dict[str, frozenset[str]]:
 _SEGMENTS = _segment_names()
 
 
-class Hl7Error(Exception):
-    """A message answered AE (``reject=False``) or AR (``reject=True``) with ``code`` (table
-    0357) and ``reason`` (fit for the sender to read; values it quotes are the sender's own)."""
-
-    def __init__(self, reason: str, code: int = 207, *, reject: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
-        self.reject = reject
-        self.header: Header | None = None
-
-
-@dataclass(frozen=True)
-class Header:
-    """What the acknowledgement needs from MSH (ER7 values as received, in ``encoding``)."""
-
-    encoding: dict[str, str] = field(default_factory=lambda: dict(_DEFAULT_ENCODING))
-    sending_application: str = ""
-    sending_facility: str = ""
-    receiving_application: str = ""
-    receiving_facility: str = ""
-    control_id: str = ""
-    processing_id: str = ""
-    version: str = ""
-    charset: str = ""  # MSH-18 as sent, "" when refused or absent
-    codec: str = "utf-8"
-    message_type: str = ""  # MSH-9.1
-    trigger: str = ""  # MSH-9.2
-    sender: str = ""  # MSH-3.1^MSH-4.1, unescaped
-
-    @property
-    def name(self) -> str:
-        """``ORM^O01`` (for logs)."""
-        return f"{self.message_type}^{self.trigger}" if self.trigger else self.message_type
-
-
 @dataclass(frozen=True)
 class Parsed:
     """One message read: its header, what it asks for and its resend key."""
@@ -236,258 +162,6 @@ class Parsed:
     kind: str  # "order", "patient", "merge", "report"
     body: Body
     message_id: MessageId
-
-
-# ---------------------------------------------------------------------- reading python-hl7 trees
-
-
-def _pick(node: Any, k: int) -> Any:
-    """Child ``k`` (1-based) of one level of a python-hl7 tree, or None. python-hl7 keeps a
-    level as a plain str when its text has no separator of that level or below (a field without
-    ``~^&`` is ``Field([text])``, a repetition without ``^&`` ``Repetition([text])`` and so on):
-    that str is then its own first child, and has no others."""
-    if node is None:
-        return None
-    if isinstance(node, str):
-        return node if k == 1 else None
-    return node[k - 1] if 0 < k <= len(node) else None
-
-
-class _Text:
-    """Unescapes and normalises text values of one message."""
-
-    def __init__(self, encoding: dict[str, str], codec: str) -> None:
-        self.enc = encoding
-        self.codec = codec
-        e = re.escape(encoding["ESCAPE"])
-        self._escape = re.compile(f"{e}([^{e}]*){e}")
-
-    def raw(self, sub: Any) -> str:
-        """The text of one subcomponent (a str, None when absent), unescaped (HL7 v2.5 2.7)."""
-        if not sub:
-            return ""
-        text = str(sub)
-        if text == '""':  # the HL7 null: "no value"
-            return ""
-        if self.enc["ESCAPE"] in text:
-            text = self._escape.sub(self._unescape, text)
-        return unicodedata.normalize("NFC", text).strip()
-
-    def _unescape(self, m: re.Match[str]) -> str:
-        body = m.group(1)
-        simple = {
-            "F": self.enc["FIELD"],
-            "S": self.enc["COMPONENT"],
-            "T": self.enc["SUBCOMPONENT"],
-            "R": self.enc["REPETITION"],
-            "E": self.enc["ESCAPE"],
-            "H": "",
-            "N": "",
-            ".br": "\n",
-        }
-        if body in simple:
-            return simple[body]
-        if body.startswith(".sp"):
-            return "\n"
-        if body.startswith("X") and re.fullmatch(r"X([0-9A-Fa-f]{2})+", body):
-            return bytes.fromhex(body[1:]).decode(self.codec, errors="replace")
-        if body[:1] in ("C", "M", "Z", "."):  # charset switches, local escapes, formatting
-            return ""
-        return m.group(0)
-
-
-class _Seg:
-    """One segment: fields by number, repetitions, components, subcomponents as text."""
-
-    def __init__(self, seg: Any, text: _Text) -> None:
-        # python-hl7: seg[0] is the name, seg[n] field n; in MSH seg[1] is the field separator
-        # (MSH-1) and seg[2] the encoding characters (MSH-2, not split), so MSH-n is seg[n] too.
-        # A segment without any separator (a bare name) is a plain str.
-        self._seg = (seg,) if isinstance(seg, str) else seg
-        self.name: str = str(_pick(self._seg[0], 1) or "")
-        self._t = text
-
-    def reps(self, n: int) -> list[Any]:
-        """The repetitions of field ``n`` (none when the field is absent or empty)."""
-        if n < 1 or n >= len(self._seg):
-            return []
-        f = self._seg[n]
-        if isinstance(f, str) or (len(f) == 1 and f[0] == ""):
-            return [f] if f else []
-        return list(f)
-
-    def get(self, n: int, c: int = 1, s: int = 1, rep: int = 0) -> str:
-        """Field ``n``, repetition ``rep``, component ``c``, subcomponent ``s`` as text."""
-        reps = self.reps(n)
-        if rep >= len(reps):
-            return ""
-        return self.sub(reps[rep], c, s)
-
-    def sub(self, field_rep: Any, c: int = 1, s: int = 1) -> str:
-        """Component ``c``, subcomponent ``s`` of one field repetition as text."""
-        return self._t.raw(_pick(_pick(field_rep, c), s))
-
-    def code(self, n: int, first: int = 1, rep: int = 0) -> Code | None:
-        """A CE/CWE triple at components ``first``.. (value, meaning, scheme) or None."""
-        value = self.get(n, first, rep=rep)
-        if not value:
-            return None
-        return Code(
-            value=value, meaning=self.get(n, first + 1, rep=rep), scheme=self.get(n, first + 2, rep=rep)
-        )
-
-    def pn_xpn(self, n: int) -> str:
-        """XPN (family&..^given^middle^suffix^prefix) -> DICOM PN family^given^middle^prefix^suffix."""
-        return _pn([self.get(n, 1), self.get(n, 2), self.get(n, 3), self.get(n, 5), self.get(n, 4)])
-
-    def pn_xcn(self, n: int) -> str:
-        """XCN (id^family&..^given^middle^suffix^prefix) -> PN, else the ID."""
-        name = _pn([self.get(n, 2), self.get(n, 3), self.get(n, 4), self.get(n, 6), self.get(n, 5)])
-        return name or self.get(n, 1)
-
-    def pn_cnn(self, n: int) -> str:
-        """Component 1 as CNN/CN (id&family&given&middle&suffix&prefix) -> PN, else the ID."""
-        name = _pn([self.get(n, 1, k) for k in (2, 3, 4, 6, 5)])
-        return name or self.get(n, 1, 1)
-
-    def ts(self, n: int, c: int = 1, s: int = 1, where: str = "") -> str:
-        """An HL7 time stamp -> DICOM DT (offset kept); a malformed one is AE 102."""
-        value = self.get(n, c, s)
-        if value and not _TS.fullmatch(value):
-            raise Hl7Error(f"{where or f'{self.name}-{n}'} is not an HL7 time stamp", 102)
-        return value
-
-
-def _pn(parts: list[str]) -> str:
-    clean = [re.sub(r"[\^=\\]", " ", p).strip() for p in parts]
-    return "^".join(clean).rstrip("^")
-
-
-#: The segments the messages below read (MSH aside): only these are parsed.
-_READ = frozenset({"PID", "PV1", "ORC", "TQ1", "OBR", "IPC", "OBX", "MRG", "ZDS"})
-
-
-class _Msg:
-    """The segments of one message by name (those of :data:`_READ`)."""
-
-    def __init__(self, segments: list[_Seg]) -> None:
-        self.segments = segments
-
-    def all(self, name: str) -> list[_Seg]:
-        assert name in _READ, f"{name} is read: add it to _READ"
-        return [s for s in self.segments if s.name == name]
-
-    def one(self, name: str) -> _Seg | None:
-        found = self.all(name)
-        return found[0] if found else None
-
-
-# ---------------------------------------------------------------------- the header
-
-
-def _split_lines(raw: bytes) -> bytes:
-    """Segments end with CR; LF and CR LF (files, some engines) are read the same."""
-    return raw.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
-
-
-def header_of(raw: bytes) -> Header:
-    """Read MSH (and the charset) from the start of a message, even an incomplete one.
-
-    Raises :class:`Hl7Error` (AR) when there is no usable MSH; ``exc.header`` is then as much
-    of the header as could be read (or None)."""
-    data = raw.lstrip(b" \t\r\n")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    if not data.startswith(b"MSH") or len(data) < 8:
-        raise Hl7Error("no MSH segment: not an HL7 v2 message", 100, reject=True)
-    first = _split_lines(data).split(b"\r", 1)[0].decode("latin-1")
-    sep = first[3:4] or " "
-    fields = first.split(sep)
-    seps = fields[1] if len(fields) > 1 else ""
-    version = (fields[11].split(seps[:1] or "^")[0] if len(fields) > 11 else "").strip()
-    if sep.isspace() or len(seps) < 4 or len(set(sep + seps[:4])) < 5 or (len(seps) > 4 and version < "2.7"):
-        raise Hl7Error("MSH-1/MSH-2: unusable encoding characters", 100, reject=True)
-    encoding = {
-        **_DEFAULT_ENCODING,
-        "FIELD": sep,
-        "COMPONENT": seps[0],
-        "REPETITION": seps[1],
-        "ESCAPE": seps[2],
-        "SUBCOMPONENT": seps[3],
-    }
-    if len(seps) == 5:  # v2.7 and later
-        encoding["TRUNCATION"] = seps[4]
-    elif len(seps) > 5:
-        raise Hl7Error("MSH-1/MSH-2: unusable encoding characters", 100, reject=True)
-    try:
-        msh = hl7.parse(first)[0]
-    except (hl7.ParseException, IndexError, ValueError) as exc:
-        raise Hl7Error("MSH cannot be parsed", 100, reject=True) from exc
-    t = _Text(encoding, "latin-1")
-    s = _Seg(msh, t)
-
-    def er7(n: int) -> str:
-        reps = s.reps(n)
-        return _er7(reps[0]) if reps else ""
-
-    charset = s.get(18).upper()
-    header = Header(
-        encoding=encoding,
-        sending_application=er7(3),
-        sending_facility=er7(4),
-        receiving_application=er7(5),
-        receiving_facility=er7(6),
-        control_id=s.get(10),
-        processing_id=s.get(11),
-        version=version,
-        charset="",
-        codec="utf-8",
-        message_type=s.get(9, 1).upper(),
-        trigger=s.get(9, 2).upper(),
-        sender=f"{s.get(3)}^{s.get(4)}",
-    )
-    refusal: Hl7Error | None = None
-    if charset not in CHARSETS:
-        refusal = Hl7Error(
-            f"MSH-18 character set {charset[:20]!r} is not supported (UNICODE UTF-8 or 8859/1)",
-            203,
-            reject=True,
-        )
-    elif len(s.reps(18)) > 1 and any(s.get(18, rep=k).upper() != charset for k in range(len(s.reps(18)))):
-        refusal = Hl7Error(
-            "MSH-18 lists several character sets: code switching is not supported", 203, reject=True
-        )
-    else:
-        header = _replace(header, charset=s.get(18), codec=CHARSETS[charset])
-    if refusal is None:
-        if not header.control_id:
-            refusal = Hl7Error("MSH-10 message control ID is missing", 101, reject=True)
-        elif not header.message_type:
-            refusal = Hl7Error("MSH-9 message type is missing", 101, reject=True)
-        elif not version:
-            refusal = Hl7Error("MSH-12 version ID is missing", 101, reject=True)
-        elif version not in VERSIONS:
-            refusal = Hl7Error(
-                f"HL7 version {version[:10]!r} is not supported ({', '.join(VERSIONS)})", 203, reject=True
-            )
-    if refusal is not None:
-        refusal.header = header
-        raise refusal
-    return header
-
-
-def _er7(node: Any) -> str:
-    """A python-hl7 node as ER7, trailing empty components and subcomponents left out."""
-    if isinstance(node, str):
-        return node
-    parts = [_er7(x) for x in node]
-    while len(parts) > 1 and not parts[-1]:
-        parts.pop()
-    return str(node.separator).join(parts)
-
-
-def _replace(h: Header, **changes: Any) -> Header:
-    return dataclasses.replace(h, **changes)
 
 
 # ---------------------------------------------------------------------- the message
@@ -510,7 +184,7 @@ def _parse(raw: bytes, header: Header) -> Parsed:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
-        text = _split_lines(data).decode(header.codec)
+        text = split_lines(data).decode(header.codec)
     except UnicodeDecodeError as exc:
         raise Hl7Error(
             f"bytes {exc.start}-{exc.end} are not {header.codec.upper()}"
@@ -542,13 +216,13 @@ def _parse(raw: bytes, header: Header) -> Parsed:
     # is given only the segments read below, after an MSH cut to its encoding characters (the
     # header was read by header_of), not every EVN, NTE, DG1, IN1 ... of an HIS message.
     msh = sep.join(lines[0].split(sep, 2)[:2])
-    body_lines = [line.rstrip() for line in lines[1:] if line[:3] in _READ]
+    body_lines = [line.rstrip() for line in lines[1:] if line[:3] in READ]
     try:
         tree = hl7.parse("\r".join([msh, *body_lines]))  # stripped as hl7apy read them
     except (hl7.ParseException, IndexError, ValueError, TypeError) as exc:
         raise Hl7Error(f"unparsable message ({type(exc).__name__})", 100, reject=True) from exc
-    t = _Text(header.encoding, header.codec)
-    msg = _Msg([_Seg(s, t) for s in list(tree)[1:]])
+    t = Text(header.encoding, header.codec)
+    msg = Msg([Seg(s, t) for s in list(tree)[1:]])
     body: Body
     if kind == "order":
         body = _order(msg, header)
@@ -561,7 +235,7 @@ def _parse(raw: bytes, header: Header) -> Parsed:
     return Parsed(header=header, kind=kind, body=body, message_id=MessageId(header.sender, header.control_id))
 
 
-def _ids(seg: _Seg, n: int) -> Iterator[OtherId]:
+def _ids(seg: Seg, n: int) -> Iterator[OtherId]:
     for rep in seg.reps(n):
         value = seg.sub(rep, 1)
         if value:
@@ -578,7 +252,7 @@ def _primary(ids: list[OtherId]) -> OtherId | None:
     return next((i for i in ids if i.type_code in ("MR", "PI")), ids[0] if ids else None)
 
 
-def _patient(pid: _Seg) -> PatientInfo:
+def _patient(pid: Seg) -> PatientInfo:
     ids = list(_ids(pid, 3))
     main = _primary(ids)
     if main is None and pid.get(2):  # v2.3.x external patient ID
@@ -599,7 +273,7 @@ def _patient(pid: _Seg) -> PatientInfo:
     )
 
 
-def _required_patient(msg: _Msg) -> PatientInfo:
+def _required_patient(msg: Msg) -> PatientInfo:
     pids = msg.all("PID")
     if not pids:
         raise Hl7Error("no PID segment", 100)
@@ -608,7 +282,7 @@ def _required_patient(msg: _Msg) -> PatientInfo:
     return _patient(pids[0])
 
 
-def _merge(msg: _Msg) -> PatientMerge:
+def _merge(msg: Msg) -> PatientMerge:
     surviving = _required_patient(msg)
     mrg = msg.one("MRG")
     if mrg is None:
@@ -619,7 +293,7 @@ def _merge(msg: _Msg) -> PatientMerge:
     return PatientMerge(surviving=surviving, prior_patient_id=prior.value, prior_issuer=prior.issuer)
 
 
-def _order(msg: _Msg, header: Header) -> OrderMessage:
+def _order(msg: Msg, header: Header) -> OrderMessage:
     orcs, obrs = msg.all("ORC"), msg.all("OBR")
     if not orcs:
         raise Hl7Error(f"{header.name} without ORC segment", 100)
@@ -732,7 +406,7 @@ def _order(msg: _Msg, header: Header) -> OrderMessage:
     )
 
 
-def _report(msg: _Msg) -> Report:
+def _report(msg: Msg) -> Report:
     obrs = msg.all("OBR")
     if not obrs:
         raise Hl7Error("ORU^R01 without OBR segment", 100)
@@ -773,76 +447,4 @@ def _report(msg: _Msg) -> Report:
     )
 
 
-# ---------------------------------------------------------------------- the acknowledgement
-
-
-def escape(text: str, encoding: dict[str, str]) -> str:
-    """Text as an ER7 value: the separators and escape character escaped (HL7 v2.5 2.7.1)."""
-    e = encoding["ESCAPE"]
-    out = text.replace(e, f"{e}E{e}")
-    for key, letter in (("FIELD", "F"), ("COMPONENT", "S"), ("SUBCOMPONENT", "T"), ("REPETITION", "R")):
-        out = out.replace(encoding[key], f"{e}{letter}{e}")
-    return re.sub(r"[\r\n]+", " ", out)
-
-
-def ack(
-    header: Header | None,
-    code: AckCode,
-    text: str = "",
-    error: int = 0,
-    *,
-    now: datetime | None = None,
-) -> bytes:
-    """The original-mode acknowledgement of a message (HL7 v2.5 2.9.2), encoded in its charset.
-
-    ``header`` None (no MSH could be read) answers in v2.5 with default encoding characters and
-    an empty MSA-2."""
-    h = header or Header(version="2.5")
-    enc = h.encoding
-    version = h.version if _VERSION_SHAPE.fullmatch(h.version or "") else "2.5"
-    lib = version if version in _ACK_VERSIONS else "2.5"
-    c, s = enc["COMPONENT"], enc["SUBCOMPONENT"]
-    chars = c + enc["REPETITION"] + enc["ESCAPE"] + s
-    if lib >= "2.7" and enc.get("TRUNCATION"):
-        chars += enc["TRUNCATION"]
-    stamp = (now or datetime.now().astimezone()).strftime("%Y%m%d%H%M%S%z")
-    msh = [
-        "MSH",
-        chars,
-        h.receiving_application,
-        h.receiving_facility,
-        h.sending_application,
-        h.sending_facility,
-        stamp,
-        "",
-        f"ACK{c}{escape(h.trigger, enc)}{c}ACK" if h.trigger else "ACK",
-        uuid.uuid4().hex[:20].upper(),
-        escape(h.processing_id or "P", enc),
-        version,
-        "",
-        "",
-        "",
-        "",
-        "",
-        escape(h.charset, enc),
-    ]
-    msa = ["MSA", code, escape(h.control_id, enc), escape(text[:80], enc) if text else ""]
-    segments = [msh, msa]
-    if code != "AA":
-        label = ERRORS.get(error, ERRORS[207])
-        if lib >= "2.5":
-            err = ["ERR", "", "", f"{error}{c}{label}{c}HL70357", "E", "", "", ""]
-            err.append(escape(text[:250], enc) if text else "")
-        else:
-            err = ["ERR", f"{c}{c}{c}{error}{s}{label}{s}HL70357"]
-        segments.append(err)
-    sep = enc["FIELD"]
-    out = "\r".join(_join(seg, sep) for seg in segments)
-    return out.encode(h.codec, errors="replace")
-
-
-def _join(fields: list[str], sep: str) -> str:
-    """One ER7 segment, trailing empty fields left out (MSH: field 1 is the separator itself)."""
-    while fields and not fields[-1]:
-        fields.pop()
-    return sep.join(fields)
+__all__ = ["AckCode", "Header", "Hl7Error", "Parsed", "ack", "escape", "header_of", "parse"]
