@@ -1,4 +1,5 @@
-"""Command line: ``pacs serve | import | reindex | verify | user | audit`` (``--config PATH`` on each).
+"""Command line: ``pacs serve | import | reindex | verify | storage | user | audit``
+(``--config PATH`` on each).
 
 Each command parses its arguments and calls a service; ``pacs serve``'s processes are run by
 :mod:`pacs.supervise`.
@@ -247,7 +248,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _logging(settings)
     rt = runtime.build(settings)
-    report = rt.archive.verify()
+    report = rt.archive.verify(deep=args.deep)
     rt.close()
     print(
         f"checked {report.checked}: missing {len(report.missing)}, corrupt {len(report.corrupt)}, "
@@ -261,6 +262,74 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"  stored file not in the index: {key}")
     print("OK" if report.ok else "MISMATCH")
     return 0 if report.ok else 1
+
+
+# ---------------------------------------------------------------------- storage
+
+
+def cmd_storage(args: argparse.Namespace) -> int:
+    """``pacs storage status`` / ``migrate --to s3|file``: the S3 upload queue, moving every blob."""
+    from pacs import runtime
+    from pacs.blobstore import FileBlobStore
+    from pacs.index import uploads
+
+    settings = _settings(args)
+    _logging(settings)
+    if not settings.storage.s3_bucket:
+        print("pacs storage: [storage] s3_bucket is not set", file=sys.stderr)
+        return 2
+    rt = runtime.build(settings, background=False)
+    try:
+        assert not isinstance(rt.blobs, FileBlobStore)
+        if args.action == "status":
+            with rt.db.read() as conn:
+                counts = uploads.counts(conn)
+                oldest, error = uploads.oldest_queued(conn)
+            print(
+                f"backend {settings.storage.backend}, bucket {settings.storage.s3_bucket}: "
+                f"{counts.get(uploads.QUEUED, 0)} queued, {counts.get(uploads.REMOTE, 0)} in S3"
+            )
+            if oldest is not None:
+                print(f"oldest queued since {oldest.isoformat(timespec='seconds')}")
+            if error:
+                print(f"last error: {error}")
+            return 0
+        return _migrate(rt, args.to)
+    finally:
+        rt.close()
+
+
+def _migrate(rt: Any, to: str) -> int:
+    from pacs import runtime
+    from pacs.services import storage_migration
+
+    if to is None:
+        print("pacs storage migrate: --to s3 or --to file", file=sys.stderr)
+        return 2
+    tty = sys.stderr.isatty()
+    last = [-1]
+
+    def progress(done: int, total: int) -> None:
+        if tty or done == total or done - last[0] >= 100:
+            last[0] = done
+            bar = "#" * int(30 * done / max(1, total))
+            print(f"\r[{bar:<30}] {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
+
+    if to == "s3":
+        if rt.settings.storage.backend != "s3":
+            print('note: [storage] backend is not "s3": new instances will stay on disk', file=sys.stderr)
+        report = storage_migration.to_s3(rt.db, rt.blobs, runtime.upload_worker(rt), progress)
+    else:
+        if rt.settings.storage.backend == "s3":
+            print('note: [storage] backend is "s3": new instances will still be uploaded', file=sys.stderr)
+        report = storage_migration.to_file(rt.db, rt.blobs, progress)
+    print(f"\nmoved {report.moved} ({report.bytes} bytes), failed {len(report.failed)}", file=sys.stderr)
+    for why in report.failed:
+        print(f"  failed {why}")
+    if report.stopped:
+        print(f"stopped: {report.stopped}; run again to continue")
+    print("DONE" if report.complete else "INCOMPLETE (run again to continue)")
+    return 0 if report.complete else 1
 
 
 # ---------------------------------------------------------------------- main
@@ -287,7 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reindex", parents=[common], help="rebuild the index from the stored files")
     p.set_defaults(func=cmd_reindex)
     p = sub.add_parser("verify", parents=[common], help="check files against the index")
+    p.add_argument("--deep", action="store_true", help="also re-hash objects in S3 (else: exists and size)")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("storage", parents=[common], help="S3 object storage: status, migrate")
+    p.add_argument("action", choices=["status", "migrate"])
+    p.add_argument("--to", choices=["s3", "file"], help="migrate: where every blob should be")
+    p.set_defaults(func=cmd_storage)
     p = sub.add_parser(
         "user", parents=[common], help="manage web users (add, list, disable, enable, password)"
     )

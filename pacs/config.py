@@ -139,6 +139,40 @@ class StorageSettings:
     # Largest instance (Part-10 file) accepted over C-STORE, STOW-RS or import, MiB; 0 = no limit.
     # Enhanced multi-frame CT/MR and long ultrasound clips run to a few hundred MiB.
     max_instance_mb: int = 4096
+    # "file": blobs stay under ``path``. "s3": blobs are written there first (a C-STORE is
+    # acknowledged after the local fsync and index commit, as with "file"), queued for upload in
+    # the same transaction, uploaded by ``pacs serve``'s background uploader and then removed
+    # locally (pacs.services.uploads). Reads use the local copy while it exists, else S3.
+    backend: str = "file"
+    s3_endpoint: str = ""  # http(s)://host:port of an S3-compatible server; empty = AWS for s3_region
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_prefix: str = ""  # prepended to every blob key (e.g. "pacs/"); keys stay opaque
+    s3_access_key: str = ""  # empty (both): the client's own chain (AWS_* variables, ~/.aws, instance role)
+    # The secret: better from PACS_STORAGE_S3_SECRET_KEY or a file (s3_secret_key_file, one line)
+    # than in this file. Never logged (left out of the settings' repr).
+    s3_secret_key: str = field(default="", repr=False)
+    s3_secret_key_file: Path = Path()
+    s3_verify_tls: bool = True
+    s3_ca_file: Path = Path()  # CA bundle verifying an https endpoint; empty = the system's
+    s3_connect_timeout: float = 5.0  # seconds; every S3 call is bounded, a hung server fails it
+    s3_read_timeout: float = 30.0
+    s3_upload_concurrency: int = 4  # objects uploaded at once by one node
+    # How long a node holds a taken upload (renewed while it uploads): a node killed meanwhile
+    # leaves its uploads to another after at most this.
+    s3_lease_seconds: float = 30.0
+    # Backoff after a failed round of uploads (S3 down): initial, doubled each time, capped.
+    s3_retry_initial_seconds: float = 1.0
+    s3_retry_max_seconds: float = 300.0
+
+    def s3_secret(self) -> str:
+        """The S3 secret key: ``s3_secret_key``, else the first line of ``s3_secret_key_file``."""
+        if self.s3_secret_key or not _set(self.s3_secret_key_file):
+            return self.s3_secret_key
+        try:
+            return self.s3_secret_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"[storage] s3_secret_key_file: cannot read it: {exc.strerror}") from exc
 
 
 @dataclass(frozen=True)
@@ -395,6 +429,7 @@ def load(
     built["http"] = _resolve_registers(built["http"], base_dir)
     built["dicom"] = _resolve_registers(built["dicom"], base_dir)
     built["audit"] = _resolve_registers(built["audit"], base_dir)
+    built["storage"] = _resolve_registers(built["storage"], base_dir)
     settings = Settings(**built)
     _validate(settings)
     return settings
@@ -540,6 +575,31 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[appraisal] device_utc_offset must look like +0700")
     _validate_hl7(settings.hl7)
     _validate_commitment(settings.commitment)
+    _validate_storage(settings.storage)
+
+
+def _validate_storage(s: StorageSettings) -> None:
+    if s.backend not in ("file", "s3"):
+        raise ConfigError('[storage] backend must be "file" or "s3"')
+    if s.backend == "s3" and not s.s3_bucket:
+        raise ConfigError('[storage] backend = "s3" needs s3_bucket')
+    if s.s3_endpoint and not re.fullmatch(r"https?://[^\s/]+/?", s.s3_endpoint):
+        raise ConfigError("[storage] s3_endpoint must look like https://host:port")
+    if bool(s.s3_access_key) != bool(s.s3_secret_key or _set(s.s3_secret_key_file)):
+        raise ConfigError("[storage] s3_access_key and s3_secret_key (or s3_secret_key_file) go together")
+    for name in ("s3_ca_file", "s3_secret_key_file"):
+        path = getattr(s, name)
+        if _set(path) and not path.is_file():
+            raise ConfigError(f"[storage] {name}: no such file {path}")
+    if min(s.s3_connect_timeout, s.s3_read_timeout, s.s3_lease_seconds, s.s3_retry_initial_seconds) <= 0:
+        raise ConfigError(
+            "[storage] s3 timeouts, s3_lease_seconds and s3_retry_initial_seconds must be positive"
+        )
+    if s.s3_retry_max_seconds < s.s3_retry_initial_seconds or s.s3_upload_concurrency < 1:
+        raise ConfigError(
+            "[storage] s3_retry_max_seconds must be at least s3_retry_initial_seconds, "
+            "s3_upload_concurrency at least 1"
+        )
 
 
 def _validate_commitment(c: CommitmentSettings) -> None:

@@ -10,12 +10,13 @@ import pydicom.config
 from sqlalchemy import Engine
 
 from pacs.blobstore import FileBlobStore
-from pacs.config import Settings
+from pacs.config import Settings, StorageSettings
 from pacs.index.database import Database
 from pacs.index.engine import make_engine, migrate
 from pacs.services.archive import Archive
 
 if TYPE_CHECKING:  # imported where built: a CLI command that needs none of them stays quick
+    from pacs.blobstore.tiered import TieredBlobStore
     from pacs.services.appraisal import Appraisal
     from pacs.services.audit import Audit
     from pacs.services.auth import Auth
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # imported where built: a CLI command that needs none of them
     from pacs.services.identifiers import Identifiers
     from pacs.services.orders import Orders
     from pacs.services.render import Renderer
+    from pacs.services.uploads import Uploader
 
 log = logging.getLogger("pacs")
 
@@ -35,7 +37,7 @@ class Runtime:
 
     settings: Settings
     db: Database
-    blobs: FileBlobStore
+    blobs: FileBlobStore | TieredBlobStore
     archive: Archive
     appraisal: Appraisal
     auth: Auth
@@ -45,11 +47,17 @@ class Runtime:
     orders: Orders
     identifiers: Identifiers
     fhir: Fhir
+    #: The S3 uploader of ``[storage] backend = "s3"`` (running in the process that owns the storage).
+    uploader: Uploader | None = None
 
     def close(self) -> None:
-        """Flush the audit trail and release database connections."""
+        """Stop the uploader, flush the audit trail and release database connections."""
+        if self.uploader is not None:
+            self.uploader.stop()
         self.audit.close()
         self.archive.close()
+        if not isinstance(self.blobs, FileBlobStore):
+            self.blobs.close()
         self.db.close()
 
     @property
@@ -58,11 +66,18 @@ class Runtime:
         return self.db.engine
 
 
-def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = False) -> Runtime:
+def build(
+    settings: Settings,
+    *,
+    run_migrations: bool = True,
+    clean_tmp: bool = False,
+    background: bool | None = None,
+) -> Runtime:
     """Create the engine (migrating the schema), blob store and services for ``settings``.
 
     ``clean_tmp`` removes leftovers of writes interrupted by a crash; only the process that owns
-    the storage at start-up (``pacs serve``) may do that.
+    the storage at start-up (``pacs serve``) may do that. ``background`` (default: ``clean_tmp``)
+    starts that process's background work here: the S3 uploader of ``backend = "s3"``.
     """
     settings.storage.path.mkdir(parents=True, exist_ok=True)
     # Instances are stored as received and judged structurally (pacs.dicom.extract); pydicom's
@@ -75,9 +90,9 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
     if run_migrations:
         migrate(engine)
     db = Database(engine)
-    blobs = FileBlobStore(settings.storage.path, fsync=settings.storage.fsync)
+    blobs = blob_store(settings.storage)
     if clean_tmp:
-        removed = blobs.clean_tmp()
+        removed = (blobs if isinstance(blobs, FileBlobStore) else blobs.local).clean_tmp()
         if removed:
             log.warning("removed %d unfinished write(s) left by an interrupted run", removed)
     archive = Archive(
@@ -86,6 +101,10 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
         duplicate_policy=settings.storage.duplicate_policy,
         max_instance_bytes=settings.storage.max_instance_mb << 20,
     )
+    if settings.storage.backend == "s3":
+        from pacs.services.uploads import UploadQueue
+
+        archive.index_hooks.append(UploadQueue())  # the blob queued in its store transaction
     appraisal = _appraisal(settings, db)
     archive.index_hooks.append(appraisal)  # service lines kept in step in the store transaction
     appraisal.rebuild_lines_if_needed()
@@ -96,7 +115,7 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
     identifiers, fhir = _reuse(settings, db, audit)
     archive.index_hooks.append(identifiers)  # patient identifiers kept in step in the store transaction
     dicomweb, renderer = _web_services(settings, archive)
-    return Runtime(
+    rt = Runtime(
         settings=settings,
         db=db,
         blobs=blobs,
@@ -110,6 +129,48 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
         identifiers=identifiers,
         fhir=fhir,
     )
+    if (clean_tmp if background is None else background) and settings.storage.backend == "s3":
+        rt.uploader = upload_worker(rt)
+        rt.uploader.start()
+    return rt
+
+
+def blob_store(s: StorageSettings) -> FileBlobStore | TieredBlobStore:
+    """The file store under ``[storage] path``; with an S3 bucket set, the file store in front of
+    the bucket (reads fall back to it; with ``backend = "file"`` nothing new is uploaded, which is
+    how ``pacs storage migrate --to file`` leaves S3)."""
+    local = FileBlobStore(s.path, fsync=s.fsync)
+    if not s.s3_bucket:
+        return local
+    from pacs.blobstore.s3 import S3BlobStore, S3Config
+    from pacs.blobstore.tiered import TieredBlobStore
+
+    config = S3Config(
+        bucket=s.s3_bucket,
+        endpoint=s.s3_endpoint.rstrip("/"),
+        region=s.s3_region,
+        prefix=s.s3_prefix,
+        access_key=s.s3_access_key,
+        secret_key=s.s3_secret(),
+        verify_tls=s.s3_verify_tls,
+        ca_file=s.s3_ca_file if str(s.s3_ca_file) not in ("", ".") else None,
+        connect_timeout=s.s3_connect_timeout,
+        read_timeout=s.s3_read_timeout,
+        max_connections=s.s3_upload_concurrency + 8,
+    )
+    return TieredBlobStore(local, S3BlobStore(config))
+
+
+def upload_worker(rt: Runtime) -> Uploader:
+    """An uploader of this runtime's queue (not started; ``pacs serve`` runs one, the storage
+    migration drives one in the foreground)."""
+    from pacs.services.uploads import Uploader
+
+    if isinstance(rt.blobs, FileBlobStore):
+        from pacs.config import ConfigError
+
+        raise ConfigError("[storage] s3_bucket is not set")
+    return Uploader(rt.db, rt.blobs, rt.settings.storage)
 
 
 def _reuse(settings: Settings, db: Database, audit: Audit) -> tuple[Identifiers, Fhir]:

@@ -20,7 +20,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol, runtime_checkable
 
 
 class BlobWriter(Protocol):
@@ -77,6 +77,18 @@ class BlobStore(Protocol):
         """Every committed key."""
 
 
+#: What :meth:`CheckedStore.check` found for a blob.
+BlobState = Literal["ok", "missing", "corrupt"]
+
+
+@runtime_checkable
+class CheckedStore(Protocol):
+    """A store that checks its blobs itself (where reading each one whole costs too much)."""
+
+    def check(self, key: str, size: int, sha256: str, *, deep: bool) -> BlobState:
+        """Whether the blob is there with ``size`` bytes (``deep``: and hashes to ``sha256``)."""
+
+
 #: Keys in a row that share a shard directory before the next is picked at random.
 SHARD_RUN = 256
 
@@ -110,9 +122,11 @@ _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 
 
 class _FileWriter:
-    def __init__(self, store: FileBlobStore) -> None:
+    def __init__(self, store: FileBlobStore, key: str | None = None) -> None:
         self._store = store
-        self._key = new_key()
+        if key is not None:
+            _check_key(key)
+        self._key = key or new_key()
         self._final = os.path.join(store.root_str, self._key)
         self._shard = os.path.dirname(self._final)
         self._tmp: str | None = None  # the named temporary file, when O_TMPFILE is not used
@@ -282,8 +296,9 @@ class FileBlobStore:
             n += 1
         return n
 
-    def writer(self) -> _FileWriter:
-        return _FileWriter(self)
+    def writer(self, key: str | None = None) -> _FileWriter:
+        """A new blob; ``key``: under that key (a copy of a blob kept elsewhere, e.g. in S3)."""
+        return _FileWriter(self, key)
 
     def open(self, key: str) -> BinaryIO:
         _check_key(key)

@@ -476,3 +476,27 @@ commitments = Table(
     Column("delivered_at", DateTime(timezone=True)),
 )
 Index("ix_commitments_status_next_attempt_at", commitments.c.status, commitments.c.next_attempt_at)
+
+#: Blobs of ``[storage] backend = "s3"`` (pacs.services.uploads): one row per blob that was
+#: queued for upload, written in the store transaction of its instance. ``state`` is ``queued``
+#: until the object is uploaded and verified (size, ETag = MD5), then ``remote`` (the local copy
+#: is removed after that commit); no row: the blob is local only. An upload holds its row with a
+#: lease (``locked_by`` until ``locked_until``, renewed while it runs) so that a node killed
+#: mid-upload leaves it to another; rows are taken ``FOR UPDATE SKIP LOCKED`` on PostgreSQL.
+blob_uploads = Table(
+    "blob_uploads",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("blob_key", String(128), nullable=False, unique=True),
+    Column("state", String(16), nullable=False),
+    Column("size", BigInteger),
+    Column("md5", String(32)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text),
+    Column("locked_by", String(128)),
+    Column("locked_until", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("uploaded_at", DateTime(timezone=True)),
+)
+Index("ix_blob_uploads_state_next_attempt_at", blob_uploads.c.state, blob_uploads.c.next_attempt_at)

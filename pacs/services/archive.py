@@ -31,12 +31,12 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from pacs import limits
-from pacs.blobstore import BlobStore, BlobWriter
+from pacs.blobstore import BlobStore, BlobWriter, CheckedStore
 from pacs.dicom.extract import extract, read_header
 from pacs.dicom.meta import encode_file_meta
 from pacs.dicom.text import is_valid_uid
 from pacs.errors import InvalidInstance, NotFound, StorageUnavailable, TooLarge
-from pacs.index import repo
+from pacs.index import repo, uploads
 from pacs.index.database import Database, unavailable
 from pacs.index.sql import run_query
 from pacs.model import (
@@ -537,20 +537,24 @@ class Archive:
         blob = repo.BlobFacts(key, size, whole.hexdigest(), dataset_hash.hexdigest(), received)
         return record, blob, origin
 
-    def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
+    def verify(self, progress: Callable[[int], None] | None = None, *, deep: bool = False) -> VerifyReport:
         """Check every indexed file (instances and their superseded versions) exists with its
-        recorded SHA-256, and every blob is indexed."""
+        recorded SHA-256, and every blob is indexed. A store that checks its blobs itself (S3:
+        size by HEAD) re-hashes remote ones only when ``deep``."""
         report = VerifyReport()
         indexed: set[str] = set()
         with self.db.read() as conn:
-            facts = list(repo.iter_blob_facts(conn))
-            facts += [
-                (f"{sop} (superseded version {sha[:16]})", key, sha)
-                for sop, key, sha in repo.iter_version_facts(conn)
-            ]
-        for sop, key, sha in facts:
+            facts = list(uploads.iter_indexed_blobs(conn))
+        for sop, key, size, sha in facts:
             indexed.add(key)
             report.checked += 1
+            if progress and report.checked % 500 == 0:
+                progress(report.checked)
+            if isinstance(self.blobs, CheckedStore):
+                state = self.blobs.check(key, size, sha, deep=deep)
+                if state != "ok":
+                    (report.missing if state == "missing" else report.corrupt).append(sop)
+                continue
             try:
                 with self.blobs.open(key) as fh:
                     digest = hashlib.file_digest(fh, "sha256").hexdigest()  # type: ignore[arg-type]  # BinaryIO has readinto
@@ -559,8 +563,6 @@ class Archive:
                 continue
             if digest != sha:
                 report.corrupt.append(sop)
-            if progress and report.checked % 500 == 0:
-                progress(report.checked)
         report.unindexed = [k for k in self.blobs.keys() if k not in indexed]
         return report
 
