@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pacs.web import appraisal, auth, dicomweb, fhir, instances, orders
+from pacs.web import appraisal, auth, dicomweb, fhir, instances, measurements, orders
 from pacs.web.errors import EXCEPTION_HANDLERS
 from pacs.web.hosts import HostCheck, default_hosts
 
@@ -181,6 +181,7 @@ def routes(rt: Any) -> list[BaseRoute]:
         *appraisal.routes(),
         *orders.routes(),
         *instances.routes(),
+        *measurements.routes(),
         *auth.routes(),
     ]
     if STATIC_DIR.is_dir():

@@ -69,6 +69,8 @@ def classify(method: str, path: str) -> Family | None:
             return Family.SESSION
         if path.startswith(("/api/orders", "/api/patients/")):
             return Family.ORDERS
+        if path.startswith("/api/measurements/"):  # a reader's measurements: saved as an SR, read back
+            return Family.STORE if method == "POST" else Family.METADATA
         return Family.ADMIN
     return None
 

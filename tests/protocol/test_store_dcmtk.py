@@ -39,21 +39,32 @@ def _storescu_files(port: int, files: list[Path], *options: str) -> subprocess.C
     )
 
 
+#: Sample folders and the storescu option that proposes their transfer syntax.
+SAMPLE_SYNTAXES = [
+    ("ct_head", "-xt"),
+    ("ct_head_prior", "-xt"),
+    ("cr_chest", "-xt"),
+    ("mr_brain", "-xr"),
+    ("us_abdomen", "-xy"),
+]
+
+
 def test_storescu_study_then_folder(db_url: str, tmp_path: Path) -> None:
     """A CT study file by file, then the whole sample folder recursively: all indexed, bytes kept."""
     ct = sorted((SAMPLES / "ct_head").glob("*.dcm"))
     everything = sorted(SAMPLES.rglob("*.dcm"))
     with serve(tmp_path, db_url, env={"PACS_STORAGE_FSYNC": "false"}) as srv:  # see test_store_crash
-        done = _storescu_files(srv.dicom_port, ct)
+        done = _storescu_files(srv.dicom_port, ct, "-xt")  # JPEG-LS Lossless, as stored
         assert done.returncode == 0, done.stderr
         with open_archive(db_url, srv.storage) as archive:
             assert archive.count(Level.IMAGE) == len(ct)
-        # +r: a folder; -xr: also propose RLE for the compressed MR study.
-        done = _storescu_files(srv.dicom_port, [SAMPLES], "+r", "+sd", "-xr")
-        assert done.returncode == 0, done.stderr
+        # +r: a folder, each with its stored transfer syntax proposed (JPEG-LS, RLE, JPEG baseline).
+        for folder, option in SAMPLE_SYNTAXES:
+            done = _storescu_files(srv.dicom_port, [SAMPLES / folder], "+r", "+sd", option)
+            assert done.returncode == 0, (folder, done.stderr)
         with open_archive(db_url, srv.storage) as archive:
             assert archive.count(Level.IMAGE) == len(everything)
-            assert archive.count(Level.STUDY) == 4
+            assert archive.count(Level.STUDY) == 5
             assert {"Nguyễn^Thị Hồng Nhung", "Trần^Văn Đức", "Lê^Hoàng Phúc"} <= patient_names(archive)
             for f in everything:
                 sent = pydicom.dcmread(f, stop_before_pixels=True)

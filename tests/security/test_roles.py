@@ -37,6 +37,7 @@ EXPECTED = {
     "thumbnail": {"admin", "radiologist"},
     "store": {"admin", "radiologist", "modality-upload"},
     "appraisal": {"admin", "radiologist", "appraiser"},
+    "measurements": {"admin", "radiologist"},  # a reader's saved measurements (issue 21)
     "audit": {"admin"},
     "orders": {"admin", "orders"},  # the HIS's door (issue 15); nothing else for it
     "me": set(ROLES),
@@ -59,6 +60,7 @@ def _request(s: Secured, family: str, uids: tuple[str, str, str], headers: dict[
         "rendered": inst + "/rendered",
         "thumbnail": inst + "/thumbnail",
         "appraisal": "/api/appraisal/v1/records",
+        "measurements": f"/api/measurements/{st}",
         "audit": "/api/audit",
         "orders": "/api/orders",
         "me": "/api/auth/me",

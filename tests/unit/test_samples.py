@@ -6,31 +6,61 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_dicom"
+RLE, JPEG_LS, JPEG_BASELINE = "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.50"
 
 
 def test_samples_are_small_and_varied() -> None:
     files = sorted(SAMPLES.rglob("*.dcm"))
-    assert sum(f.stat().st_size for f in files) < 3_000_000
-    seen = {}
+    total = sum(f.stat().st_size for f in files)
+    assert total < 5_000_000, f"{total / 1e6:.2f} MB"
+    seen: dict[tuple[str, str], list[pydicom.Dataset]] = {}
     for f in files:
         ds = pydicom.dcmread(f)
         assert ds.SpecificCharacterSet == "ISO_IR 192"
         ids = [item.PatientID for item in ds.OtherPatientIDsSequence]
         assert any(len(i) == 12 and i.isdigit() for i in ids)  # citizen ID (CCCD)
         assert any(len(i) == 15 for i in ids)  # health insurance card (BHYT)
-        seen[(ds.Modality, ds.file_meta.TransferSyntaxUID)] = ds
+        seen.setdefault((ds.Modality, ds.file_meta.TransferSyntaxUID), []).append(ds)
     assert {m for m, _ in seen} == {"CT", "MR", "CR", "US"}
-    assert ("MR", "1.2.840.10008.1.2.5") in seen  # one study compressed (RLE Lossless)
-    assert seen[("CR", "1.2.840.10008.1.2.1")].PhotometricInterpretation == "MONOCHROME1"
-    us = seen[("US", "1.2.840.10008.1.2.1")]
-    assert us.NumberOfFrames == 10 and us.pixel_array.shape == (10, 120, 160, 3)
-    ct = seen[("CT", "1.2.840.10008.1.2.1")]
-    assert ct.RescaleIntercept == -1024
+    assert len(seen[("MR", RLE)]) == 12
+    cr = seen[("CR", JPEG_LS)][0]
+    assert cr.PhotometricInterpretation == "MONOCHROME1" and (cr.Columns, cr.Rows) == (2000, 2500)
+    assert [float(v) for v in cr.ImagerPixelSpacing] == [0.175, 0.175]
+    (us,) = seen[("US", JPEG_BASELINE)]
+    assert us.NumberOfFrames == 30 and us.pixel_array.shape == (30, 360, 480, 3)
+    assert us.SequenceOfUltrasoundRegions[0].PhysicalUnitsXDirection == 3  # cm
+
+
+def test_ct_head_phantom_current_and_prior() -> None:
+    """512x512, >= 60 slices, HU as documented, a uniform region, and a prior of the same patient."""
+    current = [pydicom.dcmread(f) for f in sorted((SAMPLES / "ct_head").glob("*.dcm"))]
+    prior = [
+        pydicom.dcmread(f, stop_before_pixels=True) for f in sorted((SAMPLES / "ct_head_prior").glob("*.dcm"))
+    ]
+    thin = [ds for ds in current if ds.SeriesNumber == 2]
+    assert len(thin) >= 60 and all((ds.Rows, ds.Columns) == (512, 512) for ds in current)
+    assert {ds.file_meta.TransferSyntaxUID for ds in current} == {JPEG_LS}
+    assert len({ds.FrameOfReferenceUID for ds in current}) == 1, "both series in one frame of reference"
+    assert len({ds.SeriesInstanceUID for ds in current}) == 2
+    assert {ds.PatientID for ds in prior} == {thin[0].PatientID} and len(prior) >= 30
+    assert prior[0].StudyDate < thin[0].StudyDate and prior[0].StudyInstanceUID != thin[0].StudyInstanceUID
+    assert prior[0].FrameOfReferenceUID != thin[0].FrameOfReferenceUID
+    ds = next(d for d in thin if float(d.ImagePositionPatient[2]) == 95.0)  # inside the uniform region
+    hu = ds.pixel_array.astype(float) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    spacing = float(ds.PixelSpacing[0])
+    x0, y0 = float(ds.ImagePositionPatient[0]), float(ds.ImagePositionPatient[1])
+    col, row = round((35 - x0) / spacing), round((-15 - y0) / spacing)  # UNIFORM_REGION centre
+    r = int(9 / spacing)
+    assert np.all(hu[row - r : row + r, col - r : col + r] == 35)
+    assert hu[0, 0] == -1000 and hu.max() == 1000  # air outside, skull bone
+    assert 5 in np.unique(hu)  # CSF in the ventricles
+    assert (ds.WindowCenter[0], ds.WindowWidth[0]) == (40, 80)
 
 
 def test_make_samples_is_deterministic(tmp_path: Path) -> None:

@@ -10,12 +10,17 @@
   const FHIR = new URL(meta("fhir-base", "fhir").replace(/\/?$/, "/"), document.baseURI).href;
   const PAGE_SIZE = 25;
   const NON_IMAGE = new Set(["SR", "PR", "KO", "SEG", "RTSTRUCT", "RTPLAN", "DOC"]);
+  /** CT windows, keys 1-9: [id, name, level (centre), width] in HU. */
   const CT_PRESETS = [
     ["brain", "Brain", 40, 80],
+    ["subdural", "Subdural", 75, 215],
+    ["stroke", "Stroke", 40, 40],
     ["lung", "Lung", -600, 1500],
-    ["bone", "Bone", 300, 1500],
-    ["abdomen", "Abdomen", 60, 400],
-    ["soft", "Soft tissue", 50, 350],
+    ["bone", "Bone", 500, 2000],
+    ["abdomen", "Abdomen", 40, 400],
+    ["liver", "Liver", 60, 160],
+    ["mediastinum", "Mediastinum", 50, 350],
+    ["temporal", "Temporal bone", 600, 2800],
   ];
 
   // ------------------------------------------------------------ DICOM JSON (PS3.18 Annex F)
@@ -29,6 +34,7 @@
     NumberOfFrames: "00280008", WindowCenter: "00281050", WindowWidth: "00281051", SliceLocation: "00201041",
     ImagePositionPatient: "00200032", SliceThickness: "00180050", FrameTime: "00181063", CineRate: "00180040",
     RecommendedDisplayFrameRate: "00082144", InstitutionName: "00080080", PhotometricInterpretation: "00280004",
+    ImageOrientationPatient: "00200037", FrameOfReferenceUID: "00200052",
   };
   const values = (ds, kw) => ((ds && ds[TAG[kw]]) || {}).Value || [];
   const first = (ds, kw) => values(ds, kw)[0];
@@ -86,8 +92,19 @@
     "Keyboard and mouse": "Bàn phím và chuột", "previous / next slice": "lát trước / lát sau",
     "Drag (W/L tool)": "Kéo (công cụ W/L)", "window: left-right width, up-down level":
       "cửa sổ: trái-phải độ rộng, lên-xuống mức", "pan": "di chuyển", "zoom": "phóng to",
-    "CT presets brain, lung, bone, abdomen, soft tissue; 0 the header's window":
-      "cửa sổ CT não, phổi, xương, bụng, mô mềm; 0 cửa sổ theo ảnh", "Middle drag, P": "Kéo nút giữa, P",
+    "CT presets: brain, subdural, stroke, lung, bone, abdomen, liver, mediastinum, temporal bone; 0 the header's window":
+      "cửa sổ CT: não, dưới màng cứng, đột quỵ, phổi, xương, bụng, gan, trung thất, xương thái dương; 0 cửa sổ theo ảnh",
+    "Subdural": "Dưới màng cứng", "Stroke": "Đột quỵ", "Liver": "Gan", "Mediastinum": "Trung thất",
+    "Temporal bone": "Xương thái dương", "Prior": "Ca cũ", "Viewport {0}": "Khung ảnh {0}",
+    "Cal: {0}": "Hiệu chuẩn: {0}", "Cal: none (px)": "Chưa hiệu chuẩn (px)", "Full screen": "Toàn màn hình",
+    "Full screen (Shift+F)": "Toàn màn hình (Shift+F)", "Layout": "Bố cục", "Image": "Ảnh",
+    "1 image": "1 ảnh", "2 images side by side": "2 ảnh cạnh nhau", "4 images": "4 ảnh",
+    "Images of the prior study": "Ảnh của ca chụp trước", "Prior study": "Ca chụp trước",
+    "Shift+↑ ↓, [ ]": "Shift+↑ ↓, [ ]", "previous / next series": "loạt trước / loạt sau",
+    "1–9, 0": "1–9, 0", "Shift+F": "Shift+F", "full screen": "toàn màn hình",
+    "Two fingers": "Hai ngón tay", "pinch to zoom, move to pan": "chụm để phóng to, kéo để di chuyển",
+    "Drag a series onto an image": "Kéo một loạt vào khung ảnh", "shows it there": "hiển thị loạt đó ở khung ấy",
+    "Image 1": "Ảnh 1", "Middle drag, P": "Kéo nút giữa, P",
     "Right drag, Ctrl+wheel, + −": "Kéo nút phải, Ctrl+cuộn, + −", "fit, reset, invert": "vừa khung, đặt lại, đảo màu",
     "cine play / pause": "phát / dừng", "Wheel, ↑ ↓, PgUp PgDn, Home End": "Cuộn, ↑ ↓, PgUp PgDn, Home End",
     "Brain": "Não", "Lung": "Phổi", "Bone": "Xương", "Abdomen": "Bụng", "Soft tissue": "Mô mềm",
@@ -125,8 +142,6 @@
       }
     }
   }
-  translatePage();
-  $("#lang").value = LANG;
   $("#lang").addEventListener("change", (ev) => {
     localStorage.setItem("pacs.lang", ev.target.value);
     location.reload();
@@ -354,7 +369,7 @@
       openStudy(m[1], params);
     } else {
       studySeq++;
-      viewer.close();
+      closeStudy();
       $("#back").href = location.hash || "#/"; // "Studies" returns to this search
       $("#study-view").hidden = true;
       $("#list-view").hidden = false;
@@ -535,59 +550,102 @@
     return tr;
   }
 
-  // ------------------------------------------------------------ Study view
+  // ------------------------------------------------------------ Study view: the study in the URL, and a prior beside it
+  /** Studies on screen by UID: {uid, ds, seriesList}; `current` is the one in the URL. */
+  const studies = new Map();
+  let current = null;
+  /** Resolved when the study's first image is on screen: thumbnails wait for it (the first image has the line). */
+  let firstImage = { promise: Promise.resolve(), resolve: () => {} };
+  function expectFirstImage() {
+    let resolve;
+    const promise = new Promise((r) => {
+      resolve = r;
+    });
+    firstImage = { promise, resolve };
+  }
+
+  async function loadStudy(uid) {
+    if (studies.has(uid)) return studies.get(uid);
+    const studyQ = new URLSearchParams({ StudyInstanceUID: uid, includefield: INCLUDE.join(",") });
+    const [rows, series] = await Promise.all([
+      getJson(`${ROOT}studies?${studyQ}`),
+      getJson(`${ROOT}studies/${uid}/series?includefield=NumberOfSeriesRelatedInstances`),
+    ]);
+    series.sort((a, b) => (num(a, "SeriesNumber") ?? 1e9) - (num(b, "SeriesNumber") ?? 1e9));
+    const st = { uid, ds: rows[0] || {}, seriesList: [] };
+    st.seriesList = series.map((ds) => ({
+      uid: first(ds, "SeriesInstanceUID"), ds, modality: first(ds, "Modality") || "", study: st,
+    }));
+    studies.set(uid, st);
+    return st;
+  }
+  const findSeries = (uid) => {
+    for (const st of studies.values()) {
+      const s = st.seriesList.find((x) => x.uid === uid);
+      if (s) return s;
+    }
+    return undefined;
+  };
+
+  function closeStudy() {
+    for (const v of viewports) v.close();
+    studies.clear();
+    current = null;
+    hooks.emit("studyClosed");
+  }
+
   async function openStudy(studyUid, params) {
-    if (viewer.study && viewer.study.uid === studyUid) {
+    if (current && current.uid === studyUid) {
       const want = params.get("series");
-      if (want && viewer.series && want !== viewer.series.uid) viewer.selectSeries(want);
+      const v = viewports[0];
+      if (want && v.series && want !== v.series.uid) v.show(want);
       return;
     }
     const seq = ++studySeq;
-    viewer.close();
-    viewer.study = { uid: studyUid, ds: null };
+    closeStudy();
     $("#series-list").replaceChildren();
-    viewer.message(t("Loading study…"));
+    $("#prior-list").replaceChildren();
+    $("#prior-strip").hidden = true;
+    viewports[0].message(t("Loading study…"));
     status(t("Loading study…"));
     try {
-      const studyQ = new URLSearchParams({ StudyInstanceUID: studyUid, includefield: INCLUDE.join(",") });
-      const [studies, series] = await Promise.all([
-        getJson(`${ROOT}studies?${studyQ}`),
-        getJson(`${ROOT}studies/${studyUid}/series?includefield=NumberOfSeriesRelatedInstances`),
-      ]);
+      const st = await loadStudy(studyUid);
       if (seq !== studySeq) return;
-      viewer.study.ds = studies[0] || {};
-      document.title = `${text(viewer.study.ds, "PatientName")} - PACS`;
-      series.sort((a, b) => (num(a, "SeriesNumber") ?? 1e9) - (num(b, "SeriesNumber") ?? 1e9));
-      viewer.seriesList = series.map((ds) => ({
-        uid: first(ds, "SeriesInstanceUID"), ds, modality: first(ds, "Modality") || "",
-      }));
-      renderStrip();
+      current = st;
+      document.title = `${text(st.ds, "PatientName")} - PACS`;
+      expectFirstImage();
+      renderStrip($("#series-list"), st);
       status("");
-      if (!series.length) {
-        viewer.message(t("This study has no series."));
+      hooks.emit("studyOpened", st);
+      if (!st.seriesList.length) {
+        viewports[0].message(t("This study has no series."));
         return;
       }
       const want = params.get("series");
-      const pick = viewer.seriesList.find((s) => s.uid === want)
-        || viewer.seriesList.find((s) => !NON_IMAGE.has(s.modality)) || viewer.seriesList[0];
-      await viewer.selectSeries(pick.uid, parseInt(params.get("i"), 10) || 0);
+      const pick = st.seriesList.find((s) => s.uid === want)
+        || st.seriesList.find((s) => !NON_IMAGE.has(s.modality)) || st.seriesList[0];
+      setActive(viewports[0]);
+      await viewports[0].show(pick.uid, parseInt(params.get("i"), 10) || 0);
     } catch (e) {
       if (seq !== studySeq) return;
-      viewer.message(t("Cannot open the study: {0}", e.message));
+      viewports[0].message(t("Cannot open the study: {0}", e.message));
       status("");
     }
   }
 
-  function renderStrip() {
-    const list = $("#series-list");
-    list.replaceChildren(...viewer.seriesList.map((s) => {
+  /** The series buttons of a study: click shows the series in the active viewport; drag one onto a viewport. */
+  function renderStrip(list, st) {
+    const thumbsAfter = firstImage.promise;
+    list.replaceChildren(...st.seriesList.map((s) => {
       const count = text(s.ds, "NumberOfSeriesRelatedInstances");
       const img = el("img", { alt: "", width: 96, height: 96, loading: "lazy" });
       const btn = el("button", {
-        type: "button", class: "series", "data-series": s.uid, "aria-pressed": "false",
-        onclick: () => {
-          setHashParams({ series: s.uid, i: null });
-          viewer.selectSeries(s.uid);
+        type: "button", class: "series", "data-series": s.uid, "aria-pressed": "false", draggable: "true",
+        onclick: () => activeViewport().show(s.uid),
+        ondragstart: (ev) => {
+          ev.dataTransfer.setData("application/x-pacs-series", s.uid);
+          ev.dataTransfer.setData("text/plain", s.uid);
+          ev.dataTransfer.effectAllowed = "copy";
         },
       },
       el("span", { class: "thumb" }, img),
@@ -596,15 +654,24 @@
         el("span", { class: "desc" }, text(s.ds, "SeriesDescription") || t("(no description)")),
         el("span", { class: "count" }, count ? t(count === "1" ? "{0} image" : "{0} images", count) : "")));
       if (!NON_IMAGE.has(s.modality)) {
-        const url = `${ROOT}studies/${viewer.study.uid}/series/${s.uid}/thumbnail?viewport=128,128`;
-        thumbs.load(url, url).then((e) => {
-          img.src = e.url;
-        }, () => btn.classList.add("no-thumb"));
+        const url = `${ROOT}studies/${st.uid}/series/${s.uid}/thumbnail?viewport=128,128`;
+        s.thumbUrl = url;
+        Promise.race([thumbsAfter, new Promise((r) => setTimeout(r, 3000))]).then(() => thumbs.load(url, url))
+          .then((e) => {
+            img.src = e.url;
+          }, () => btn.classList.add("no-thumb"));
       } else {
         btn.classList.add("no-thumb");
       }
       return el("li", {}, btn);
     }));
+    markShownSeries();
+  }
+  function markShownSeries() {
+    const shown = activeViewport().series && activeViewport().series.uid;
+    for (const b of document.querySelectorAll(".series")) {
+      b.setAttribute("aria-pressed", String(b.dataset.series === shown));
+    }
   }
 
   function setHashParams(changes) {
@@ -618,54 +685,92 @@
     history.replaceState(null, "", `#${path}${qs ? `?${qs}` : ""}`);
   }
 
-  // ------------------------------------------------------------ The stack viewer
-  const viewport = $("#viewport");
-  const imgEl = $("#image");
+  // ------------------------------------------------------------ Viewports: one stack each
+  const settings = { lossless: localStorage.getItem("pacs.lossless") === "1", tool: "window" };
+  const accept = () => (settings.lossless ? "image/png" : "image/jpeg");
   const slider = $("#slider");
+  /** Who listens to what the viewports do (measure.js, layout.js): name -> [fn]. */
+  const hooks = {
+    map: new Map(),
+    on(name, fn) {
+      if (!this.map.has(name)) this.map.set(name, []);
+      this.map.get(name).push(fn);
+    },
+    emit(name, ...args) {
+      for (const fn of this.map.get(name) || []) fn(...args);
+    },
+  };
 
-  const viewer = {
-    study: null,
-    seriesList: [],
-    series: null, // {uid, modality, ds}
-    stack: [], // [{sop, frame, frames, number, rows, cols}]
-    meta: new Map(), // sop -> instance metadata dataset
-    index: 0,
-    window: null, // {c, w} explicit, or null for each instance's own (header) window
-    preset: "",
-    invert: false,
-    lossless: localStorage.getItem("pacs.lossless") === "1",
-    view: { scale: 1, tx: 0, ty: 0, fitted: true },
-    tool: "window",
-    shown: { key: null, seq: 0, index: -1 },
-    seq: 0,
-    cine: null,
-    loadToken: 0,
+  /** The geometry of one slice from its metadata: position along the normal (PS3.3 C.7.6.2). */
+  function slicePosition(m) {
+    const ipp = values(m, "ImagePositionPatient").map(Number);
+    const iop = values(m, "ImageOrientationPatient").map(Number);
+    if (ipp.length !== 3 || iop.length !== 6) return undefined;
+    const n = [iop[1] * iop[5] - iop[2] * iop[4], iop[2] * iop[3] - iop[0] * iop[5], iop[0] * iop[4] - iop[1] * iop[3]];
+    return { pos: ipp[0] * n[0] + ipp[1] * n[1] + ipp[2] * n[2], normal: n, ipp, iop };
+  }
 
-    close() {
-      this.loadToken++; // work still in flight for the previous study is dropped when it lands
-      clearTimeout(this.urlTimer);
-      this.stopCine();
-      this.study = null;
+  class Viewport {
+    constructor(n, root) {
+      this.n = n;
+      this.root = root;
+      const q = (cls) => root.querySelector(cls);
+      this.img = q("img");
+      this.msg = q(".message");
+      this.ov = { tl: q(".overlay.tl"), tr: q(".overlay.tr"), bl: q(".overlay.bl"), br: q(".overlay.br") };
+      this.bar = q(".vp-progress");
+      this.svg = q("svg.marks");
+      root.dataset.vp = String(n);
       this.series = null;
       this.stack = [];
       this.meta = new Map();
-      imgEl.hidden = true;
-      imgEl.removeAttribute("src");
-      for (const id of ["#ov-tl", "#ov-tr", "#ov-bl", "#ov-br", "#progress"]) {
-        $(id).textContent = "";
-        delete $(id).dataset.text;
+      this.index = 0;
+      this.window = null;
+      this.preset = "";
+      this.invert = false;
+      this.view = { scale: 1, tx: 0, ty: 0, fitted: true };
+      this.shown = { key: null, seq: 0, index: -1 };
+      this.seq = 0;
+      this.cine = null;
+      this.loadToken = 0;
+      this.firstShown = Promise.resolve();
+      this.bind();
+    }
+    get study() {
+      return this.series ? this.series.study : current;
+    }
+    get isActive() {
+      return active === this;
+    }
+
+    close() {
+      this.loadToken++; // work still in flight for the previous series is dropped when it lands
+      clearTimeout(this.urlTimer);
+      this.stopCine();
+      this.series = null;
+      this.stack = [];
+      this.meta = new Map();
+      this.positions = null;
+      this.img.hidden = true;
+      this.img.removeAttribute("src");
+      for (const node of Object.values(this.ov)) {
+        node.textContent = "";
+        delete node.dataset.text;
       }
-    },
+      this.renderProgressNow();
+      this.message("");
+      hooks.emit("viewChanged", this);
+    }
 
     message(msg) {
-      const m = $("#message");
-      m.textContent = msg || "";
-      m.hidden = !msg;
-    },
+      this.msg.textContent = msg || "";
+      this.msg.hidden = !msg;
+    }
 
-    async selectSeries(uid, startIndex = 0) {
-      const s = this.seriesList.find((x) => x.uid === uid);
-      if (!s || !this.study) return;
+    /** Show series `uid` (of any study on screen) from slice `startIndex`. */
+    async show(uid, startIndex = 0) {
+      const s = findSeries(uid);
+      if (!s) return;
       this.stopCine();
       clearTimeout(this.urlTimer);
       this.drawing = 0;
@@ -674,22 +779,22 @@
       this.series = s;
       this.stack = [];
       this.meta = new Map();
+      this.positions = null;
       this.window = null;
       this.preset = "";
       this.shown = { key: null, seq: 0, index: -1 };
       this.shownDims = "";
-      for (const b of document.querySelectorAll(".series")) {
-        b.setAttribute("aria-pressed", String(b.dataset.series === uid));
-      }
-      this.renderPresets(false);
+      if (this.n === 0 && s.study === current) setHashParams({ series: uid, i: startIndex || null });
+      markShownSeries();
+      if (this.isActive) syncToolbar();
       if (NON_IMAGE.has(s.modality)) {
-        imgEl.hidden = true;
+        this.img.hidden = true;
         this.message(t("{0} series: no images to display.", s.modality));
         this.renderOverlay();
         return;
       }
       this.message(t("Loading series…"));
-      const base = `${ROOT}studies/${this.study.uid}/series/${uid}`;
+      const base = `${ROOT}studies/${s.study.uid}/series/${uid}`;
       let instances;
       try {
         instances = await getJson(`${base}/instances?includefield=PhotometricInterpretation`);
@@ -711,37 +816,53 @@
         }
       }
       this.stack = stack;
-      this.renderPresets();
+      if (this.isActive) syncToolbar();
       if (!stack.length) {
         this.message(t("This series has no images."));
         return;
       }
       this.message("");
-      slider.max = String(stack.length - 1);
-      slider.disabled = stack.length < 2;
-      $("#cine").disabled = stack.length < 2;
-      $("#fps").value = String(s.modality === "US" ? 25 : 15);
+      this.fps = s.modality === "US" ? 25 : 15;
       this.view.fitted = true;
-      const firstShown = new Promise((resolve) => {
-        this.onShown = resolve;
+      let resolveShown;
+      this.firstShown = new Promise((resolve) => {
+        resolveShown = resolve;
       });
-      this.setIndex(Math.min(Math.max(0, startIndex), stack.length - 1), { force: true });
+      this.onShown = resolveShown;
+      this.placeholder(Math.min(Math.max(0, startIndex), stack.length - 1));
+      this.setIndex(Math.min(Math.max(0, startIndex), stack.length - 1), { force: true, quiet: true });
       // On a slow link the first image must not share the line: neighbours, then metadata (WADO-RS,
       // PS3.18 10.4.1.1.2: overlay facts and header windows; megabytes for a long series) come after.
-      await Promise.race([firstShown, new Promise((r) => setTimeout(r, 2000))]);
+      await Promise.race([this.firstShown, new Promise((r) => setTimeout(r, 2000))]);
       if (token !== this.loadToken) return;
       this.prefetch();
       getJson(`${base}/metadata`).then((all) => {
         if (token !== this.loadToken) return;
         for (const ds of all) this.meta.set(first(ds, "SOPInstanceUID"), ds);
+        this.positions = stack.map((it) => slicePosition(this.meta.get(it.sop)));
         const m = this.meta.get(stack[0].sop);
+        this.frameOfReference = first(m, "FrameOfReferenceUID") || "";
         const rate = num(m, "RecommendedDisplayFrameRate") || num(m, "CineRate")
           || (num(m, "FrameTime") ? 1000 / num(m, "FrameTime") : 0);
-        if (rate) $("#fps").value = String(Math.round(Math.min(60, Math.max(1, rate))));
-        this.renderPresets();
+        if (rate) this.fps = Math.round(Math.min(60, Math.max(1, rate)));
+        if (this.isActive) syncToolbar();
         this.renderOverlay();
+        hooks.emit("metadata", this);
       }, () => {});
-    },
+    }
+
+    /** The series thumbnail, scaled up, while the first image is on its way (a slow link sees something at once). */
+    placeholder(i) {
+      const hit = this.series.thumbUrl && thumbs.peek(this.series.thumbUrl);
+      if (!hit || i !== 0 || this.stack.length > 1) return;
+      const it = this.stack[i];
+      this.img.src = hit.url;
+      this.img.width = it.cols;
+      this.img.height = it.rows;
+      this.img.dataset.index = "placeholder";
+      this.img.hidden = false;
+      this.fit();
+    }
 
     /** The rendered-resource URL of stack item `i` under the current window (PS3.18 9.5.1.2). */
     urlOf(i, win = this.window) {
@@ -751,7 +872,7 @@
       const q = new URLSearchParams();
       if (win) q.set("window", `${Math.round(win.c)},${Math.max(1, Math.round(win.w))},linear`);
       // An explicit quality for JPEG also keeps the JPEG and PNG URLs apart in HTTP caches.
-      if (!this.lossless) q.set("quality", "90");
+      if (!settings.lossless) q.set("quality", "90");
       const big = Math.max(it.rows, it.cols);
       if (big > 1024) {
         const k = 1024 / big;
@@ -759,36 +880,38 @@
       }
       const qs = q.toString();
       return qs ? `${path}?${qs}` : path;
-    },
+    }
     windowKey(win = this.window) {
       return win ? `${Math.round(win.c)},${Math.max(1, Math.round(win.w))}` : "header";
-    },
+    }
     keyOf(i) {
-      return `${this.series.uid}|${i}|${this.windowKey()}|${this.lossless ? "png" : "jpeg"}`;
-    },
-    /** JPEG (default: small, for slow links) or lossless PNG, chosen by the reader. */
-    accept() {
-      return this.lossless ? "image/png" : "image/jpeg";
-    },
+      return `${this.series.uid}|${i}|${this.windowKey()}|${settings.lossless ? "png" : "jpeg"}`;
+    }
     load(i) {
-      const info = { series: this.series.uid, index: i, wkey: this.windowKey(), fmt: this.accept() };
-      return images.load(this.keyOf(i), this.urlOf(i), info, this.accept());
-    },
+      const info = { series: this.series.uid, index: i, wkey: this.windowKey(), fmt: accept() };
+      return images.load(this.keyOf(i), this.urlOf(i), info, accept());
+    }
 
-    setIndex(i, { force = false } = {}) {
+    setIndex(i, { force = false, quiet = false } = {}) {
       if (!this.stack.length) return;
       i = Math.min(Math.max(0, i), this.stack.length - 1);
       if (i === this.index && !force) return;
       this.index = i;
-      slider.value = String(i);
-      $("#slider-out").textContent = `${i + 1} / ${this.stack.length}`;
+      if (this.isActive) {
+        slider.value = String(i);
+        $("#slider-out").textContent = `${i + 1} / ${this.stack.length}`;
+      }
       // The slice goes into the URL once scrolling pauses (browsers throttle history updates).
       clearTimeout(this.urlTimer);
-      const series = this.series.uid;
-      this.urlTimer = setTimeout(() => this.series && setHashParams({ series, i: i || null }), 250);
+      if (this.n === 0 && this.series.study === current) {
+        const series = this.series.uid;
+        this.urlTimer = setTimeout(() => this.series && setHashParams({ series, i: i || null }), 250);
+      }
       this.renderOverlay();
       this.draw();
-    },
+      hooks.emit("viewChanged", this);
+      if (!quiet) hooks.emit("scrolled", this);
+    }
 
     /** Show the current slice: from the cache at once, else ask the loader at top priority. */
     draw() {
@@ -807,12 +930,17 @@
         return;
       }
       this.drawing = performance.now();
+      const token = this.loadToken;
       this.load(i)
         .then((e) => {
-          if (i === this.index && this.series && seq > this.shown.seq) this.display(e, key, i, seq);
+          if (token === this.loadToken && i === this.index && this.series && seq > this.shown.seq) {
+            this.display(e, key, i, seq);
+          }
           this.renderProgress();
         }, (e) => {
-          if (e.message !== "dropped" && i === this.index) this.message(t("Cannot show this image: {0}", e.message));
+          if (e.message !== "dropped" && i === this.index && token === this.loadToken) {
+            this.message(t("Cannot show this image: {0}", e.message));
+          }
         })
         .finally(() => {
           this.drawing = 0;
@@ -821,28 +949,30 @@
             if (this.series && this.stack.length) this.draw();
           }
         });
-    },
+    }
 
     display(entry, key, i, seq) {
       const it = this.stack[i];
       this.shown = { key, seq, index: i };
       if (this.onShown) this.onShown();
-      imgEl.src = entry.url;
-      imgEl.width = it.cols;
-      imgEl.height = it.rows;
-      imgEl.dataset.index = String(i);
-      imgEl.dataset.sop = it.sop;
-      imgEl.dataset.frame = String(it.frame);
-      imgEl.dataset.window = key.split("|")[2];
-      imgEl.dataset.format = key.split("|")[3];
-      imgEl.alt = t("Image {0}", `${it.number ?? i + 1}${it.frames > 1 ? ` / ${it.frame}` : ""}`);
-      imgEl.hidden = false;
+      if (this.n === 0) firstImage.resolve();
+      const img = this.img;
+      img.src = entry.url;
+      img.width = it.cols;
+      img.height = it.rows;
+      img.dataset.index = String(i);
+      img.dataset.sop = it.sop;
+      img.dataset.frame = String(it.frame);
+      img.dataset.window = key.split("|")[2];
+      img.dataset.format = key.split("|")[3];
+      img.alt = t("Image {0}", `${it.number ?? i + 1}${it.frames > 1 ? ` / ${it.frame}` : ""}`);
+      img.hidden = false;
       this.message("");
       const dims = `${it.cols}x${it.rows}`;
       if (this.view.fitted && dims !== this.shownDims) this.fit();
       else this.applyView();
       this.shownDims = dims;
-    },
+    }
 
     /** Queue every slice of the series, nearest to the current one first (the loader re-sorts as we scroll). */
     prefetch() {
@@ -851,92 +981,92 @@
         if (!images.has(this.keyOf(i))) this.load(i).then(() => this.renderProgress(), () => {});
       }
       this.renderProgressNow();
-    },
+    }
     renderProgress() {
       if (this.progressFrame) return;
       this.progressFrame = requestAnimationFrame(() => {
         this.progressFrame = 0;
         this.renderProgressNow();
       });
-    },
+    }
     renderProgressNow() {
-      if (!this.series || !this.stack.length) return;
       let n = 0;
-      for (let i = 0; i < this.stack.length; i++) if (images.has(this.keyOf(i))) n++;
-      $("#progress").textContent = n < this.stack.length ? t("Loading {0}/{1}", n, this.stack.length) : "";
-    },
+      const total = this.series ? this.stack.length : 0;
+      for (let i = 0; i < total; i++) if (images.has(this.keyOf(i))) n++;
+      const loading = total > 0 && n < total;
+      this.bar.hidden = !loading;
+      if (loading) this.bar.style.width = `${(100 * n) / total}%`;
+      if (this.isActive) {
+        $("#progress").textContent = loading ? t("Loading {0}/{1}", n, total) : "";
+      }
+    }
 
     currentMeta() {
       const it = this.stack[this.index];
       return it ? this.meta.get(it.sop) : undefined;
-    },
+    }
     headerWindow() {
       const m = this.currentMeta();
       const c = num(m, "WindowCenter");
       const w = num(m, "WindowWidth");
       return c !== undefined && w ? { c, w } : null;
-    },
+    }
     effectiveWindow() {
       return this.window || this.headerWindow();
-    },
-
+    }
     setWindow(win, preset = "") {
       this.window = win;
       this.preset = preset;
-      $("#preset").value = preset || (win ? "custom" : "");
+      if (this.isActive) $("#preset").value = preset || (win ? "custom" : "");
       this.renderOverlay();
       this.draw();
-    },
-
+    }
     /** Window presets fit greyscale images only; colour (US, ES) is shown as stored. */
     isColor() {
       const it = this.stack[this.index] || this.stack[0];
       return Boolean(it && it.color);
-    },
-    renderPresets(enabled = true) {
-      const sel = $("#preset");
-      sel.disabled = !enabled || this.isColor();
-      const opts = [el("option", { value: "" }, t("Default (header)"))];
-      if (this.series && this.series.modality === "CT") {
-        CT_PRESETS.forEach(([id, label, c, w], n) =>
-          opts.push(el("option", { value: id }, `${n + 1} ${t(label)} (${c}/${w})`)));
-      }
-      opts.push(el("option", { value: "custom", disabled: true }, t("Custom")));
-      sel.replaceChildren(...opts);
-      sel.value = this.preset || (this.window ? "custom" : "");
-    },
+    }
     applyPreset(id) {
-      if (!id) return this.setWindow(null, "");
-      const p = CT_PRESETS.find((x) => x[0] === id);
-      if (p) this.setWindow({ c: p[2], w: p[3] }, id);
+      if (!id) {
+        this.setWindow(null, "");
+      } else {
+        const p = CT_PRESETS.find((x) => x[0] === id);
+        if (p) this.setWindow({ c: p[2], w: p[3] }, id);
+      }
       this.prefetch();
-    },
+    }
+    reset() {
+      this.invert = false;
+      this.setWindow(null, "");
+      this.fit();
+      this.prefetch();
+    }
 
     renderOverlay() {
       const st = (this.study && this.study.ds) || {};
       const it = this.stack[this.index];
       const m = this.currentMeta();
       const s = this.series;
-      const lines = (id, ls) => {
-        const node = $(id);
+      const lines = (node, ls) => {
         const shown = ls.filter(Boolean);
         const key = shown.join("\n");
         if (node.dataset.text === key) return; // unchanged: no DOM work while scrolling
         node.dataset.text = key;
-        node.replaceChildren(...shown.map((t) => el("div", {}, t)));
+        node.replaceChildren(...shown.map((x) => el("div", {}, x)));
       };
       const bits = [fmtDate(first(st, "PatientBirthDate")), text(st, "PatientSex")].filter(Boolean).join(" ");
-      lines("#ov-tl", [text(st, "PatientName"), text(st, "PatientID") && `ID: ${text(st, "PatientID")}`, bits]);
-      lines("#ov-tr", [
+      lines(this.ov.tl, [text(st, "PatientName"), text(st, "PatientID") && `ID: ${text(st, "PatientID")}`, bits]);
+      lines(this.ov.tr, [
         text(m || st, "InstitutionName"),
         text(st, "StudyDescription"),
         [fmtDate(first(st, "StudyDate")), fmtTime(first(st, "StudyTime"))].filter(Boolean).join(" "),
         text(st, "AccessionNumber") && `Acc: ${text(st, "AccessionNumber")}`,
+        s && s.study !== current && t("Prior"),
       ]);
       if (!s) return;
       const loc = num(m, "SliceLocation");
       const thick = num(m, "SliceThickness");
-      lines("#ov-bl", [
+      lines(this.ov.bl, [
         `Se: ${text(s.ds, "SeriesNumber") || "?"} ${s.modality} ${text(s.ds, "SeriesDescription")}`.trim(),
         it && (it.frames > 1 ? `Im: ${it.number ?? "?"}` : `Im: ${it.number ?? "?"}  (${this.index + 1}/${this.stack.length})`),
         it && it.frames > 1 && `Frame: ${it.frame}/${it.frames}`,
@@ -944,31 +1074,34 @@
       ]);
       const win = this.effectiveWindow();
       const label = this.preset ? ` ${t(CT_PRESETS.find((p) => p[0] === this.preset)?.[1] || "")}` : "";
-      lines("#ov-br", [
+      const cal = PACS.calibrationOf ? PACS.calibrationOf(m) : null;
+      lines(this.ov.br, [
         win ? `W: ${Math.round(win.w)} L: ${Math.round(win.c)}${label}` : t("W/L: as stored"),
-        this.lossless ? t("Lossless") : "JPEG",
+        settings.lossless ? t("Lossless") : "JPEG",
+        m && (cal && cal.source ? t("Cal: {0}", t(cal.source)) : t("Cal: none (px)")),
         `Zoom: ${Math.round(this.view.scale * 100)}%`,
         this.invert && t("Inverted"),
       ]);
-    },
+    }
 
     // ---- geometry: zoom, pan, fit (client side; the pixels come from the server)
     fit() {
       const it = this.stack[this.index];
       if (!it) return;
-      const r = viewport.getBoundingClientRect();
+      const r = this.root.getBoundingClientRect();
       const scale = Math.min(r.width / it.cols, r.height / it.rows) || 1;
       this.view = { scale, tx: 0, ty: 0, fitted: true };
       this.applyView();
-    },
+    }
     applyView() {
       const { scale, tx, ty } = this.view;
-      imgEl.style.transform = `translate(-50%, -50%) translate(${tx}px, ${ty}px) scale(${scale})`;
-      imgEl.classList.toggle("inverted", this.invert);
+      this.img.style.transform = `translate(-50%, -50%) translate(${tx}px, ${ty}px) scale(${scale})`;
+      this.img.classList.toggle("inverted", this.invert);
       this.renderOverlay();
-    },
+      hooks.emit("viewChanged", this);
+    }
     zoomBy(factor, cx, cy) {
-      const r = viewport.getBoundingClientRect();
+      const r = this.root.getBoundingClientRect();
       const px = (cx ?? r.left + r.width / 2) - (r.left + r.width / 2);
       const py = (cy ?? r.top + r.height / 2) - (r.top + r.height / 2);
       const v = this.view;
@@ -977,21 +1110,32 @@
       // Keep the point under the cursor where it is.
       this.view = { scale: next, tx: px - (px - v.tx) * k, ty: py - (py - v.ty) * k, fitted: false };
       this.applyView();
-    },
+    }
+    /** Image pixel coordinates (0,0 the top left corner of the first pixel) of a client point, and back. */
+    toImage(clientX, clientY) {
+      const it = this.stack[this.index];
+      const r = this.root.getBoundingClientRect();
+      const { scale, tx, ty } = this.view;
+      return [(clientX - r.left - r.width / 2 - tx) / scale + it.cols / 2, (clientY - r.top - r.height / 2 - ty) / scale + it.rows / 2];
+    }
+    toScreen(p) {
+      const it = this.stack[this.index];
+      const r = this.root.getBoundingClientRect();
+      const { scale, tx, ty } = this.view;
+      return [r.width / 2 + tx + (p[0] - it.cols / 2) * scale, r.height / 2 + ty + (p[1] - it.rows / 2) * scale];
+    }
 
     // ---- cine (multi-frame ultrasound, or any stack)
     toggleCine() {
       if (this.cine) this.stopCine();
       else this.startCine();
-    },
+    }
     startCine() {
       if (this.stack.length < 2) return;
-      $("#cine").setAttribute("aria-pressed", "true");
-      $("#cine").textContent = t("❚❚ Pause");
       let last = performance.now();
       const tick = (now) => {
         if (!this.cine) return;
-        const fps = Math.min(60, Math.max(1, parseFloat($("#fps").value) || 15));
+        const fps = Math.min(60, Math.max(1, (this.isActive ? parseFloat($("#fps").value) : this.fps) || 15));
         if (now - last >= 1000 / fps) {
           const next = (this.index + 1) % this.stack.length;
           // Wait for the next frame rather than skipping it on a slow link.
@@ -1005,157 +1149,322 @@
         this.cine = requestAnimationFrame(tick);
       };
       this.cine = requestAnimationFrame(tick);
-    },
+      if (this.isActive) syncToolbar();
+    }
     stopCine() {
       if (this.cine) cancelAnimationFrame(this.cine);
       this.cine = null;
-      $("#cine").setAttribute("aria-pressed", "false");
-      $("#cine").textContent = t("▶ Cine");
-    },
-  };
+      if (this.isActive) syncToolbar();
+    }
 
-  // Loader priority: current series and window only, nearest slice first, slightly favouring ahead.
+    // ---- input on this viewport: wheel, drag, touch (keys go to the active viewport)
+    bind() {
+      const root = this.root;
+      let wheelAcc = 0;
+      root.addEventListener("wheel", (ev) => {
+        if (!this.stack.length) return;
+        ev.preventDefault();
+        setActive(this);
+        if (ev.ctrlKey) {
+          this.zoomBy(Math.exp(-ev.deltaY / 300), ev.clientX, ev.clientY);
+          return;
+        }
+        wheelAcc += ev.deltaMode === 1 ? ev.deltaY * 33 : ev.deltaMode === 2 ? ev.deltaY * 400 : ev.deltaY;
+        // One wheel notch (~100 px) is one slice; a trackpad's small deltas add up to one.
+        if (Math.abs(wheelAcc) >= 50) {
+          const steps = Math.sign(wheelAcc) * Math.max(1, Math.round(Math.abs(wheelAcc) / 100));
+          wheelAcc = 0;
+          this.setIndex(this.index + steps);
+        }
+      }, { passive: false });
+      root.addEventListener("contextmenu", (ev) => ev.preventDefault());
+      const touches = new Map(); // pointerId -> {x, y}
+      let drag = null;
+      let pinch = null;
+      const pinchState = () => {
+        const [a, b] = [...touches.values()];
+        return { d: Math.hypot(a.x - b.x, a.y - b.y) || 1, x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 };
+      };
+      root.addEventListener("pointerdown", (ev) => {
+        setActive(this);
+        if (!this.stack.length) return;
+        root.focus({ preventScroll: true });
+        if (ev.pointerType === "touch") {
+          touches.set(ev.pointerId, { x: ev.clientX, y: ev.clientY });
+          if (touches.size === 2) { // two fingers: pinch to zoom, move to pan; the one-finger drag stops
+            if (drag && drag.tool) drag.tool.cancel();
+            drag = null;
+            pinch = { ...pinchState(), view: { ...this.view } };
+          }
+        }
+        root.setPointerCapture(ev.pointerId);
+        if (pinch) return;
+        let mode = ev.button === 1 ? "pan" : ev.button === 2 ? "zoom" : settings.tool;
+        if (mode === "window" && this.isColor()) mode = "pan"; // no window on colour images
+        const win = this.effectiveWindow() || { c: 128, w: 256 };
+        drag = { mode, x: ev.clientX, y: ev.clientY, win: { ...win }, view: { ...this.view }, moved: false };
+        if (ev.button === 0 && PACS.measure) drag.tool = PACS.measure.pointerDown(this, ev, mode);
+        if (drag.tool === "handled") drag = null;
+        ev.preventDefault();
+      });
+      root.addEventListener("pointermove", (ev) => {
+        if (touches.has(ev.pointerId)) touches.set(ev.pointerId, { x: ev.clientX, y: ev.clientY });
+        if (pinch && touches.size === 2) {
+          const now = pinchState();
+          const r = root.getBoundingClientRect();
+          const k = Math.min(20, Math.max(0.05, pinch.view.scale * (now.d / pinch.d))) / pinch.view.scale;
+          const px = pinch.x - (r.left + r.width / 2);
+          const py = pinch.y - (r.top + r.height / 2);
+          this.view = {
+            scale: pinch.view.scale * k, fitted: false,
+            tx: px - (px - pinch.view.tx) * k + (now.x - pinch.x), ty: py - (py - pinch.view.ty) * k + (now.y - pinch.y),
+          };
+          this.applyView();
+          return;
+        }
+        if (!drag) return;
+        const dx = ev.clientX - drag.x;
+        const dy = ev.clientY - drag.y;
+        drag.moved = drag.moved || Math.abs(dx) + Math.abs(dy) > 2;
+        if (!drag.moved) return;
+        if (drag.tool) {
+          drag.tool.move(ev);
+        } else if (drag.mode === "window") {
+          const k = Math.max(0.5, drag.win.w / 250);
+          const win = { c: drag.win.c + dy * k, w: Math.max(1, drag.win.w + dx * k) };
+          if (!drag.frame) {
+            drag.frame = requestAnimationFrame(() => {
+              if (!drag) return;
+              drag.frame = 0;
+              this.setWindow(drag.pending, ""); // the latest position, not the first of this frame
+            });
+          }
+          drag.pending = win;
+        } else if (drag.mode === "pan") {
+          this.view = { ...drag.view, tx: drag.view.tx + dx, ty: drag.view.ty + dy, fitted: false };
+          this.applyView();
+        } else if (drag.mode === "zoom") {
+          this.view = { ...drag.view, fitted: false };
+          this.zoomBy(Math.exp(-dy / 150)); // about the centre of the viewport
+        }
+      });
+      const endDrag = (ev) => {
+        touches.delete(ev.pointerId);
+        if (touches.size < 2) pinch = null;
+        if (!drag) return;
+        if (drag.tool) {
+          drag.tool.end(ev, drag.moved);
+        } else if (drag.mode === "window" && drag.pending) {
+          if (drag.frame) cancelAnimationFrame(drag.frame);
+          this.setWindow(drag.pending, "");
+          this.prefetch();
+        }
+        drag = null;
+      };
+      root.addEventListener("pointerup", endDrag);
+      root.addEventListener("pointercancel", endDrag);
+      // A series thumbnail dropped here is shown here.
+      root.addEventListener("dragover", (ev) => {
+        if ([...ev.dataTransfer.types].includes("application/x-pacs-series")) {
+          ev.preventDefault();
+          ev.dataTransfer.dropEffect = "copy";
+          root.classList.add("drop");
+        }
+      });
+      root.addEventListener("dragleave", () => root.classList.remove("drop"));
+      root.addEventListener("drop", (ev) => {
+        root.classList.remove("drop");
+        const uid = ev.dataTransfer.getData("application/x-pacs-series");
+        if (!uid) return;
+        ev.preventDefault();
+        setActive(this);
+        this.show(uid);
+      });
+    }
+  }
+
+  const viewports = [new Viewport(0, $("#viewport"))];
+  let active = viewports[0];
+  const activeViewport = () => active;
+  /** A viewport more (layouts 1x2, 2x2): the first one's markup, ids numbered. */
+  function addViewport() {
+    const n = viewports.length;
+    const root = $("#viewport").cloneNode(true);
+    root.id = `viewport-${n + 1}`;
+    for (const e of root.querySelectorAll("[id]")) e.id = `${e.id}-${n + 1}`;
+    root.setAttribute("aria-describedby", `ov-bl-${n + 1}`);
+    root.setAttribute("aria-label", t("Viewport {0}", n + 1));
+    root.querySelector("img").hidden = true;
+    root.querySelector("img").removeAttribute("src");
+    root.classList.remove("active", "drop");
+    for (const o of root.querySelectorAll(".overlay")) {
+      o.replaceChildren();
+      delete o.dataset.text;
+    }
+    root.querySelector("svg.marks").replaceChildren();
+    $("#viewports").append(root);
+    const v = new Viewport(n, root);
+    viewports.push(v);
+    return v;
+  }
+  function setActive(v) {
+    if (active === v) return;
+    active = v;
+    for (const x of viewports) x.root.classList.toggle("active", x === v);
+    syncToolbar();
+    markShownSeries();
+    hooks.emit("activated", v);
+  }
+
+  /** The toolbar, slider and presets show the active viewport's state. */
+  function syncToolbar() {
+    const v = active;
+    const n = v.stack.length;
+    slider.max = String(Math.max(0, n - 1));
+    slider.value = String(v.index);
+    slider.disabled = n < 2;
+    $("#slider-out").textContent = n ? `${v.index + 1} / ${n}` : "";
+    $("#cine").disabled = n < 2;
+    $("#cine").setAttribute("aria-pressed", String(Boolean(v.cine)));
+    $("#cine").textContent = v.cine ? t("❚❚ Pause") : t("▶ Cine");
+    if (v.fps) $("#fps").value = String(v.fps);
+    $("#invert").setAttribute("aria-pressed", String(v.invert));
+    renderPresets(v);
+    v.renderProgressNow();
+  }
+  function renderPresets(v) {
+    const sel = $("#preset");
+    sel.disabled = !v.stack.length || v.isColor();
+    const opts = [el("option", { value: "" }, t("Default (header)"))];
+    if (v.series && v.series.modality === "CT") {
+      CT_PRESETS.forEach(([id, label, c, w], n) =>
+        opts.push(el("option", { value: id }, `${n + 1} ${t(label)} (W${w} L${c})`)));
+    }
+    opts.push(el("option", { value: "custom", disabled: true }, t("Custom")));
+    sel.replaceChildren(...opts);
+    sel.value = v.preset || (v.window ? "custom" : "");
+  }
+
+  // Loader priority: series and windows on screen only, nearest slice first, slightly favouring ahead.
   images.priority = (job) => {
     const { info } = job;
-    if (!viewer.series || info.series !== viewer.series.uid || info.wkey !== viewer.windowKey()
-      || info.fmt !== viewer.accept()) return Infinity;
-    const d = info.index - viewer.index;
-    return d >= 0 ? d : -d * 1.5;
+    let best = Infinity;
+    for (const v of viewports) {
+      if (!v.series || info.series !== v.series.uid || info.wkey !== v.windowKey() || info.fmt !== accept()) continue;
+      const d = info.index - v.index;
+      best = Math.min(best, d >= 0 ? d : -d * 1.5);
+    }
+    return best;
   };
 
-  // ------------------------------------------------------------ Viewer input: wheel, keys, drag, slider
-  let wheelAcc = 0;
-  viewport.addEventListener("wheel", (ev) => {
-    if (!viewer.stack.length) return;
-    ev.preventDefault();
-    if (ev.ctrlKey) {
-      viewer.zoomBy(Math.exp(-ev.deltaY / 300), ev.clientX, ev.clientY);
-      return;
-    }
-    wheelAcc += ev.deltaMode === 1 ? ev.deltaY * 33 : ev.deltaMode === 2 ? ev.deltaY * 400 : ev.deltaY;
-    // One wheel notch (~100 px) is one slice; a trackpad's small deltas add up to one.
-    if (Math.abs(wheelAcc) >= 50) {
-      const steps = Math.sign(wheelAcc) * Math.max(1, Math.round(Math.abs(wheelAcc) / 100));
-      wheelAcc = 0;
-      viewer.setIndex(viewer.index + steps);
-    }
-  }, { passive: false });
+  // ------------------------------------------------------------ Keys, toolbar
+  slider.addEventListener("input", () => active.setIndex(parseInt(slider.value, 10)));
 
-  slider.addEventListener("input", () => viewer.setIndex(parseInt(slider.value, 10)));
+  /** Next or previous image series of the active viewport's study. */
+  function stepSeries(delta) {
+    const v = active;
+    const list = (v.study || current || { seriesList: [] }).seriesList.filter((s) => !NON_IMAGE.has(s.modality));
+    if (!list.length) return;
+    const at = list.findIndex((s) => v.series && s.uid === v.series.uid);
+    v.show(list[(at + delta + list.length) % list.length].uid);
+  }
 
   document.addEventListener("keydown", (ev) => {
     if ($("#study-view").hidden || $("#login").open || $("#help").open || ev.altKey || ev.metaKey || ev.ctrlKey) {
       return;
     }
-    const t = ev.target;
-    if (t !== slider && t.closest && t.closest("input, select, textarea")) return;
-    const step = { ArrowDown: 1, ArrowRight: 1, PageDown: 10, ArrowUp: -1, ArrowLeft: -1, PageUp: -10 }[ev.key];
+    const tg = ev.target;
+    if (tg !== slider && tg.closest && tg.closest("input, select, textarea")) return;
+    const v = active;
+    const k = ev.key;
+    const step = { ArrowDown: 1, ArrowRight: 1, PageDown: 10, ArrowUp: -1, ArrowLeft: -1, PageUp: -10 }[k];
     let handled = true;
-    if (step !== undefined) viewer.setIndex(viewer.index + step);
-    else if (ev.key === "Home") viewer.setIndex(0);
-    else if (ev.key === "End") viewer.setIndex(viewer.stack.length - 1);
-    else if (ev.key === " " && !(t.closest && t.closest("button"))) viewer.toggleCine();
-    else if (ev.key === "i" || ev.key === "I") $("#invert").click();
-    else if (ev.key === "f" || ev.key === "F") viewer.fit();
-    else if (ev.key === "r" || ev.key === "R") $("#reset").click();
-    else if (ev.key === "w" || ev.key === "W") setTool("window");
-    else if (ev.key === "p" || ev.key === "P") setTool("pan");
-    else if (ev.key === "z" || ev.key === "Z") setTool("zoom");
-    else if (ev.key === "?") $("#help").showModal();
-    else if (ev.key === "+" || ev.key === "=") viewer.zoomBy(1.25);
-    else if (ev.key === "-") viewer.zoomBy(0.8);
-    else if (ev.key === "0" && !viewer.isColor()) viewer.applyPreset("");
-    else if (/^[1-5]$/.test(ev.key) && viewer.series && viewer.series.modality === "CT" && !viewer.isColor()) {
-      viewer.applyPreset(CT_PRESETS[+ev.key - 1][0]);
-    } else handled = false;
+    if (ev.shiftKey && (k === "ArrowDown" || k === "ArrowUp")) stepSeries(k === "ArrowDown" ? 1 : -1);
+    else if (k === "]" || k === "[") stepSeries(k === "]" ? 1 : -1);
+    else if (step !== undefined) v.setIndex(v.index + step);
+    else if (k === "Home") v.setIndex(0);
+    else if (k === "End") v.setIndex(v.stack.length - 1);
+    else if (k === " " && !(tg.closest && tg.closest("button"))) $("#cine").click();
+    else if (k === "i" || k === "I") $("#invert").click();
+    else if (k === "F" && ev.shiftKey) $("#fullscreen").click();
+    else if (k === "f") v.fit();
+    else if (k === "r" || k === "R") $("#reset").click();
+    else if (k === "?") $("#help").showModal();
+    else if (k === "+" || k === "=") v.zoomBy(1.25);
+    else if (k === "-") v.zoomBy(0.8);
+    else if (k === "0" && !v.isColor()) v.applyPreset("");
+    else if (/^[1-9]$/.test(k) && v.series && v.series.modality === "CT" && !v.isColor()) {
+      v.applyPreset(CT_PRESETS[+k - 1][0]);
+    } else if (TOOL_KEYS[k.toLowerCase()]) setTool(TOOL_KEYS[k.toLowerCase()]);
+    else handled = hooks.map.has("key") && (hooks.map.get("key") || []).some((fn) => fn(ev));
     if (handled) ev.preventDefault();
   });
 
+  const TOOL_KEYS = { w: "window", p: "pan", z: "zoom" };
   function setTool(tool) {
-    viewer.tool = tool;
+    settings.tool = tool;
     for (const b of document.querySelectorAll(".tool")) b.setAttribute("aria-pressed", String(b.dataset.tool === tool));
-    viewport.dataset.tool = tool;
+    for (const v of viewports) v.root.dataset.tool = tool;
+    hooks.emit("tool", tool);
   }
+
   for (const b of document.querySelectorAll(".tool")) b.addEventListener("click", () => setTool(b.dataset.tool));
-  setTool("window");
-
-  let drag = null;
-  viewport.addEventListener("contextmenu", (ev) => ev.preventDefault());
-  viewport.addEventListener("pointerdown", (ev) => {
-    if (!viewer.stack.length) return;
-    viewport.focus();
-    let mode = ev.button === 1 ? "pan" : ev.button === 2 ? "zoom" : viewer.tool;
-    if (mode === "window" && viewer.isColor()) mode = "pan"; // no window on colour images
-    const win = viewer.effectiveWindow() || { c: 128, w: 256 };
-    drag = { mode, x: ev.clientX, y: ev.clientY, win: { ...win }, view: { ...viewer.view }, moved: false };
-    viewport.setPointerCapture(ev.pointerId);
-    ev.preventDefault();
-  });
-  viewport.addEventListener("pointermove", (ev) => {
-    if (!drag) return;
-    const dx = ev.clientX - drag.x;
-    const dy = ev.clientY - drag.y;
-    drag.moved = drag.moved || Math.abs(dx) + Math.abs(dy) > 2;
-    if (!drag.moved) return;
-    if (drag.mode === "window") {
-      const k = Math.max(0.5, drag.win.w / 250);
-      const win = { c: drag.win.c + dy * k, w: Math.max(1, drag.win.w + dx * k) };
-      if (!drag.frame) {
-        drag.frame = requestAnimationFrame(() => {
-          if (!drag) return;
-          drag.frame = 0;
-          viewer.setWindow(drag.pending, ""); // the latest position, not the first of this frame
-        });
-      }
-      drag.pending = win;
-    } else if (drag.mode === "pan") {
-      viewer.view = { ...drag.view, tx: drag.view.tx + dx, ty: drag.view.ty + dy, fitted: false };
-      viewer.applyView();
-    } else if (drag.mode === "zoom") {
-      viewer.view = { ...drag.view, fitted: false };
-      viewer.zoomBy(Math.exp(-dy / 150)); // about the centre of the viewport
-    }
-  });
-  const endDrag = () => {
-    if (!drag) return;
-    if (drag.mode === "window" && drag.pending) {
-      if (drag.frame) cancelAnimationFrame(drag.frame);
-      viewer.setWindow(drag.pending, "");
-      viewer.prefetch();
-    }
-    drag = null;
-  };
-  viewport.addEventListener("pointerup", endDrag);
-  viewport.addEventListener("pointercancel", endDrag);
-
-  $("#preset").addEventListener("change", (ev) => viewer.applyPreset(ev.target.value));
+  $("#preset").addEventListener("change", (ev) => active.applyPreset(ev.target.value));
   $("#invert").addEventListener("click", () => {
-    viewer.invert = !viewer.invert;
-    $("#invert").setAttribute("aria-pressed", String(viewer.invert));
-    viewer.applyView();
+    active.invert = !active.invert;
+    $("#invert").setAttribute("aria-pressed", String(active.invert));
+    active.applyView();
   });
-  $("#fit").addEventListener("click", () => viewer.fit());
+  $("#fit").addEventListener("click", () => active.fit());
   $("#reset").addEventListener("click", () => {
-    viewer.invert = false;
-    $("#invert").setAttribute("aria-pressed", "false");
-    viewer.setWindow(null, "");
-    viewer.fit();
-    viewer.prefetch();
+    active.reset();
+    syncToolbar();
   });
-  $("#cine").addEventListener("click", () => viewer.toggleCine());
+  $("#cine").addEventListener("click", () => active.toggleCine());
   $("#help-btn").addEventListener("click", () => $("#help").showModal());
-  $("#lossless").setAttribute("aria-pressed", String(viewer.lossless));
+  $("#fullscreen").addEventListener("click", () => {
+    const target = $(".viewer");
+    if (document.fullscreenElement) document.exitFullscreen().catch(() => {});
+    else if (target.requestFullscreen) target.requestFullscreen().catch(() => {});
+  });
+  document.addEventListener("fullscreenchange", () => {
+    $("#fullscreen").setAttribute("aria-pressed", String(Boolean(document.fullscreenElement)));
+    setTimeout(() => viewports.forEach((v) => v.view.fitted && v.stack.length && v.fit()), 50);
+  });
+  $("#lossless").setAttribute("aria-pressed", String(settings.lossless));
   $("#lossless").addEventListener("click", () => {
-    viewer.lossless = !viewer.lossless;
-    localStorage.setItem("pacs.lossless", viewer.lossless ? "1" : "0");
-    $("#lossless").setAttribute("aria-pressed", String(viewer.lossless));
-    viewer.renderOverlay();
-    viewer.draw();
-    viewer.prefetch();
+    settings.lossless = !settings.lossless;
+    localStorage.setItem("pacs.lossless", settings.lossless ? "1" : "0");
+    $("#lossless").setAttribute("aria-pressed", String(settings.lossless));
+    for (const v of viewports) {
+      if (!v.series) continue;
+      v.renderOverlay();
+      v.draw();
+      v.prefetch();
+    }
   });
   window.addEventListener("resize", () => {
-    if (viewer.view.fitted && viewer.stack.length) viewer.fit();
+    for (const v of viewports) if (v.view.fitted && v.stack.length) v.fit();
   });
 
-  route();
+  // ------------------------------------------------------------ What measure.js and layout.js build on
+  window.PACS = {
+    $, el, t, VI, ROOT, TAG, values, first, num, text, fmtDate, request, getJson, status, NON_IMAGE,
+    images, thumbs, hooks, viewports, settings, studies, loadStudy, findSeries, renderStrip, markShownSeries,
+    addViewport, setActive, setTool, syncToolbar, TOOL_KEYS,
+    get active() {
+      return active;
+    },
+    get current() {
+      return current;
+    },
+  };
+  // Deferred scripts run in order: measure.js and layout.js are in PACS by DOMContentLoaded.
+  document.addEventListener("DOMContentLoaded", () => {
+    translatePage();
+    $("#lang").value = LANG;
+    for (const v of viewports) v.root.classList.toggle("active", v === active);
+    setTool("window");
+    route();
+  });
 })();
