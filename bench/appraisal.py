@@ -1,14 +1,19 @@
 """Benchmark of the appraisal API over a large index (not run by the tests).
 
-Generates rows directly with bulk inserts (patients, studies, series, instances, MPPS), then
-measures listing a month of records page by page (median page latency, with and without filters)
-and exporting that month as CSV and XML.
+Default (issue 16): one month at about 1,000,000 instances (10,005 studies over 24 devices,
+:mod:`tests.appraisal.month`, image counts scaled by ``--scale``), bulk-inserted, then timed:
+reconciling the month's HIS claim (a GIAMDINHHS envelope, XML1 + XML3, with the deliberate
+differences of ``tests/appraisal/test_reconcile.py``) through the service and through
+``POST /api/appraisal/v1/reconcile``, and exporting the month (CSV, XLSX with its totals sheet,
+totals JSON). Goals: reconcile < 10 s, export < 5 s.
 
-    .venv/bin/python bench/appraisal.py --db sqlite:////tmp/bench-appraisal.sqlite
+    .venv/bin/python bench/appraisal.py --db sqlite:////tmp/bench-claims.sqlite
     .venv/bin/python bench/appraisal.py --db postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-Defaults: 4 months x 10,000 studies x 25 instances = 1,000,000 instances. ``--reuse`` skips the
-generation; ``--limit`` sets the page size (default 1,000).
+``--records`` runs the earlier benchmark instead: listing a month of records page by page
+(median page latency, with and without filters) and exporting it as CSV and XML, over 4 months x
+10,000 studies x 25 instances = 1,000,000 instances. ``--reuse`` skips the generation; ``--limit``
+sets the page size (default 1,000).
 
 Measured 25 Nov 2026 on the shared 2-core development machine (other suites running: figures
 move by +-30 % from run to run; the month is 9,333 records), pages of 1,000, ``--reuse``:
@@ -192,15 +197,106 @@ def build_lines(svc: Appraisal, engine) -> None:  # type: ignore[no-untyped-def]
     print(f"rebuild_lines: {n} lines in {time.perf_counter() - t0:.1f}s", flush=True)
 
 
+def claims_main(args: argparse.Namespace) -> None:
+    """Reconcile and export one generated month (see the module notes)."""
+    import tempfile
+
+    from pacs.index.engine import migrate as _migrate
+    from tests.appraisal import month as gen
+    from tests.appraisal.conftest import REGISTERS as EXAMPLES
+
+    print("  $ " + " ".join(["python", *sys.argv]), flush=True)
+    engine = make_engine(args.db)
+    _migrate(engine)
+    plan = gen.plan(scale=args.scale)
+    folder = Path(tempfile.mkdtemp(prefix="bench-claims-"))
+    paths = gen.write_registers(folder)
+    regs = load_registers(gen.FACILITY, paths["devices"], paths["services"], EXAMPLES / "staff.csv")
+    svc = Appraisal(Database(engine), AppraisalSettings(facility_code=gen.FACILITY), regs)
+    if not args.reuse:
+        with engine.begin() as conn:
+            lines = ("appraisal_series", "appraisal_line_members", "appraisal_lines")
+            index = ("instances", "series", "mpps", "studies", "patients")
+            for t in ("claim_results", "claim_runs", *lines, *index):
+                conn.execute(text(f"DELETE FROM {t}"))
+        t0 = time.perf_counter()
+        gen.insert(engine, plan)
+        t1 = time.perf_counter()
+        n = svc.rebuild_lines()
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+        print(
+            f"generated {len(plan.studies)} studies, {plan.instances} instances over "
+            f"{len(gen.DEVICES)} devices ({engine.dialect.name}): inserts {t1 - t0:.1f} s, "
+            f"{n} service lines rebuilt in {time.perf_counter() - t1:.1f} s",
+            flush=True,
+        )
+    claim = gen.make_claim(plan)
+    origin = Origin(address="127.0.0.1", protocol="bench")
+    month = {"from": "2026-11-01", "to": "2026-11-30"}
+    print(
+        f"claim: {len(claim.expected) + claim.outside} XML3 lines, {len(claim.body) / 1e6:.1f} MB", flush=True
+    )
+    for attempt in (1, 2):
+        t = time.perf_counter()
+        doc = svc.claims.reconcile(claim.body, "application/xml", {"month": "2026-11"}, origin)
+        print(
+            f"reconcile (service) run {attempt}: {time.perf_counter() - t:.2f} s  counts {doc['counts']}",
+            flush=True,
+        )
+    app = Starlette(routes=routes(), exception_handlers=EXCEPTION_HANDLERS)
+    app.state.appraisal = svc
+    with TestClient(app) as client:
+        t = time.perf_counter()
+        r = client.post(
+            "/api/appraisal/v1/reconcile", params={"month": "2026-11"}, content=claim.body,
+            headers={"Content-Type": "application/xml"},
+        )  # fmt: skip
+        print(
+            f"HTTP POST /reconcile: {r.status_code}, {len(r.content) / 1e6:.1f} MB JSON in "
+            f"{time.perf_counter() - t:.2f} s",
+            flush=True,
+        )
+        t = time.perf_counter()
+        x = client.get(f"/api/appraisal/v1/reconcile/{r.json()['run']}", params={"format": "xlsx"})
+        print(
+            f"HTTP GET /reconcile/<run>?format=xlsx: {len(x.content) / 1e6:.1f} MB "
+            f"in {time.perf_counter() - t:.2f} s"
+        )
+        for fmt in ("csv", "xlsx"):
+            t = time.perf_counter()
+            size = 0
+            with client.stream("GET", f"/api/appraisal/v1/export.{fmt}", params=month) as resp:
+                for chunk in resp.iter_bytes():
+                    size += len(chunk)
+            print(
+                f"HTTP export.{fmt} month: {size / 1e6:.1f} MB in {time.perf_counter() - t:.2f} s", flush=True
+            )
+        t = time.perf_counter()
+        body = client.get("/api/appraisal/v1/totals", params=month).json()
+        print(f"HTTP totals month: {body['count']} device-day rows in {time.perf_counter() - t:.2f} s")
+        t = time.perf_counter()
+        rows = client.get(
+            "/api/appraisal/v1/export.csv", params={**month, "department": "K02"}
+        ).content.count(b"\n")
+        print(f"HTTP export.csv month, department K02: {rows} lines in {time.perf_counter() - t:.2f} s")
+    engine.dispose()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", required=True)
+    ap.add_argument("--records", action="store_true", help="the earlier record-list benchmark")
+    ap.add_argument("--scale", type=float, default=12.0, help="image-count factor (12: about 1M instances)")
     ap.add_argument("--months", type=int, default=4)
     ap.add_argument("--per-month", type=int, default=10000)
     ap.add_argument("--per-study", type=int, default=25)
     ap.add_argument("--limit", type=int, default=1000)
     ap.add_argument("--reuse", action="store_true", help="skip generation (index already filled)")
     args = ap.parse_args()
+    if not args.records:
+        claims_main(args)
+        return
     engine = make_engine(args.db)
     migrate(engine)
     assert metadata is not None

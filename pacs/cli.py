@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
 import os
 import sys
@@ -332,6 +333,111 @@ def _migrate(rt: Any, to: str) -> int:
     return 0 if report.complete else 1
 
 
+# ---------------------------------------------------------------------- appraisal
+
+
+def _write_out(data: bytes, output: str | None) -> None:
+    if output:
+        Path(output).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+
+
+def cmd_appraisal(args: argparse.Namespace) -> int:
+    """Appraisal: reconcile an HIS claim, list unregistered devices, export, totals, evidence."""
+    from pacs import runtime
+    from pacs.services.appraisal.reconcile_out import result_csv, result_xlsx
+
+    settings = _settings(args)
+    _logging(settings)
+    rt = runtime.build(settings)
+    origin = Origin(user=getpass.getuser(), protocol="cli")
+    a = rt.appraisal
+    params = {
+        k: v
+        for k, v in (
+            ("from", args.date_from),
+            ("to", args.date_to),
+            ("month", args.month),
+            ("department", args.department),
+            ("machine_code", args.machine_code),
+            ("service_code", args.service_code),
+        )
+        if v
+    }
+    if args.month and args.action in ("export", "totals", "devices"):
+        from pacs.services.appraisal.reconcile import period_of
+        from pacs.services.appraisal.xml3 import ClaimUpload
+
+        params["from"], params["to"] = period_of({"month": params.pop("month")}, ClaimUpload("csv"))
+    try:
+        if args.action == "reconcile":
+            if not args.xml3:
+                print(
+                    "pacs: appraisal reconcile needs --xml3 FILE (an XML3, GIAMDINHHS or CSV file)",
+                    file=sys.stderr,
+                )
+                return 2
+            data = Path(args.xml3).read_bytes()
+            doc = a.claims.reconcile(data, "", params, origin)
+            fmt = args.format or "json"
+            body = {"csv": result_csv, "xlsx": result_xlsx}.get(
+                fmt, lambda d: json.dumps(d, ensure_ascii=False, indent=1).encode()
+            )(doc)
+            _write_out(body, args.output)
+            print(
+                f"run {doc['run']}: " + ", ".join(f"{k} {v}" for k, v in doc["counts"].items()),
+                file=sys.stderr,
+            )
+        elif args.action == "devices":
+            report = a.unregistered_devices(params, origin)
+            for d in report["unregistered"]:
+                print(
+                    f"unregistered: modality={d['modality'] or '-'} manufacturer={d['manufacturer'] or '-'} "
+                    f"model={d['manufacturer_model_name'] or '-'} serial={d['device_serial_number'] or '-'} "
+                    f"station={d['station_name'] or '-'} series={d['series']} images={d['images']} "
+                    f"{d['first_study_date']}..{d['last_study_date']}"
+                )
+            for d in report["outside_register_periods"]:
+                days = ",".join(d["days_without_register_row"])
+                print(f"no register row in force: serial={d['device_serial_number'] or '-'} days={days}")
+            print(f"{report['count']} unregistered device(s)", file=sys.stderr)
+        elif args.action == "export":
+            fmt = args.format or "csv"
+            stream = {"csv": a.stream_csv, "xlsx": a.stream_xlsx, "xml": a.stream_xml}[fmt]
+            _write_out(b"".join(stream(params, origin)), args.output)
+        elif args.action == "totals":
+            if (args.format or "csv") == "json":
+                _write_out(
+                    json.dumps(a.device_totals(params, origin), ensure_ascii=False, indent=1).encode(),
+                    args.output,
+                )
+            else:
+                _write_out(a.totals_csv(params, origin), args.output)
+        elif args.action == "evidence":
+            from pacs.web.appraisal_claims import evidence_html
+
+            if not args.id:
+                print(
+                    "pacs: appraisal evidence needs an accession number, study UID or record id",
+                    file=sys.stderr,
+                )
+                return 2
+            doc = a.evidence.pack(args.id, origin)
+            out = (
+                json.dumps(doc, ensure_ascii=False, indent=1).encode()
+                if args.format == "json"
+                else evidence_html(doc).encode()
+            )
+            _write_out(out, args.output)
+    except PacsError as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        rt.close()
+    return 0
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -386,7 +492,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify", action="store_true", help="check the hash chain of the whole trail (exit 1 if broken)"
     )
     p.set_defaults(func=cmd_audit)
+    _appraisal_parser(sub, common)
     return parser
+
+
+def _appraisal_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "appraisal",
+        parents=[common],
+        help="health-insurance appraisal: reconcile an XML3, unregistered devices, export, totals, evidence",
+    )
+    p.add_argument("action", choices=["reconcile", "devices", "export", "totals", "evidence"])
+    p.add_argument("id", nargs="?", help="evidence: accession number, Study Instance UID or record id")
+    p.add_argument("--xml3", metavar="FILE", help="reconcile: the HIS's XML3 (or GIAMDINHHS, or a CSV list)")
+    p.add_argument("--month", help="YYYY-MM")
+    p.add_argument("--from", dest="date_from", help="YYYY-MM-DD")
+    p.add_argument("--to", dest="date_to", help="YYYY-MM-DD")
+    p.add_argument("--department", help="export / totals: MA_KHOA")
+    p.add_argument("--machine-code", help="export / totals: MA_MAY")
+    p.add_argument("--service-code", help="export / totals: MA_DICH_VU")
+    p.add_argument("--format", choices=["json", "csv", "xlsx", "xml", "html"])
+    p.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
+    p.set_defaults(func=cmd_appraisal)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

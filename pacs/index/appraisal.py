@@ -177,6 +177,10 @@ class LineFilter:
     description_keys: tuple[str, ...] | None = None  # folded descriptions from a service-code filter
     procedure_codes: tuple[str, ...] | None = None  # from a service-code filter
     line_keys: tuple[str, ...] = field(default_factory=tuple)
+    #: Each group: a device (serial number or station name) of the group is among the line's.
+    device_groups: tuple[tuple[str, ...], ...] = ()
+    machine_code: str | None = None  # MA_MAY: checked on the built record
+    department: str | None = None  # MA_KHOA: checked on the built record
 
 
 def _member_pattern(value: str) -> str:
@@ -199,6 +203,7 @@ _LINE_READ = (
     L.c.procedure_code_meaning,
     L.c.procedure_code_source,
     L.c.description,
+    L.c.line_date,
 )
 #: Study + patient columns a record shows.
 _STUDY_READ = (
@@ -271,6 +276,8 @@ def _filtered(stmt: Any, flt: LineFilter) -> Any:
         stmt = stmt.where(L.c.modalities.like(_member_pattern(flt.modality), escape="\\"))
     if flt.device:
         stmt = stmt.where(L.c.devices.like(_member_pattern(flt.device), escape="\\"))
+    for group in flt.device_groups:
+        stmt = stmt.where(or_(*(L.c.devices.like(_member_pattern(d), escape="\\") for d in group)))
     if flt.description_keys is not None or flt.procedure_codes is not None:
         conds = []
         if flt.description_keys:

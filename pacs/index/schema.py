@@ -500,3 +500,38 @@ blob_uploads = Table(
     Column("uploaded_at", DateTime(timezone=True)),
 )
 Index("ix_blob_uploads_state_next_attempt_at", blob_uploads.c.state, blob_uploads.c.next_attempt_at)
+
+
+#: Reconciliations of an HIS claim (XML3 or a list of MA_LK / accession numbers) against the
+#: archive: one run per upload (who, when, the upload's SHA-256, the period, the counts) and one
+#: result row per claim line or per PACS study with no claim line (``kind`` ``claim`` /
+#: ``pacs_only``), its category and the matched line (``line_key``); ``result`` is its JSON.
+claim_runs = Table(
+    "claim_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("user_name", String(128)),
+    Column("address", String(64)),
+    Column("source_kind", String(16), nullable=False),  # xml3, giamdinhhs, csv
+    Column("upload_sha256", String(64), nullable=False),
+    Column("upload_bytes", BigInteger, nullable=False),
+    Column("date_from", String(8), nullable=False),
+    Column("date_to", String(8), nullable=False),
+    Column("counts", Text, nullable=False),  # JSON
+)
+claim_results = Table(
+    "claim_results",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_fk", Integer, ForeignKey("claim_runs.id"), nullable=False, index=True),
+    Column("position", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("category", String(16), nullable=False),
+    Column("ma_lk", String(100)),
+    Column("stt", String(16)),
+    Column("ma_dich_vu", String(64)),
+    Column("accession_number", String(64)),
+    Column("line_key", String(160)),
+    Column("result", Text, nullable=False),
+)

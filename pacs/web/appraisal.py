@@ -17,13 +17,14 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from pacs.errors import InvalidQuery, NotFound
+from pacs.services.appraisal.filters import FILTERS
+from pacs.web import appraisal_claims
 from pacs.web.origin import origin_of
 
 if TYPE_CHECKING:
     from pacs.services.appraisal import Appraisal
 
 PREFIX = "/api/appraisal/v1"
-FILTERS = ("from", "to", "facility", "modality", "device", "accession", "patient_id", "service_code")
 
 # ---------------------------------------------------------------- helpers
 
@@ -155,6 +156,7 @@ def routes() -> list[BaseRoute]:
         Route(f"{PREFIX}/export.{{fmt:str}}", export, methods=["GET"]),
         Route(f"{PREFIX}/records/{{id}}.html", get_record_html, methods=["GET"]),
         Route(f"{PREFIX}/records/{{id}}", get_record, methods=["GET"]),
+        *appraisal_claims.routes(),
     ]
 
 
@@ -169,6 +171,8 @@ def openapi_document() -> dict[str, Any]:
         ("accession", "Accession number"),
         ("patient_id", "PatientID, citizen ID or insurance card code, matched exactly"),
         ("service_code", "Ministry service code XX.YYYY.ZZZZ (through the service register)"),
+        ("machine_code", "MA_MAY: the device register row in force on the study date has this code"),
+        ("department", "MA_KHOA: the device register row in force on the study date has this department"),
     ]
     params = [
         {"name": n, "in": "query", "required": False, "schema": {"type": "string"}, "description": d}
@@ -275,7 +279,7 @@ def openapi_document() -> dict[str, Any]:
             "notes": {"type": "array", "items": {"type": "string"}},
         },
     }
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "PACS appraisal API (acquisition logs)",
@@ -404,3 +408,5 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {"schemas": {"Record": record}},
     }
+    document["paths"].update(appraisal_claims.openapi_paths(problem))
+    return document

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -57,3 +58,47 @@ def client(rt: runtime.Runtime) -> Iterator[TestClient]:
     app.state.appraisal = rt.appraisal
     with TestClient(app) as c:
         yield c
+
+
+@dataclass
+class MonthRuntime:
+    """A runtime over the generated month (:mod:`tests.appraisal.month`) and what was generated."""
+
+    rt: runtime.Runtime
+    month: Any
+    client: TestClient
+    registers: dict[str, Path]
+    folder: Path
+
+
+def month_runtime(folder: Path, db_url: str, month: Any) -> runtime.Runtime:
+    """A runtime on ``db_url`` with the month's registers, the month bulk-inserted and lines rebuilt."""
+    from tests.appraisal import month as gen
+
+    regs = gen.write_registers(folder / "registers")
+    storage = folder / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    cfg = folder / "config.toml"
+    cfg.write_text(gen.config_toml(storage, db_url, regs, REGISTERS / "staff.csv"), encoding="utf-8")
+    settings = load(cfg, env={})
+    r = runtime.build(replace(settings, storage=replace(settings.storage, fsync=False)))
+    gen.insert(r.appraisal.db.engine, month)
+    r.appraisal.rebuild_lines()
+    return r
+
+
+@pytest.fixture(scope="session")
+def generated_month(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonthRuntime]:
+    """10,005 studies over 24 devices in November 2026 (SQLite), built once per session."""
+    from tests.appraisal import month as gen
+
+    folder = tmp_path_factory.mktemp("month")
+    month = gen.plan()
+    r = month_runtime(folder, f"sqlite:///{folder / 'index.sqlite'}", month)
+    app = Starlette(routes=routes(), exception_handlers=EXCEPTION_HANDLERS)
+    app.state.appraisal = r.appraisal
+    try:
+        with TestClient(app) as c:
+            yield MonthRuntime(r, month, c, gen.write_registers(folder / "registers"), folder)
+    finally:
+        r.close()

@@ -15,7 +15,7 @@ from typing import Any
 from openpyxl import load_workbook
 from openpyxl.workbook import Workbook
 
-from pacs.services.appraisal.exports import CSV_FIELDS, HEADING_ROWS, LABEL_SHEET, RECORDS_SHEET
+from pacs.services.appraisal.exports import CSV_FIELDS, HEADING_ROWS, LABEL_SHEET, RECORDS_SHEET, TOTALS_SHEET
 
 BOM = b"\xef\xbb\xbf"
 
@@ -61,7 +61,7 @@ def xlsx_export(content: bytes) -> Xlsx:
     """An ``export.xlsx`` body read back with openpyxl."""
     assert content.startswith(b"PK"), content[:40]  # a zip, as every XLSX
     wb = load_workbook(io.BytesIO(content))
-    assert wb.sheetnames == [LABEL_SHEET, RECORDS_SHEET], wb.sheetnames
+    assert wb.sheetnames == [LABEL_SHEET, RECORDS_SHEET, TOTALS_SHEET], wb.sheetnames
     label: dict[str, Any] = {}
     for a, b, *_ in wb[LABEL_SHEET].iter_rows(values_only=True):
         if a is None:

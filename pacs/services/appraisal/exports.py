@@ -56,18 +56,11 @@ import io
 import itertools
 import json
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from html import escape
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
-
-from openpyxl import Workbook
-from openpyxl.cell import WriteOnlyCell
-from openpyxl.styles import Alignment, Font
-from openpyxl.utils import get_column_letter
 
 from pacs.config import AppraisalSettings
 from pacs.errors import InvalidQuery
@@ -167,10 +160,16 @@ FILTER_NAMES = {
     "device": ("Thiết bị (số serial / tên trạm)", "Device (serial number / station name)"),
     "accession": ("Số phiếu chỉ định", "Accession number"),
     "patient_id": ("Mã người bệnh", "Patient ID"),
-    "service_code": ("Mã dịch vụ", "Service code"),
+    "service_code": ("Mã dịch vụ (MA_DICH_VU)", "Service code (MA_DICH_VU)"),
+    "machine_code": ("Mã máy (MA_MAY)", "Machine code (MA_MAY)"),
+    "department": (
+        "Khoa (MA_KHOA, theo danh mục thiết bị)",
+        "Department (MA_KHOA, from the device register)",
+    ),
 }
 LABEL_SHEET = "Nhãn - Label"
 RECORDS_SHEET = "Bản ghi - Records"
+TOTALS_SHEET = "Tổng theo thiết bị - Totals"
 #: Heading rows of the records sheet (Vietnamese, English, field code); data starts after them.
 HEADING_ROWS = 3
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -180,9 +179,6 @@ _BOM = "\ufeff"
 #: What makes a spreadsheet read a cell as a formula (OWASP "CSV Injection").
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-#: Characters a worksheet (XML 1.0) cannot hold.
-_NOT_IN_XLSX = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_XLSX_MAX_TEXT = 32767
 
 #: Called when an export stream ends: (rows sent, whether the client took them all).
 Audit = Callable[[int, bool], None]
@@ -348,120 +344,6 @@ def _xml_item(row: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def xlsx_chunks(head: dict[str, str], records: Iterator[dict[str, Any]], audit: Audit) -> Iterator[bytes]:
-    """The XLSX extract: sheet :data:`LABEL_SHEET` then :data:`RECORDS_SHEET` (see the module notes).
-
-    Rows are written in openpyxl's write-only mode (each sheet streamed to a temporary file), the
-    workbook is zipped into another temporary file, and that file is sent in chunks: memory stays
-    bounded whatever the number of records. The first chunk comes once the workbook is written.
-    """
-    n, done = 0, False
-    try:
-        with tempfile.TemporaryFile() as out:
-            wb = Workbook(write_only=True)
-            wb.properties.creator = "PACS"
-            wb.properties.title = f"{EXTRACT_NOTE_VI} / {EXTRACT_NOTE_EN}"
-            label = wb.create_sheet(LABEL_SHEET)  # first; filled last, once the count is known
-            sheet = wb.create_sheet(RECORDS_SHEET)
-            for i, (_, vi, en, kind) in enumerate(FIELDS, 1):
-                width = 8 if kind == "int" else min(48, max(12, len(vi), len(en)) + 2)
-                sheet.column_dimensions[get_column_letter(i)].width = width
-            sheet.freeze_panes = f"A{HEADING_ROWS + 1}"
-            bold, wrap = Font(bold=True), Alignment(wrap_text=True, vertical="top")
-            for heading, font in ((1, bold), (2, Font(italic=True)), (0, Font(bold=True, color="555555"))):
-                sheet.append([_text_cell(sheet, f[heading], font=font, alignment=wrap) for f in FIELDS])
-            cells = [
-                _number_cell(sheet) if code in _INT_FIELDS else _text_cell(sheet, None) for code in CSV_FIELDS
-            ]
-            for n, rec in enumerate(records, 1):
-                row = claim_row(rec, n)
-                sheet.append([_put(cell, row[code]) for cell, code in zip(cells, CSV_FIELDS, strict=True)])
-            last = get_column_letter(len(FIELDS))
-            sheet.auto_filter.ref = f"A{HEADING_ROWS}:{last}{HEADING_ROWS + max(n, 1)}"
-            _label_sheet(label, head, n, bold, wrap)
-            wb.save(out)
-            out.seek(0)
-            while chunk := out.read(XLSX_CHUNK):
-                yield chunk
-        done = True
-    finally:
-        audit(n, done)
-
-
-def _label_sheet(ws: Any, head: dict[str, str], count: int, bold: Font, wrap: Alignment) -> None:
-    """The first sheet: the label (Vietnamese, then English), the extract's facts, the columns."""
-    ws.column_dimensions["A"].width = 34
-    ws.column_dimensions["B"].width = 100
-    ws.column_dimensions["C"].width = 40
-    ws.column_dimensions["D"].width = 12
-    filters = json.loads(head["bo_loc"] or "{}")
-    rows: list[tuple[str, Any]] = [
-        ("Nhãn (tiếng Việt)", head["nhan_vi"]),
-        ("Label (English)", head["nhan_en"]),
-        ("Mã nhãn / Label code", head["ma_nhan"]),
-        ("Loại / Type", head["loai"]),
-        ("Ghi chú", EXTRACT_NOTE_VI),
-        ("Notice", EXTRACT_NOTE_EN),
-        ("Mã cơ sở KCB / Facility code (MA_CSKCB)", head["ma_cskcb"]),
-        ("Thời điểm trích xuất / Generated at", head["thoi_diem_trich_xuat"]),
-        ("Số bản ghi / Records", count),
-    ]
-    if filters:
-        for key, value in filters.items():
-            vi, en = FILTER_NAMES.get(key, (key, key))
-            rows.append((f"Bộ lọc: {vi} / Filter: {en}", str(value)))
-    else:
-        rows.append(("Bộ lọc / Filters", "(không có / none)"))
-    rows += [
-        ("Trường dữ liệu", FIELD_NOTE_VI),
-        ("Fields", FIELD_NOTE_EN),
-        ("Kiểu dữ liệu", TYPES_NOTE_VI),
-        ("Types", TYPES_NOTE_EN),
-    ]
-    for item, value in rows:
-        value_cell = _number_cell(ws) if isinstance(value, int) else _text_cell(ws, None, alignment=wrap)
-        ws.append([_text_cell(ws, item, font=bold, alignment=wrap), _put(value_cell, value)])
-    ws.append([])
-    ws.append(
-        [
-            _text_cell(ws, text, font=bold)
-            for text in ("Cột / Column", "Tên tiếng Việt", "English name", "Kiểu / Type")
-        ]
-    )
-    for code, vi, en, kind in FIELDS:
-        shown = "số nguyên / integer" if kind == "int" else "văn bản / text"
-        ws.append([_text_cell(ws, v) for v in (code, vi, en, shown)])
-
-
-def _text_cell(ws: Any, value: str | None, **style: Any) -> Any:
-    """A cell of text (number format ``@``), never a formula, whatever ``value`` starts with."""
-    cell = WriteOnlyCell(ws)
-    cell.number_format = "@"
-    for key, v in style.items():
-        setattr(cell, key, v)
-    return _put(cell, value)
-
-
-def _number_cell(ws: Any) -> Any:
-    cell = WriteOnlyCell(ws)
-    cell.number_format = "0"
-    return cell
-
-
-def _put(cell: Any, value: Any) -> Any:
-    """``cell`` holding ``value``: text as a string cell (openpyxl would make ``=...`` a formula
-    and ``#N/A`` an error), an empty text as an empty cell, a number as a number."""
-    if isinstance(value, str):
-        if not value:
-            cell.value = None
-            return cell
-        cell.value = _NOT_IN_XLSX.sub("\ufffd", value)[:_XLSX_MAX_TEXT]
-        cell.data_type = "s"
-    else:
-        cell.value = value
-    return cell
-
-
 def encode_cursor(last_id: int) -> str:
     """The opaque cursor of the page after line ``last_id``."""
     return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode().rstrip("=")
@@ -479,95 +361,3 @@ def decode_cursor(cursor: str | None) -> int:
     if after < 0:
         raise InvalidQuery("cursor is not one this server issued")
     return after
-
-
-def render_html(rec: dict[str, Any]) -> str:
-    """Printable HTML of one record: the label first, then facts in tables, headings and row
-    names Vietnamese first (``"<vi> / <en>"``)."""
-
-    def row(k: str, v: Any) -> str:
-        return f"<tr><th>{escape(k)}</th><td>{escape('' if v is None else str(v))}</td></tr>"
-
-    def table(title: str, items: dict[str, Any]) -> str:
-        return f"<h2>{escape(title)}</h2><table>{''.join(row(k, v) for k, v in items.items())}</table>"
-
-    label = rec["label"]
-    parts = [
-        "<!doctype html><html lang='vi'><head><meta charset='utf-8'>",
-        f"<title>PACS — {escape(rec['id'])}</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
-        "th,td{border:1px solid #999;padding:2px 6px;text-align:left;vertical-align:top}"
-        ".label{border:2px solid #333;padding:.5em;margin-bottom:1em}@media print{body{margin:0}}</style>",
-        "</head><body>",
-        f"<p><strong>{escape(EXTRACT_NOTE_VI)} / {escape(EXTRACT_NOTE_EN)}</strong></p>",
-        f"<div class='label'><p><strong>{escape(label['code'])}</strong></p>"
-        f"<p lang='vi'>{escape(label['vi'])}</p><p lang='en'>{escape(label['en'])}</p></div>",
-        table("Dịch vụ / Service", {**rec["service_line"], **rec["service"]}),
-        table("Người bệnh / Patient", rec["patient"]),
-        table("Các trường theo bảng XML3 / Claim-shaped fields (XML3)", rec["claim_fields"]),
-        table(
-            "Nguồn của các trường / Sources of the claim-shaped fields", rec.get("claim_field_sources") or {}
-        ),
-    ]
-    stamps = rec["device_timestamps"]
-    first, last = stamps["first_acquisition"] or {}, stamps["last_acquisition"] or {}
-    first_vi, last_vi = "Thu nhận ảnh đầu tiên", "Thu nhận ảnh cuối cùng"
-    step_vi, zone_vi = "Bắt đầu bước thực hiện (MPPS)", "nguồn múi giờ"
-    times = {
-        f"{first_vi} / first_acquisition": first.get("value"),
-        f"{first_vi}: nguồn / source": first.get("source"),
-        f"{first_vi}: {zone_vi} / timezone source": first.get("timezone_source"),
-        f"{last_vi} / last_acquisition": last.get("value"),
-        f"{last_vi}: nguồn / source": last.get("source"),
-        f"{last_vi}: {zone_vi} / timezone source": last.get("timezone_source"),
-        f"{step_vi} / procedure_step_start": stamps["procedure_step_start"],
-        f"{step_vi}: nguồn / source": stamps.get("procedure_step_start_source"),
-        f"{step_vi}: {zone_vi} / timezone source": stamps.get("procedure_step_start_timezone_source"),
-        "PACS nhận ảnh đầu tiên / first_received (archive)": rec["archive_receipt"]["first_received"],
-        "PACS nhận ảnh cuối cùng / last_received (archive)": rec["archive_receipt"]["last_received"],
-        "Nguồn thời điểm nhận / received source": rec["archive_receipt"]["source"],
-    }
-    span = rec["device_acquisition_span"]
-    if span:
-        measured = span.get("seconds") is not None
-        span_name = "Khoảng thu nhận ảnh của thiết bị / device_acquisition_span"
-        times[f"{span_name} (giây / s)"] = span["seconds"] if measured else "không xác định / unknown"
-        if not measured:
-            times[f"{span_name}: lý do / reason"] = span.get("reason")
-    parts.append(table("Mốc thời gian thiết bị / Device timestamps", times))
-    for i, step in enumerate(rec["procedure_steps"], 1):
-        parts.append(
-            table(
-                f"Bước thực hiện (MPPS) {i} / Procedure step (MPPS) {i}",
-                {k: v for k, v in step.items() if k != "performed_series"},
-            )
-        )
-    for i, dev in enumerate(rec["devices"], 1):
-        flat = {k: v for k, v in dev.items() if k not in ("machine_code", "clock", "series")}
-        flat.update({f"MA_MAY {k}": v for k, v in dev["machine_code"].items()})
-        flat.update({f"clock {k}": v for k, v in dev["clock"].items()})
-        parts.append(table(f"Thiết bị / Device {i}", flat))
-    parts.append(
-        table(
-            "Nhân sự / People",
-            {
-                f"{role}: {p['dicom_name']}": p["licence_code"]
-                or "(chưa có trong danh mục nhân sự / not in the staff register)"
-                for role, group in rec["people"].items()
-                for p in group
-            },
-        )
-    )
-    parts.append(
-        table(
-            "Kiểm tra thứ tự thời gian / Ordering checks",
-            {c["check"]: f"{c['result']} {c['timestamps']}" for c in rec["ordering_checks"]},
-        )
-    )
-    for ref in rec["reference_times"]:
-        parts.append(table("Thời gian tham chiếu (chỉ để tham khảo) / Reference time (reference only)", ref))
-    parts.append(
-        "<h2>Ghi chú / Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in rec["notes"]) + "</ul>"
-    )
-    parts.append("</body></html>")
-    return "".join(parts)

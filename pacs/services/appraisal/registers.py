@@ -22,19 +22,29 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-#: Machine groups of ``MA_MAY`` (X-ray, CT, MRI, ultrasound, DSA, endoscopy, nuclear medicine, PET, ECG).
-MACHINE_GROUPS = frozenset(
-    {"XQ", "CL", "MRI", "SA", "DSA", "NS", "SP", "XH", "PET", "ĐT", "DT", "MMO", "KHAC"}
+from pacs.services.appraisal.devices import (
+    FUNDING_SOURCES,
+    MACHINE_GROUPS,
+    DeviceEntry,
+    DeviceRegister,
+    MachineCode,
+    RegisterError,
+    build_register,
 )
-#: Funding source of a machine: 1 state budget, 2 sponsorship / socialised, 3 other.
-FUNDING_SOURCES = frozenset({"1", "2", "3"})
+
+__all__ = [
+    "FUNDING_SOURCES",
+    "MACHINE_GROUPS",
+    "DeviceEntry",
+    "MachineCode",
+    "RegisterError",
+    "Registers",
+    "load_registers",
+]
+
 SERVICE_CODE = re.compile(r"^\d{2}\.\d{4}\.\d{4}$")
 #: Said with every reference time, in both languages: it is an average, never a payment criterion.
 REFERENCE_ONLY = "chỉ để tham khảo / reference only"
-
-
-class RegisterError(ValueError):
-    """A register file that cannot be used (with the file and line)."""
 
 
 @lru_cache(maxsize=16384)
@@ -43,28 +53,6 @@ def fold(text: str) -> str:
     text = text.replace("^", " ").replace("Đ", "D").replace("đ", "d")
     text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
     return " ".join(text.lower().split())
-
-
-@dataclass(frozen=True)
-class DeviceEntry:
-    """One imaging device of the facility."""
-
-    machine_group: str
-    funding_source: str
-    serial_number: str = ""
-    station_name: str = ""
-    asset_code: str = ""
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class MachineCode:
-    """``MA_MAY`` in both formats, or empty with the reason."""
-
-    current: str  # Decision 3176/QĐ-BYT: XX.n.Z
-    previous: str  # Decision 4750/QĐ-BYT: XX.n.YYYYY.Z
-    registered: bool
-    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,8 +78,9 @@ class Registers:
     """All registers, loaded once at start-up."""
 
     facility_code: str = ""
-    devices_by_serial: dict[str, DeviceEntry] = field(default_factory=dict)
+    devices_by_serial: dict[str, DeviceEntry] = field(default_factory=dict)  # first row of each
     devices_by_station: dict[str, DeviceEntry] = field(default_factory=dict)
+    device_register: DeviceRegister = field(default_factory=DeviceRegister)
     services_by_code: dict[str, ServiceEntry] = field(default_factory=dict)
     services_by_description: dict[str, ServiceEntry] = field(default_factory=dict)
     service_rows: list[tuple[str, str, str]] = field(default_factory=list)  # (match_kind, match, code)
@@ -100,40 +89,18 @@ class Registers:
 
     # ------------------------------------------------------------------ look-ups
 
-    def device(self, serial_number: str | None, station_name: str | None) -> DeviceEntry | None:
-        """The register entry of a device, by serial number first, then station name."""
-        if serial_number and serial_number.strip().upper() in self.devices_by_serial:
-            return self.devices_by_serial[serial_number.strip().upper()]
-        if station_name and station_name.strip().upper() in self.devices_by_station:
-            return self.devices_by_station[station_name.strip().upper()]
-        return None
+    def device(
+        self, serial_number: str | None, station_name: str | None, date: str | None = None
+    ) -> DeviceEntry | None:
+        """The register row of a device (by serial number first, then station name) in force on
+        ``date`` (YYYYMMDD; None: a row without a period)."""
+        return self.device_register.at(serial_number, station_name, date)
 
-    def machine_code(self, serial_number: str | None, station_name: str | None) -> MachineCode:
-        """``MA_MAY`` of a device: group + funding from the register, never guessed."""
-        entry = self.device(serial_number, station_name)
-        if entry is None:
-            return MachineCode(
-                "",
-                "",
-                False,
-                (
-                    f"device serial={serial_number or '-'} station={station_name or '-'} is not in the "
-                    "device register: MA_MAY left empty",
-                ),
-            )
-        z = entry.asset_code or (serial_number or "").strip() or entry.serial_number
-        if not z:
-            return MachineCode(
-                "", "", True, ("device has no serial number or asset code: MA_MAY left empty",)
-            )
-        current = f"{entry.machine_group}.{entry.funding_source}.{z}"
-        if not self.facility_code:
-            return MachineCode(
-                current, "", True, ("facility code (MA_CSKCB) not configured: 4750 form left empty",)
-            )
-        return MachineCode(
-            current, f"{entry.machine_group}.{entry.funding_source}.{self.facility_code}.{z}", True
-        )
+    def machine_code(
+        self, serial_number: str | None, station_name: str | None, date: str | None = None
+    ) -> MachineCode:
+        """``MA_MAY`` of a device on ``date``: from the register row in force then, never guessed."""
+        return self.device_register.machine_code(serial_number, station_name, date, self.facility_code)
 
     def service(self, procedure_code: str | None, description: str | None) -> ServiceEntry | None:
         """The ministry service of a procedure code, else of a study description."""
@@ -233,32 +200,12 @@ def load_registers(
 
     if given(devices):
         assert devices is not None
-        by_serial = _Keys(devices, "serial_number", "devices")
-        by_station = _Keys(devices, "station_name", "devices")
-        for n, row in _rows(devices):
-            group = _need(devices, n, row, "machine_group").upper()
-            funding = _need(devices, n, row, "funding_source")
-            if group not in MACHINE_GROUPS:
-                raise RegisterError(f"{devices}:{n}: unknown machine_group {group!r}")
-            if funding not in FUNDING_SOURCES:
-                raise RegisterError(f"{devices}:{n}: funding_source must be 1, 2 or 3, got {funding!r}")
-            entry = DeviceEntry(
-                machine_group=group,
-                funding_source=funding,
-                serial_number=row.get("serial_number", ""),
-                station_name=row.get("station_name", ""),
-                asset_code=row.get("asset_code", ""),
-                note=row.get("note", ""),
-            )
-            if not entry.serial_number and not entry.station_name:
-                raise RegisterError(f"{devices}:{n}: give serial_number or station_name")
-            serial, station = entry.serial_number.upper(), entry.station_name.upper()
-            if serial and by_serial.add(serial, n, entry.serial_number, entry):
-                regs.devices_by_serial[serial] = entry
-            if station and by_station.add(station, n, entry.station_name, entry):
-                regs.devices_by_station[station] = entry
-        by_serial.check()
-        by_station.check()
+        reg = build_register(devices, _rows(devices), facility_code)
+        regs.device_register.entries[:] = reg.entries
+        regs.device_register.by_serial.update(reg.by_serial)
+        regs.device_register.by_station.update(reg.by_station)
+        regs.devices_by_serial.update({k: v[0] for k, v in reg.by_serial.items()})
+        regs.devices_by_station.update({k: v[0] for k, v in reg.by_station.items()})
     if given(services):
         assert services is not None
         by_code = _Keys(services, "procedure_code", "service codes")

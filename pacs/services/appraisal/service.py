@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,14 +19,17 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from pacs.config import AppraisalSettings
-from pacs.dicom.text import is_valid_uid, normalise_date
+from pacs.dicom.text import is_valid_uid
 from pacs.errors import DuplicateInstance, InvalidQuery, NotAuthorized, NotFound
 from pacs.index import appraisal as sql
+from pacs.index import claims as claims_sql
 from pacs.index import orders as order_sql
 from pacs.index import repo
 from pacs.index.database import Database
 from pacs.model import InstanceRecord, Origin, StoreOutcome
 from pacs.services.appraisal.clocks import device_clocks
+from pacs.services.appraisal.devices import seen_report
+from pacs.services.appraisal.evidence import EvidencePacks
 from pacs.services.appraisal.exports import (
     Audit,
     csv_chunks,
@@ -35,16 +37,19 @@ from pacs.services.appraisal.exports import (
     encode_cursor,
     header,
     paged,
-    render_html,
-    xlsx_chunks,
     xml_chunks,
 )
+from pacs.services.appraisal.filters import keeps, parse_filter
 from pacs.services.appraisal.lines import LINE_KEY, add_instance, add_step, step_updated
+from pacs.services.appraisal.pages import render_html
 from pacs.services.appraisal.rebuild import rebuild_all
+from pacs.services.appraisal.reconcile import Reconciler
 from pacs.services.appraisal.records import RecordBuilder
-from pacs.services.appraisal.registers import Registers, fold
+from pacs.services.appraisal.registers import Registers
 from pacs.services.appraisal.steps import created_step, requested_status, updated_step
 from pacs.services.appraisal.times import VIETNAM, assumed_offset, iso, parse_offset
+from pacs.services.appraisal.totals import totals_csv, totals_of
+from pacs.services.appraisal.xlsx import xlsx_chunks
 
 log = logging.getLogger("pacs.appraisal")
 
@@ -76,6 +81,9 @@ class Appraisal:
         #: Called with (conn, uid, values, origin, now) in the transaction of every MPPS write
         #: (the orders service moves the scheduled step along).
         self.step_hooks: list[Callable[[Connection, str, dict[str, Any], Origin, datetime], None]] = []
+        #: Reconciliation of HIS claims and evidence packs (:mod:`.reconcile`, :mod:`.evidence`).
+        self.claims = Reconciler(self)
+        self.evidence = EvidencePacks(self)
 
     @property
     def label(self) -> dict[str, str]:
@@ -200,35 +208,9 @@ class Appraisal:
     # ------------------------------------------------------------------ records
 
     def parse_filter(self, params: dict[str, str]) -> tuple[sql.LineFilter, bool]:
-        """Query parameters -> filter; the flag is False when nothing can match (another facility)."""
-
-        def date(name: str) -> str | None:
-            value = (params.get(name) or "").strip()
-            if not value:
-                return None
-            value = normalise_date(value)
-            if not re.fullmatch(r"\d{8}", value):
-                raise InvalidQuery(f"{name} must be a date YYYY-MM-DD or YYYYMMDD, got {params[name]!r}")
-            return value
-
-        description_keys: tuple[str, ...] | None = None
-        procedure_codes: tuple[str, ...] | None = None
-        code = (params.get("service_code") or "").strip()
-        if code:
-            description_keys = tuple(fold(d) for d in self.registers.descriptions_for(code))
-            procedure_codes = tuple(self.registers.procedure_codes_for(code))
-        facility = (params.get("facility") or "").strip()
-        flt = sql.LineFilter(
-            date_from=date("from"),
-            date_to=date("to"),
-            modality=(params.get("modality") or "").strip() or None,
-            device=(params.get("device") or "").strip() or None,
-            accession=(params.get("accession") or "").strip() or None,
-            patient_id=(params.get("patient_id") or "").strip() or None,
-            description_keys=description_keys,
-            procedure_codes=procedure_codes,
-        )
-        return flt, not facility or facility == self.settings.facility_code
+        """Query parameters -> filter (:func:`.filters.parse_filter`); the flag is False when
+        nothing can match."""
+        return parse_filter(params, self.registers, self.settings.facility_code)
 
     def list_records(
         self, params: dict[str, str], origin: Origin, *, cursor: str | None = None, limit: int | None = None
@@ -304,6 +286,9 @@ class Appraisal:
             )
             for ln in found
         ]
+        keep = keeps(flt)
+        if keep is not None:  # MA_MAY / MA_KHOA: the code in force on each record's study date
+            records = [r for r in records if keep(r)]
         return records, (encode_cursor(found[-1]["id"]) if more else None)
 
     def _records(self, flt: sql.LineFilter, possible: bool) -> Iterator[dict[str, Any]]:
@@ -368,6 +353,30 @@ class Appraisal:
             "count": len(devices),
             "devices": devices,
         }
+
+    def unregistered_devices(self, params: dict[str, str], origin: Origin) -> dict[str, Any]:
+        """Devices seen in DICOM (Manufacturer, Model, DeviceSerialNumber, StationName) that the
+        device register does not know, and registered ones seen on days no row is in force."""
+        flt, _ = self.parse_filter({k: v for k, v in params.items() if k in ("from", "to")})
+        with self.db.read() as conn:
+            seen = claims_sql.seen_devices(conn, flt.date_from, flt.date_to)
+        report = seen_report(seen, self.registers.device_register, self.settings.facility_code)
+        self._audit(origin, "devices.unregistered", params, report["count"])
+        return {"label": self.label, **report}
+
+    def device_totals(self, params: dict[str, str], origin: Origin) -> dict[str, Any]:
+        """Plain counts of studies, series and images per study date and device for the records
+        the filters select (as the totals sheet of ``export.xlsx``)."""
+        flt, possible = self.parse_filter(params)
+        rows = totals_of(self._records(flt, possible))
+        self._audit(origin, "totals", params, len(rows))
+        return {"label": self.label, "filters": params, "count": len(rows), "totals": rows}
+
+    def totals_csv(self, params: dict[str, str], origin: Origin) -> bytes:
+        """:meth:`device_totals` as CSV (BOM, ``#`` header cells)."""
+        head = self._header(params, self.clock())
+        rows = self.device_totals(params, origin)["totals"]
+        return b"".join(totals_csv([f"# {k}: {v}" for k, v in head.items() if k != "truong"], rows))
 
     # ------------------------------------------------------------------ exports
 
