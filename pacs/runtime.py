@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # imported where built: a CLI command that needs none of them
     from pacs.services.auth import Auth
     from pacs.services.commitment import Commitment, DeliveryWorker
     from pacs.services.dicomweb import DicomWeb
+    from pacs.services.federation.service import Federation
     from pacs.services.fhir import Fhir
     from pacs.services.identifiers import Identifiers
     from pacs.services.orders import Orders
@@ -45,9 +46,11 @@ class Runtime:
     orders: Orders
     identifiers: Identifiers
     fhir: Fhir
+    federation: Federation
 
     def close(self) -> None:
         """Flush the audit trail and release database connections."""
+        self.federation.close()
         self.audit.close()
         self.archive.close()
         self.db.close()
@@ -96,6 +99,8 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
     identifiers, fhir = _reuse(settings, db, audit)
     archive.index_hooks.append(identifiers)  # patient identifiers kept in step in the store transaction
     dicomweb, renderer = _web_services(settings, archive)
+    federation = _federation(settings, archive, db, identifiers, audit)
+    orders.order_hooks.append(federation.order_created)  # a new order queues a prefetch of priors
     return Runtime(
         settings=settings,
         db=db,
@@ -109,7 +114,22 @@ def build(settings: Settings, *, run_migrations: bool = True, clean_tmp: bool = 
         orders=orders,
         identifiers=identifiers,
         fhir=fhir,
+        federation=federation,
     )
+
+
+def _federation(
+    settings: Settings, archive: Archive, db: Database, identifiers: Identifiers, audit: Audit
+) -> Federation:
+    """Federated look-up across the facilities of ``[[peers]]`` (DIMSE peers through pacs.scp)."""
+    from pacs.services.federation.service import Federation
+
+    dimse = None
+    if any(p.kind == "dimse" for p in settings.peers):
+        from pacs.scp.federation import DimseFederation
+
+        dimse = DimseFederation(settings.dicom.ae_title)
+    return Federation(settings, archive, db, identifiers, audit, dimse=dimse)
 
 
 def _reuse(settings: Settings, db: Database, audit: Audit) -> tuple[Identifiers, Fhir]:
