@@ -1,4 +1,4 @@
-"""Command line: ``pacs serve | import | reindex | verify | storage | user | audit``
+"""Command line: ``pacs serve | import | reindex | verify | storage | user | peer | audit | appraisal``
 (``--config PATH`` on each).
 
 Each command parses its arguments and calls a service; ``pacs serve``'s processes are run by
@@ -169,6 +169,38 @@ def _audit_line(r: dict[str, Any]) -> str:
     at = r["at"].isoformat(timespec="seconds")
     where = r.get("peer_address") or "-"
     return f"{at}\t{r['kind']}\t{who}\t{where}\toutcome={r['outcome']}\t{what}\t{extra}"
+
+
+# ---------------------------------------------------------------------- peers
+
+
+def cmd_peer(args: argparse.Namespace) -> int:
+    """``pacs peer list``: the ``[[peers]]``; ``pacs peer check``: reachability and capabilities
+    of each (exit 1 when one is unreachable). Credentials are never printed."""
+    settings = _settings(args)
+    _logging(settings)
+    if args.action == "list":
+        for p in settings.peers:
+            where = f"{p.ae_title}@{p.host}:{p.port}" if p.kind == "dimse" else p.url
+            rules = ", ".join(
+                f"{m.system}->{m.attribute}" + (f"@{m.issuer}" if m.issuer else "") for m in p.match
+            )
+            print(f"{p.name}\t{p.facility_code or '-'}\t{p.kind}\t{where}\tauth={p.auth}\t{rules or '-'}")
+        if not settings.peers:
+            print("no [[peers]] configured")
+        return 0
+    from pacs import runtime
+
+    rt = runtime.build(settings)
+    try:
+        checks = rt.federation.check_peers()
+    finally:
+        rt.close()
+    for c in checks:
+        state = "reachable" if c.reachable else "UNREACHABLE"
+        what = ",".join(c.capabilities) if c.reachable else c.detail
+        print(f"{c.peer}\t{c.kind}\t{state}\t{c.ms:.0f} ms\t{what}")
+    return 0 if all(c.reachable for c in checks) else 1
 
 
 # ---------------------------------------------------------------------- import
@@ -476,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=["admin", "radiologist", "appraiser", "modality-upload"])
     p.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
     p.set_defaults(func=cmd_user)
+    p = sub.add_parser("peer", parents=[common], help="list or check the peer facilities of [[peers]]")
+    p.add_argument("action", choices=["list", "check"])
+    p.set_defaults(func=cmd_peer)
     p = sub.add_parser("audit", parents=[common], help="query or export the audit trail")
     p.add_argument("--since", help="ISO date/time, or a span back like 24h or 7d")
     p.add_argument("--until", help="ISO date/time (exclusive)")

@@ -327,6 +327,68 @@ class CommitmentSettings:
     poll_seconds: float = 1.0
 
 
+#: Peer kinds: another ``pacs`` (``/api/reuse/local``), a plain DICOMweb server (QIDO-RS and
+#: WADO-RS, e.g. Orthanc's plugin), a DIMSE archive (C-FIND and C-MOVE).
+PEER_KINDS = ("pacs", "dicomweb", "dimse")
+#: Where a peer keeps an identifier: the Patient ID (0010,0020) or Other Patient IDs (0010,1000).
+MATCH_ATTRIBUTES = ("PatientID", "OtherPatientIDs")
+#: Identifier systems whose values name one person nationwide: a match on them may accept any
+#: issuer on the peer's results (``issuer = "*"``).
+NATIONAL_SYSTEMS = ("urn:vn:cccd", "urn:vn:bhyt")
+
+
+@dataclass(frozen=True)
+class PeerMatch:
+    """How a plain DICOMweb or DIMSE peer keeps the identifiers of one system (``[[peers.match]]``).
+
+    The value is sent as ``attribute``; ``issuer`` is sent as IssuerOfPatientID and every result
+    must carry exactly it (``""``: results without an issuer only; ``"*"``: any issuer, only for
+    the national systems, CCCD and BHYT). A result that fails the check is another person's.
+    """
+
+    system: str = ""
+    attribute: str = "PatientID"
+    issuer: str = ""
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """One facility to query and fetch from (``[[peers]]``); see the README's "Reuse"."""
+
+    name: str = ""
+    facility_code: str = ""  # its MA_CSKCB
+    kind: str = "dicomweb"
+    #: pacs: the archive's root URL; dicomweb: the DICOMweb root (e.g. http://host:8042/dicom-web).
+    url: str = ""
+    auth: str = "none"  # none, basic, bearer
+    username: str = ""  # basic
+    secret_env: str = ""  # environment variable holding the password (basic) or token (bearer)
+    secret_file: Path = Path()  # or a file holding it (first line)
+    tls_verify: bool = True
+    tls_ca: Path = Path()  # CA bundle verifying the peer (empty: the system's)
+    timeout_seconds: float = 5.0
+    ae_title: str = ""  # dimse: the peer's AE title, host and port
+    host: str = ""
+    port: int = 0
+    match: tuple[PeerMatch, ...] = ()
+    #: The password or token, read from ``secret_env`` / ``secret_file`` at load (never shown).
+    secret: str = field(default="", repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    """Federated look-up across facilities: deadline, the proxy's disk cache, prefetch."""
+
+    deadline_seconds: float = 5.0  # a federated search answers within this, slow peers named
+    cache_dir: Path = Path()  # WADO-RS proxy cache; empty = <storage>/reuse-cache
+    cache_mb: int = 2048  # bound of the cache (least recently used entries go first)
+    prefetch_on_order: bool = True  # a new order queues a prefetch of the patient's priors
+    prefetch_max_studies: int = 5  # newest studies prefetched per patient
+    prefetch_poll_seconds: float = 2.0
+    prefetch_lease_seconds: float = 600.0  # a job taken by a node killed meanwhile is retried after
+    prefetch_attempts: int = 3
+
+
 @dataclass(frozen=True)
 class Settings:
     """All settings. Build with :func:`load`."""
@@ -343,6 +405,8 @@ class Settings:
     worklist: WorklistSettings = field(default_factory=WorklistSettings)
     hl7: Hl7Settings = field(default_factory=Hl7Settings)
     commitment: CommitmentSettings = field(default_factory=CommitmentSettings)
+    federation: FederationSettings = field(default_factory=FederationSettings)
+    peers: tuple[PeerSettings, ...] = ()
 
     @property
     def auth_enabled(self) -> bool:
@@ -374,6 +438,7 @@ _SECTIONS: dict[str, type] = {
     "worklist": WorklistSettings,
     "hl7": Hl7Settings,
     "commitment": CommitmentSettings,
+    "federation": FederationSettings,
 }
 
 
@@ -410,6 +475,7 @@ def load(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         base_dir = path.resolve().parent
+        peers_raw = data.pop("peers", [])
         for section, values in data.items():
             if section not in _SECTIONS or not isinstance(values, dict):
                 raise ConfigError(f"{path}: unknown section [{section}]")
@@ -430,7 +496,9 @@ def load(
     built["dicom"] = _resolve_registers(built["dicom"], base_dir)
     built["audit"] = _resolve_registers(built["audit"], base_dir)
     built["storage"] = _resolve_registers(built["storage"], base_dir)
-    settings = Settings(**built)
+    built["federation"] = _resolve_registers(built["federation"], base_dir)
+    peers = tuple(_peer(p, n, base_dir, env) for n, p in enumerate(peers_raw if path is not None else []))
+    settings = Settings(**built, peers=peers)
     _validate(settings)
     return settings
 
@@ -576,6 +644,7 @@ def _validate(settings: Settings) -> None:
     _validate_hl7(settings.hl7)
     _validate_commitment(settings.commitment)
     _validate_storage(settings.storage)
+    _validate_federation(settings)
 
 
 def _validate_storage(s: StorageSettings) -> None:
@@ -600,6 +669,82 @@ def _validate_storage(s: StorageSettings) -> None:
             "[storage] s3_retry_max_seconds must be at least s3_retry_initial_seconds, "
             "s3_upload_concurrency at least 1"
         )
+
+
+def _peer(raw: Any, n: int, base_dir: Path, env: Mapping[str, str]) -> PeerSettings:
+    """One ``[[peers]]`` entry; its secret read from the environment or a file (never logged)."""
+    if not isinstance(raw, dict) or not raw.get("name"):
+        raise ConfigError(f"[[peers]] entry {n + 1}: a table with a name is required")
+    where = f"[[peers]] {str(raw['name'])[:40]!r}"
+    values = dict(raw)
+    matches = values.pop("match", [])
+    if not isinstance(matches, list):
+        raise ConfigError(f"{where}: match must be a list of tables ([[peers.match]])")
+    if "secret" in values:
+        raise ConfigError(f"{where}: put the secret in secret_env or secret_file, not in the file")
+    peer: PeerSettings = _build(PeerSettings, values, f"peers {raw['name']}")
+    peer = _resolve_registers(peer, base_dir)
+    out: list[PeerMatch] = []
+    for m in matches:
+        if not isinstance(m, dict) or not m.get("system"):
+            raise ConfigError(f"{where}: each match needs a system (e.g. urn:vn:cccd)")
+        out.append(_build(PeerMatch, m, f"peers {raw['name']} match"))
+    secret = ""
+    if peer.secret_env:
+        if peer.secret_env not in env:
+            raise ConfigError(f"{where}: secret_env {peer.secret_env} is not set")
+        secret = env[peer.secret_env]
+    elif _set(peer.secret_file):
+        try:
+            secret = peer.secret_file.read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise ConfigError(f"{where}: cannot read secret_file {peer.secret_file}") from exc
+    return dataclasses.replace(peer, match=tuple(out), secret=secret)
+
+
+def _validate_federation(settings: Settings) -> None:
+    f = settings.federation
+    if f.deadline_seconds <= 0 or f.cache_mb < 1 or f.prefetch_poll_seconds <= 0:
+        raise ConfigError(
+            "[federation] deadline_seconds, cache_mb and prefetch_poll_seconds must be positive"
+        )
+    if f.prefetch_max_studies < 0 or f.prefetch_attempts < 1 or f.prefetch_lease_seconds <= 0:
+        raise ConfigError("[federation] prefetch_max_studies >= 0, prefetch_attempts and lease positive")
+    names: set[str] = set()
+    for p in settings.peers:
+        where = f"[[peers]] {p.name!r}"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", p.name) or p.name in names:
+            raise ConfigError(f"{where}: names are unique, letters, digits, '.', '_' or '-'")
+        names.add(p.name)
+        if p.kind not in PEER_KINDS:
+            raise ConfigError(f"{where}: kind must be one of {', '.join(PEER_KINDS)}")
+        if p.kind == "dimse":
+            if not (p.ae_title and p.host and 0 < p.port < 65536) or len(p.ae_title) > 16:
+                raise ConfigError(f"{where}: a dimse peer needs ae_title (1-16), host and port")
+        elif not re.fullmatch(r"https?://[^\s/]+(/\S*)?", p.url):
+            raise ConfigError(f"{where}: url must be an http:// or https:// URL")
+        if p.auth not in ("none", "basic", "bearer"):
+            raise ConfigError(f"{where}: auth must be none, basic or bearer")
+        if p.auth != "none" and not p.secret:
+            raise ConfigError(f"{where}: auth = {p.auth!r} needs secret_env or secret_file")
+        if p.auth == "basic" and not p.username:
+            raise ConfigError(f"{where}: auth = 'basic' needs a username")
+        if p.timeout_seconds <= 0:
+            raise ConfigError(f"{where}: timeout_seconds must be positive")
+        if _set(p.tls_ca) and not p.tls_ca.is_file():
+            raise ConfigError(f"{where}: tls_ca: no such file {p.tls_ca}")
+        if p.kind != "pacs" and not p.match:
+            raise ConfigError(
+                f"{where}: a {p.kind} peer needs [[peers.match]] entries (how it keys patients)"
+            )
+        for m in p.match:
+            if m.attribute not in MATCH_ATTRIBUTES:
+                raise ConfigError(f"{where}: match attribute must be one of {', '.join(MATCH_ATTRIBUTES)}")
+            if m.issuer == "*" and m.system not in NATIONAL_SYSTEMS:
+                raise ConfigError(
+                    f"{where}: issuer = '*' (any issuer) only for {', '.join(NATIONAL_SYSTEMS)};"
+                    f" {m.system} values are unique only with their issuer"
+                )
 
 
 def _validate_commitment(c: CommitmentSettings) -> None:

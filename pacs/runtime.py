@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # imported where built: a CLI command that needs none of them
     from pacs.services.auth import Auth
     from pacs.services.commitment import Commitment, DeliveryWorker
     from pacs.services.dicomweb import DicomWeb
+    from pacs.services.federation.service import Federation
     from pacs.services.fhir import Fhir
     from pacs.services.identifiers import Identifiers
     from pacs.services.orders import Orders
@@ -47,13 +48,15 @@ class Runtime:
     orders: Orders
     identifiers: Identifiers
     fhir: Fhir
+    federation: Federation
     #: The S3 uploader of ``[storage] backend = "s3"`` (running in the process that owns the storage).
     uploader: Uploader | None = None
 
     def close(self) -> None:
-        """Stop the uploader, flush the audit trail and release database connections."""
+        """Stop the uploader and the peer clients, flush the audit trail, release database connections."""
         if self.uploader is not None:
             self.uploader.stop()
+        self.federation.close()
         self.audit.close()
         self.archive.close()
         if not isinstance(self.blobs, FileBlobStore):
@@ -115,6 +118,8 @@ def build(
     identifiers, fhir = _reuse(settings, db, audit)
     archive.index_hooks.append(identifiers)  # patient identifiers kept in step in the store transaction
     dicomweb, renderer = _web_services(settings, archive)
+    federation = _federation(settings, archive, db, identifiers, audit)
+    orders.order_hooks.append(federation.order_created)  # a new order queues a prefetch of priors
     rt = Runtime(
         settings=settings,
         db=db,
@@ -128,6 +133,7 @@ def build(
         orders=orders,
         identifiers=identifiers,
         fhir=fhir,
+        federation=federation,
     )
     if (clean_tmp if background is None else background) and settings.storage.backend == "s3":
         rt.uploader = upload_worker(rt)
@@ -171,6 +177,20 @@ def upload_worker(rt: Runtime) -> Uploader:
 
         raise ConfigError("[storage] s3_bucket is not set")
     return Uploader(rt.db, rt.blobs, rt.settings.storage)
+
+
+def _federation(
+    settings: Settings, archive: Archive, db: Database, identifiers: Identifiers, audit: Audit
+) -> Federation:
+    """Federated look-up across the facilities of ``[[peers]]`` (DIMSE peers through pacs.scp)."""
+    from pacs.services.federation.service import Federation
+
+    dimse = None
+    if any(p.kind == "dimse" for p in settings.peers):
+        from pacs.scp.federation import DimseFederation
+
+        dimse = DimseFederation(settings.dicom.ae_title)
+    return Federation(settings, archive, db, identifiers, audit, dimse=dimse)
 
 
 def _reuse(settings: Settings, db: Database, audit: Audit) -> tuple[Identifiers, Fhir]:

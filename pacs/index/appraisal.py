@@ -24,6 +24,7 @@ from pacs.index.schema import (
     instances,
     mpps,
     patients,
+    reuse_imports,
     series,
     studies,
 )
@@ -396,7 +397,9 @@ def device_series(
 def rebuild_sources(
     conn: Connection,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Everything a rebuild of the lines reads: studies (+patient), per-series aggregates, MPPS rows."""
+    """Everything a rebuild of the lines reads: studies (+patient), per-series aggregates, MPPS rows.
+    Studies imported from another facility are left out (no local appraisal record, issue 18)."""
+    imported = select(reuse_imports.c.study_instance_uid)
     study_rows = [
         dict(r)
         for r in conn.execute(
@@ -412,6 +415,7 @@ def rebuild_sources(
                 patients.c.other_patient_ids,
             )
             .join(patients, studies.c.patient_fk == patients.c.id)
+            .where(studies.c.study_instance_uid.not_in(imported))
             .order_by(studies.c.id)
         ).mappings()
     ]
@@ -449,6 +453,9 @@ def rebuild_sources(
             func.max(i.calling_ae).label("ae_max"),
         )
         .join(instances, instances.c.series_fk == series.c.id)
+        .where(
+            series.c.study_fk.not_in(select(studies.c.id).where(studies.c.study_instance_uid.in_(imported)))
+        )
         .group_by(series.c.id)
         .order_by(series.c.id)
     )

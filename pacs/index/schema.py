@@ -535,3 +535,55 @@ claim_results = Table(
     Column("line_key", String(160)),
     Column("result", Text, nullable=False),
 )
+
+#: Studies imported from another facility (issue 18, :mod:`pacs.services.federation`): where from
+#: (``peer``, its ``facility_code``, the peer's ``source_url``), when and by whom. Written before
+#: the first instance is stored, so the store transactions (appraisal lines, order links) see that
+#: a study comes from elsewhere; ``status`` importing -> done | failed. Such studies never make
+#: local appraisal records.
+reuse_imports = Table(
+    "reuse_imports",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_instance_uid", String(64), nullable=False, unique=True),
+    Column("peer", String(64), nullable=False),
+    Column("facility_code", String(16)),
+    Column("source_url", Text),
+    Column("method", String(16), nullable=False),  # wado-rs, c-move
+    Column("patient_id", String(64)),  # as the peer names the patient
+    Column("issuer_of_patient_id", String(64)),
+    Column("identifier", String(330)),  # the system|value the study was found by
+    Column("imported_by", String(128), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", String(16), nullable=False),
+    Column("instances", Integer, nullable=False, server_default="0"),
+    Column("detail", Text),
+)
+
+#: Background work of the federation (prefetch of a patient's priors into the proxy cache): one
+#: row per job, taken with a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) so any node runs it
+#: and a dead node's job is taken again after ``locked_until``. ``status`` pending -> running ->
+#: done | failed (after ``attempts`` reached the limit).
+reuse_jobs = Table(
+    "reuse_jobs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(16), nullable=False),  # prefetch
+    Column("identifiers", Text, nullable=False),  # JSON list of system|value tokens
+    Column("study_instance_uid", String(64)),  # one study only (else the newest priors)
+    Column("peer", String(64)),  # one peer only (else every peer)
+    Column("trigger", String(16), nullable=False),  # order, api
+    Column("order_key", String(80)),
+    Column("requested_by", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("locked_by", String(128)),
+    Column("locked_until", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("result", Text),
+)
+Index("ix_reuse_jobs_status_next_attempt_at", reuse_jobs.c.status, reuse_jobs.c.next_attempt_at)

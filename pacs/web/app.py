@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pacs.web import appraisal, auth, dicomweb, fhir, instances, measurements, orders
+from pacs.web import appraisal, auth, dicomweb, fhir, instances, measurements, orders, reuse
 from pacs.web.errors import EXCEPTION_HANDLERS
 from pacs.web.hosts import HostCheck, default_hosts
 
@@ -180,6 +180,7 @@ def routes(rt: Any) -> list[BaseRoute]:
         *fhir.routes(),
         *appraisal.routes(),
         *orders.routes(),
+        *reuse.routes(),
         *instances.routes(),
         *measurements.routes(),
         *auth.routes(),
@@ -195,7 +196,12 @@ def create_app(rt: Any) -> Starlette:
     """Build the web application over a :class:`pacs.runtime.Runtime`."""
     settings = rt.settings
     hosts = set(settings.http.allowed_hosts) or default_hosts(settings)
-    middleware = [Middleware(RequestLog), Middleware(HostCheck, allowed=hosts), Middleware(fhir.FhirOutcomes)]
+    middleware = [
+        Middleware(RequestLog),
+        Middleware(HostCheck, allowed=hosts),
+        Middleware(fhir.FhirOutcomes),
+        Middleware(reuse.ImportedLabel, fed=rt.federation),  # "from another facility" in QIDO-RS
+    ]
     if settings.http.cors_origins:
         middleware.append(
             Middleware(
@@ -210,7 +216,12 @@ def create_app(rt: Any) -> Starlette:
     middleware.append(
         Middleware(auth.AccessControl, auth=rt.auth, audit=rt.audit, enabled=settings.auth_enabled)
     )
-    app = PacsApp(routes=routes(rt), middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
+    app = PacsApp(
+        routes=routes(rt),
+        middleware=middleware,
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=reuse.lifespan(rt),  # the prefetch worker
+    )
     auth.install(app, rt)
     app.state.settings = settings
     app.state.archive = rt.archive
@@ -219,4 +230,6 @@ def create_app(rt: Any) -> Starlette:
     app.state.dicomweb = rt.dicomweb
     app.state.renderer = rt.renderer
     app.state.fhir = rt.fhir
+    app.state.federation = rt.federation
+    app.state.static_dir = STATIC_DIR
     return app

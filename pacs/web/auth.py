@@ -43,6 +43,7 @@ LOGIN_MAX_BODY = 16384
 _UID = r"([0-9.]{1,64})"
 _IDS = re.compile(rf"/studies/{_UID}(?:/series/{_UID}(?:/instances/{_UID})?)?")
 _PIXELS = re.compile(r"/(frames|rendered|thumbnail|bulkdata)(/|$)")
+_PROXIED = re.compile(r"^/api/reuse/peers/[^/]+/dicom-web/(.*)$")
 _SEARCH = re.compile(rf"^/dicom-web(?:/studies/{_UID}(?:/series/{_UID})?)?/(studies|series|instances)/?$")
 
 
@@ -60,6 +61,11 @@ def classify(method: str, path: str) -> Family | None:
         return Family.RETRIEVE
     if path == "/fhir" or path.startswith("/fhir/"):  # FHIR ImagingStudy: as DICOMweb search
         return None if path == "/fhir/metadata" else Family.SEARCH
+    if path.startswith("/api/reuse/"):  # federation (issue 18)
+        proxied = _PROXIED.match(path)
+        if proxied:  # a peer's DICOMweb through us: as our own of the same path
+            return classify(method, "/dicom-web/" + proxied.group(1))
+        return Family.RETRIEVE if method == "POST" else Family.SEARCH
     if path == "/api" or path.startswith("/api/"):
         if path.startswith("/api/appraisal/"):
             return Family.APPRAISAL

@@ -18,9 +18,12 @@ from typing import Any
 from sqlalchemy import Connection
 
 from pacs.index import appraisal as sql
+from pacs.index.federation import is_imported
 from pacs.model import InstanceRecord, Origin, StoreOutcome
 from pacs.services.appraisal.registers import fold
 
+#: The Origin.protocol of instances imported from another facility (pacs.services.federation).
+REUSE = "reuse"
 #: Record ids: ``<kind>:<value>`` for URL-safe values, ``<kind>64:<base64url>`` otherwise.
 LINE_KEY = re.compile(r"^(acc|rp|sps|study|mpps)(64)?:[A-Za-z0-9._\-]{1,128}$")
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
@@ -229,6 +232,8 @@ def add_instance(
     count = 1 if outcome is StoreOutcome.STORED else 0
     if sql.series_add_instance(conn, record.series_instance_uid, facts, count=count):
         return
+    if origin.protocol == REUSE or is_imported(conn, record.study_instance_uid):
+        return  # imported from another facility: no local appraisal record (issue 18)
     line_id = _line_for_study(conn, record, blob.received_at)
     row: dict[str, Any] = {
         "series_instance_uid": record.series_instance_uid,

@@ -25,11 +25,13 @@ from sqlalchemy import Connection
 
 from pacs.dicom.text import is_valid_uid, name_key
 from pacs.errors import InvalidOrder, NotFound
+from pacs.index import federation as reuse_sql
 from pacs.index import orders as sql
 from pacs.index import repo
 from pacs.index.database import UNAVAILABLE, Database, unavailable
 from pacs.model import InstanceRecord, Origin, StoreOutcome
 from pacs.query import Query
+from pacs.services.identifiers import classify_all
 from pacs.services.orders.model import (
     OPEN_STATES,
     Applied,
@@ -44,7 +46,13 @@ from pacs.services.orders.model import (
     ScheduledStep,
     StepStatus,
 )
-from pacs.services.orders.patients import merge, patient_columns, record_identifiers, update_patient
+from pacs.services.orders.patients import (
+    merge,
+    patient_columns,
+    patient_identifiers,
+    record_identifiers,
+    update_patient,
+)
 from pacs.services.orders.reconcile import link_study
 from pacs.services.orders.steps import step_changed
 
@@ -113,6 +121,9 @@ class Orders:
         # Studies this process already reconciled with their order (the store hook looks an
         # order up once per study, not once per instance).
         self._reconciled: OrderedDict[str, None] = OrderedDict()
+        #: Called in a new order's transaction with the order row and its patient's identifiers
+        #: (``system|value`` tokens): the federation queues a prefetch of the priors there.
+        self.order_hooks: list[Callable[[Connection, dict[str, Any], list[str]], None]] = []
 
     # ------------------------------------------------------------------ the doors
 
@@ -311,6 +322,10 @@ class Orders:
         order_id = sql.order_insert(conn, values)
         order = {**values, "id": order_id}
         record_identifiers(conn, patient, values["facility_code"] or "", now)
+        if self.order_hooks:
+            found = classify_all(patient_identifiers(patient, values["facility_code"] or ""))
+            for hook in self.order_hooks:
+                hook(conn, order, [i.token for i in found])
         for n, step in enumerate(steps, 1):
             sql.item_insert(conn, self._item(order, msg, patient, step, n, now))
         self._event(conn, "order.created", now, origin, order, {"steps": len(steps)})
@@ -639,6 +654,8 @@ class Orders:
         self._reconciled[study_uid] = None
         if len(self._reconciled) > 4096:
             self._reconciled.popitem(last=False)
+        if reuse_sql.is_imported(conn, study_uid):  # another facility's exam: never one of our orders
+            return
         link_study(conn, v, study_uid, origin, self.clock(), self._event)
 
     def index_cleared(self, conn: Connection) -> None:
