@@ -25,10 +25,11 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pacs.dicom.text import is_valid_uid
+from pacs.errors import StorageUnavailable
 from pacs.services.federation.peers import PeerError
 from pacs.services.federation.service import Federation
 from pacs.web.bodies import read_capped
-from pacs.web.errors import HttpProblem
+from pacs.web.errors import HttpProblem, problem
 from pacs.web.origin import origin_of
 
 PREFIX = "/api/reuse"
@@ -256,9 +257,14 @@ class ImportedLabel:
         self._any: tuple[float, bool] = (-1e9, False)
 
     def _some(self) -> bool:
+        """Whether any study was imported (cached 10 s). An index that cannot answer says no:
+        the QIDO-RS route then gives its own answer (503 when the index is down), never a 500 here."""
         at, some = self._any
         if time.monotonic() - at > 10:
-            some = bool(self.fed.imports(1))
+            try:
+                some = bool(self.fed.imports(1))
+            except StorageUnavailable:
+                return False
             self._any = (time.monotonic(), some)
         return some
 
@@ -283,11 +289,11 @@ class ImportedLabel:
             chunks.append(message.get("body", b""))
             if message.get("more_body"):
                 return
-            await self._label(held[0], b"".join(chunks), send)
+            await self._label(held[0], b"".join(chunks), scope, receive, send)
 
         await self.app(scope, receive, hold)
 
-    async def _label(self, start: Message, body: bytes, send: Send) -> None:
+    async def _label(self, start: Message, body: bytes, scope: Scope, receive: Receive, send: Send) -> None:
         headers = MutableHeaders(raw=list(start.get("headers", [])))
         rows: Any = None
         if start["status"] == 200 and headers.get("content-type", "").startswith("application/dicom+json"):
@@ -298,7 +304,13 @@ class ImportedLabel:
                 rows = None
         if isinstance(rows, list) and rows:
             uids = [((r.get("0020000D") or {}).get("Value") or [""])[0] for r in rows if isinstance(r, dict)]
-            found = await run_in_threadpool(self.fed.imported, uids)
+            try:
+                found = await run_in_threadpool(self.fed.imported, uids)
+            except StorageUnavailable as exc:
+                # Unlabelled imported studies would pass for local ones: no answer rather than that.
+                answer = problem(503, str(exc), {"Retry-After": "30"})
+                await answer(scope, receive, send)
+                return
             if found:
                 for r in rows:
                     prov = found.get(((r.get("0020000D") or {}).get("Value") or [""])[0])
